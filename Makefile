@@ -1,0 +1,32 @@
+# Two commands do everything: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow lint bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m experiments.demo --workdir=workdirs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check eos_jax experiments tests benchmarks
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m benchmarks.step_time
+
+clean:
+	rm -rf $(VENV) workdirs .pytest_cache

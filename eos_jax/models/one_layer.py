@@ -1,0 +1,51 @@
+"""The one-layer convolution model of the paper's theory (REFERENCE.md section 4).
+
+p = mean_x s((K * I)(x)), with * a 'valid' stride-1 cross-correlation and
+s(z) = z * sigmoid(beta * z). The output p is the logit of a binary classifier.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def swish(z, beta: float = 1.0):
+    """s(z) = z * sigmoid(beta * z); beta = 1 is SiLU, the paper's ResNet uses beta = 5."""
+    return z * jax.nn.sigmoid(beta * z)
+
+
+def valid_correlation(images, kernel):
+    """(K * I)(x) = sum_y K(y) I(x + y) for images (N, H, W) and kernel (h, w): (N, H-h+1, W-w+1)."""
+    out = jax.lax.conv_general_dilated(
+        images[:, None, :, :],
+        kernel[None, None, :, :].astype(images.dtype),
+        window_strides=(1, 1),
+        padding="VALID",
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+    )
+    return out[:, 0]
+
+
+class OneLayerConv(nn.Module):
+    """Logit p = mean_x s((K * I)(x)) of a single kernel K on grey images (N, H, W[, 1])."""
+
+    kernel_size: int = 32
+    beta: float = 1.0
+    init_std: float = 1.0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        del train  # no batch statistics or dropout
+        if images.ndim == 4:
+            images = images[..., 0]
+        kernel = self.param(
+            "kernel",
+            nn.initializers.normal(self.init_std, self.param_dtype),
+            (self.kernel_size, self.kernel_size),
+        )
+        response = valid_correlation(images.astype(self.dtype), kernel.astype(self.dtype))
+        return jnp.mean(swish(response, self.beta), axis=(1, 2))

@@ -1,0 +1,181 @@
+"""Explicit numerics: dtype policy, determinism flags, thread count, run fingerprint.
+
+Everything that can change the bits of a run is decided here, once, before the JAX backend
+starts, and recorded in a fingerprint saved beside the run's results.
+
+Call order in an entry point::
+
+    policy = numerics.DtypePolicy.from_names("fp32", "fp32")
+    numerics.configure(policy, matmul_precision="highest", cpu_threads=2)
+    ...  # only now create arrays
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32, "fp64": jnp.float64}
+MATMUL_PRECISIONS = ("default", "high", "highest")
+# Flags that make GPU kernels deterministic; harmless on other backends.
+DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+
+
+class NumericsError(ValueError):
+    """A numerics request that cannot be honoured (bad name, or asked for too late)."""
+
+
+def dtype_from_name(name: str) -> Any:
+    """Maps 'bf16' | 'fp32' | 'fp64' to a jnp dtype; anything else is a clear error."""
+    if name not in DTYPES:
+        raise NumericsError(f"unknown dtype {name!r}; allowed: {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class DtypePolicy:
+    """Parameter dtype (what is stored and updated) and compute dtype (what layers run in)."""
+
+    param: str = "fp32"
+    compute: str = "fp32"
+
+    def __post_init__(self):
+        dtype_from_name(self.param)
+        dtype_from_name(self.compute)
+
+    @property
+    def param_dtype(self):
+        return dtype_from_name(self.param)
+
+    @property
+    def compute_dtype(self):
+        return dtype_from_name(self.compute)
+
+    @property
+    def needs_x64(self) -> bool:
+        return "fp64" in (self.param, self.compute)
+
+
+def _backend_started() -> bool:
+    from jax._src import xla_bridge  # private, but the only way to ask without starting it
+
+    return xla_bridge.backends_are_initialized()
+
+
+def enable_x64() -> None:
+    """Switches on 64-bit floats; refuses once arrays exist (they would stay 32-bit)."""
+    if jax.config.jax_enable_x64:
+        return
+    if _backend_started() and jax.live_arrays():
+        raise NumericsError(
+            "fp64 requested after 32-bit arrays were created; call numerics.configure(...) "
+            "before creating any array (or set JAX_ENABLE_X64=1)"
+        )
+    jax.config.update("jax_enable_x64", True)
+
+
+def set_xla_flags(flags: tuple[str, ...]) -> None:
+    """Adds XLA flags to XLA_FLAGS; refuses if the backend already started without them."""
+    current = os.environ.get("XLA_FLAGS", "").split()
+    missing = [f for f in flags if f not in current]
+    if not missing:
+        return
+    if _backend_started():
+        raise NumericsError(
+            f"XLA flags {missing} must be set before the JAX backend starts; "
+            "call numerics.configure(...) first thing in the program"
+        )
+    os.environ["XLA_FLAGS"] = " ".join(current + missing)
+
+
+def set_cpu_threads(n: int | None) -> None:
+    """Pins the process to the first n CPUs, which fixes XLA:CPU's thread pool size.
+
+    Reductions are split across threads, so 1 and 2 threads give different bits: the count
+    is part of a run's numerics and is recorded in the fingerprint.
+    """
+    if n is None:
+        return
+    available = sorted(os.sched_getaffinity(0))
+    if not 1 <= n <= len(available):
+        raise NumericsError(f"cpu_threads={n} not in [1, {len(available)}] (CPUs available)")
+    if n == len(available):
+        return
+    if _backend_started():
+        raise NumericsError("cpu_threads must be set before the JAX backend starts")
+    os.sched_setaffinity(0, set(available[:n]))
+
+
+def configure(
+    policy: DtypePolicy,
+    matmul_precision: str = "highest",
+    cpu_threads: int | None = None,
+    deterministic: bool = True,
+) -> None:
+    """Applies a run's numerics; call before any array is created."""
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise NumericsError(
+            f"unknown matmul_precision {matmul_precision!r}; allowed: {', '.join(MATMUL_PRECISIONS)}"
+        )
+    if deterministic:
+        set_xla_flags(DETERMINISTIC_XLA_FLAGS)
+    set_cpu_threads(cpu_threads)
+    if policy.needs_x64:
+        enable_x64()
+    jax.config.update("jax_default_matmul_precision", matmul_precision)
+
+
+def config_hash(config: Any) -> str:
+    """sha256 of a config's canonical JSON (ml_collections ConfigDict or plain dict)."""
+    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    text = json.dumps(as_dict, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _git_commit() -> str | None:
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version(module_name: str) -> str | None:
+    try:
+        return __import__(module_name).__version__
+    except (ImportError, AttributeError):
+        return None
+
+
+def fingerprint(policy: DtypePolicy, config: Any = None) -> dict[str, Any]:
+    """Everything that decides a run's bits, as a JSON-ready dict."""
+    devices = jax.devices()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {m: _version(m) for m in ("jax", "jaxlib", "flax", "optax", "numpy")},
+        "backend": jax.default_backend(),
+        "device_kinds": sorted({d.device_kind for d in devices}),
+        "device_count": len(devices),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_threads": len(os.sched_getaffinity(0)),
+        "x64": bool(jax.config.jax_enable_x64),
+        "param_dtype": policy.param,
+        "compute_dtype": policy.compute,
+        "matmul_precision": jax.config.jax_default_matmul_precision,
+        "config_hash": config_hash(config) if config is not None else None,
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+    }
