@@ -28,6 +28,9 @@ DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32, "fp64": jnp.float64}
 MATMUL_PRECISIONS = ("default", "high", "highest")
 # Flags that make GPU kernels deterministic; harmless on other backends.
 DETERMINISTIC_XLA_FLAGS = ("--xla_gpu_deterministic_ops=true",)
+# XLA:CPU contracts a*b + c into one FMA on machines with AVX2/AVX-512 (one rounding, not
+# two). Capping the instruction set at AVX removes FMA, for bit-parity with NumPy (slower).
+NO_FMA_XLA_FLAGS = ("--xla_cpu_max_isa=AVX",)
 
 
 class NumericsError(ValueError):
@@ -120,14 +123,17 @@ def configure(
     matmul_precision: str = "highest",
     cpu_threads: int | None = None,
     deterministic: bool = True,
+    xla_flags: tuple[str, ...] = (),
 ) -> None:
-    """Applies a run's numerics; call before any array is created."""
+    """Applies a run's numerics; call before any array is created.
+
+    xla_flags: extra flags, e.g. NO_FMA_XLA_FLAGS; all flags end up in the fingerprint.
+    """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise NumericsError(
             f"unknown matmul_precision {matmul_precision!r}; allowed: {', '.join(MATMUL_PRECISIONS)}"
         )
-    if deterministic:
-        set_xla_flags(DETERMINISTIC_XLA_FLAGS)
+    set_xla_flags((DETERMINISTIC_XLA_FLAGS if deterministic else ()) + tuple(xla_flags))
     set_cpu_threads(cpu_threads)
     if policy.needs_x64:
         enable_x64()

@@ -1,0 +1,39 @@
+"""Data layer: datasets as host NumPy arrays and deterministic, random-access batch streams."""
+
+from eos_jax.data.datasets import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    KNOWN_NAMES,
+    Dataset,
+    DatasetNotPreparedError,
+    channel_mean_std,
+    load_dataset,
+    prepare_command,
+    subset_indices,
+)
+from eos_jax.data.pipeline import (
+    BatchStream,
+    crop_and_flip,
+    draw_crop_and_flip,
+    eval_batches,
+    normalize,
+    to_unit_float,
+)
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "KNOWN_NAMES",
+    "BatchStream",
+    "Dataset",
+    "DatasetNotPreparedError",
+    "channel_mean_std",
+    "crop_and_flip",
+    "draw_crop_and_flip",
+    "eval_batches",
+    "load_dataset",
+    "normalize",
+    "prepare_command",
+    "subset_indices",
+    "to_unit_float",
+]

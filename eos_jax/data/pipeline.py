@@ -1,0 +1,144 @@
+"""Deterministic, random-access batches in pure NumPy.
+
+`BatchStream.batch(step)` is a function of the step alone: training can resume at any step,
+and lockstep twins given the same stream see bit-identical batches. Three separate seeds
+decide what a step sees, so each source of randomness can be switched on by itself:
+
+- `data_seed`: the order of examples; epoch e is the permutation drawn by
+  `np.random.default_rng((data_seed, e))`.
+- `aug_seed`: the crop offsets and flips of step s, drawn by `np.random.default_rng((aug_seed, s))`.
+- `permute_within_batch_seed`: if set, the examples of step s are shuffled inside the batch
+  by `np.random.default_rng((permute_within_batch_seed, s))`: the same examples, hence the
+  same gradient in exact arithmetic, summed in a different floating-point order.
+
+No JAX here, so the bits of every batch are the same on every platform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from eos_jax.data.datasets import Dataset
+
+
+def to_unit_float(images: np.ndarray) -> np.ndarray:
+    """float32 images in [0, 1]; uint8 is divided by 255 as torchvision's ToTensor does."""
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / np.float32(255)
+    return images.astype(np.float32, copy=False)
+
+
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+    """(x - mean) / std per channel, in float32, as torchvision's Normalize computes it."""
+    return (images - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def crop_and_flip(
+    images: np.ndarray, offsets: np.ndarray, flips: np.ndarray, padding: int
+) -> np.ndarray:
+    """Zero-pads NHWC images by `padding`, crops back to size, mirrors left-right where asked.
+
+    offsets: (N, 2) int top-left corners (row, column) in the padded image, each in
+    [0, 2 * padding]; flips: (N,) bool. One gather for the whole batch.
+    """
+    n, height, width, _ = images.shape
+    padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    rows = offsets[:, :1] + np.arange(height)
+    columns = offsets[:, 1:] + np.arange(width)
+    columns = np.where(flips[:, None], columns[:, ::-1], columns)
+    return padded[np.arange(n)[:, None, None], rows[:, :, None], columns[:, None, :]]
+
+
+def draw_crop_and_flip(
+    rng: np.random.Generator, batch_size: int, padding: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform crop offsets in [0, 2 * padding] and fair-coin flips for a batch."""
+    offsets = rng.integers(0, 2 * padding + 1, size=(batch_size, 2))
+    flips = rng.random(batch_size) < 0.5
+    return offsets, flips
+
+
+class BatchStream:
+    """Training batches of a dataset, indexed by the global step (see the module docstring).
+
+    With `drop_last` an epoch has floor(N / batch_size) full batches and the remainder of
+    its permutation is skipped; without it the last batch of an epoch is smaller.
+    Augmentation is the paper's (PyTorch RandomCrop(padding) + RandomHorizontalFlip),
+    applied to the [0, 1] image before normalisation, so padded pixels become -mean/std.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        data_seed: int,
+        aug_seed: int,
+        augment: bool,
+        drop_last: bool = True,
+        crop_padding: int = 4,
+        permute_within_batch_seed: int | None = None,
+    ):
+        if not 1 <= batch_size <= dataset.num_train:
+            raise ValueError(f"batch_size={batch_size} not in [1, {dataset.num_train}]")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.data_seed = data_seed
+        self.aug_seed = aug_seed
+        self.augment = augment
+        self.drop_last = drop_last
+        self.crop_padding = crop_padding
+        self.permute_within_batch_seed = permute_within_batch_seed
+        num_batches, remainder = divmod(dataset.num_train, batch_size)
+        self.steps_per_epoch = num_batches + (0 if drop_last or not remainder else 1)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The permutation of training examples used in `epoch`."""
+        return np.random.default_rng((self.data_seed, epoch)).permutation(self.dataset.num_train)
+
+    def example_indices(self, step: int) -> np.ndarray:
+        """Training-set indices of the examples of `step`, in the order the batch holds them."""
+        indices = self._drawn_indices(step)
+        return indices[self._within_batch_order(step, len(indices))]
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """{'image': float32 NHWC normalised, 'label': int32} of the global step `step`."""
+        indices = self._drawn_indices(step)
+        images = to_unit_float(self.dataset.train_images[indices])
+        if self.augment:
+            rng = np.random.default_rng((self.aug_seed, step))
+            offsets, flips = draw_crop_and_flip(rng, len(indices), self.crop_padding)
+            images = crop_and_flip(images, offsets, flips, self.crop_padding)
+        # Shuffled after augmentation, so every example keeps its crop and flip.
+        order = self._within_batch_order(step, len(indices))
+        return {
+            "image": normalize(images[order], self.dataset.mean, self.dataset.std),
+            "label": self.dataset.train_labels[indices[order]],
+        }
+
+    def _drawn_indices(self, step: int) -> np.ndarray:
+        """The slice of the epoch's order that `step` takes, before any within-batch shuffle."""
+        epoch, position = divmod(step, self.steps_per_epoch)
+        start = position * self.batch_size
+        return self.epoch_order(epoch)[start : start + self.batch_size]
+
+    def _within_batch_order(self, step: int, size: int) -> np.ndarray:
+        if self.permute_within_batch_seed is None:
+            return np.arange(size)
+        return np.random.default_rng((self.permute_within_batch_seed, step)).permutation(size)
+
+
+def eval_batches(
+    dataset: Dataset, split: str = "test", batch_size: int = 256
+) -> Iterator[dict[str, np.ndarray]]:
+    """The whole split in stored order, normalised and unaugmented; the last batch may be short."""
+    images, labels = dataset.split(split)
+    for start in range(0, len(labels), batch_size):
+        yield {
+            "image": normalize(
+                to_unit_float(images[start : start + batch_size]), dataset.mean, dataset.std
+            ),
+            "label": labels[start : start + batch_size],
+        }

@@ -1,0 +1,64 @@
+"""The model zoo: every model by name, built with `create_model(name, ...)`.
+
+All models are Flax linen modules called as `model.apply(variables, x, train=...)` on NHWC
+float images and return logits (N, num_classes); `one_layer_conv` returns one logit (N,)
+and ignores num_classes. Models with BN keep running statistics in 'batch_stats'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from eos_jax.models.one_layer import OneLayerConv
+from eos_jax.models.resnet import CifarResNet
+from eos_jax.models.small import MLP, SmallCNN
+from eos_jax.models.vgg import VGG
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    **{f"resnet{d}": functools.partial(CifarResNet, depth=d) for d in (20, 32, 44, 56, 110)},
+    "vgg11": functools.partial(VGG, depth=11, use_batch_norm=False),
+    "vgg11_bn": functools.partial(VGG, depth=11, use_batch_norm=True),
+    "vgg16": functools.partial(VGG, depth=16, use_batch_norm=False),
+    "vgg16_bn": functools.partial(VGG, depth=16, use_batch_norm=True),
+    "small_cnn": SmallCNN,
+    "mlp": MLP,
+    "one_layer_conv": OneLayerConv,
+}
+
+
+def _settable_options(constructor: Callable[..., nn.Module]) -> set[str]:
+    """Dataclass fields of the module that the name does not already fix."""
+    module_class = getattr(constructor, "func", constructor)
+    fixed = getattr(constructor, "keywords", {})
+    fields = {f.name for f in dataclasses.fields(module_class) if f.init}
+    return fields - {"parent", "name"} - set(fixed)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 10,
+    dtype: Any = jnp.float32,
+    param_dtype: Any = jnp.float32,
+    **kwargs: Any,
+) -> nn.Module:
+    """Builds model `name`; kwargs set its other options (e.g. activation='swish')."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    constructor = MODELS[name]
+    options = _settable_options(constructor)
+    unknown = sorted(set(kwargs) - options)
+    if unknown:
+        raise TypeError(
+            f"model {name!r} has no option(s) {', '.join(unknown)}; "
+            f"its options: {', '.join(sorted(options))}"
+        )
+    if "num_classes" in options:
+        kwargs["num_classes"] = num_classes
+    return constructor(dtype=dtype, param_dtype=param_dtype, **kwargs)

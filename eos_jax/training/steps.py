@@ -1,0 +1,105 @@
+"""Pure train and eval steps over an explicit state.
+
+`train_step(state, batch) -> (state, metrics)` has no hidden state, so the same function is
+jitted for ordinary runs, vmapped or unrolled for lockstep ensembles, and pushed through
+`jax.jvp` to linearise the training map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+LOSSES = ("cross_entropy", "mse")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that evolves during training, as arrays (a pytree)."""
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any  # BatchNorm running averages; {} for models without BN
+    opt_state: Any
+
+
+def init_state(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    init_seed: int,
+    input_shape: tuple[int, ...],
+) -> TrainState:
+    """Initialises a model from its own seed (separate from data and augmentation seeds)."""
+    dummy = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = model.init(jax.random.key(init_seed), dummy, train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros([], jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+    )
+
+
+def loss_fn(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean loss over the batch; computed in at least float32 whatever the compute dtype."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+    if logits.ndim == 1:  # a single logit: binary classifier (the one-layer model)
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
+    if name == "cross_entropy":
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+    one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+    return jnp.mean(jnp.sum((logits - one_hot) ** 2, axis=-1)) / 2
+
+
+def predictions(logits: jax.Array) -> jax.Array:
+    return (logits > 0).astype(jnp.int32) if logits.ndim == 1 else jnp.argmax(logits, -1)
+
+
+def _apply(model: nn.Module, params, batch_stats, images, train: bool):
+    """Runs the model; returns (logits, new batch_stats)."""
+    variables = {"params": params, "batch_stats": batch_stats}
+    if not train:
+        return model.apply(variables, images, train=False), batch_stats
+    logits, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
+    return logits, updates.get("batch_stats", batch_stats)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy"):
+    """Returns the pure function (state, batch) -> (state, metrics); jit it where you use it."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array]):
+        def objective(params):
+            logits, batch_stats = _apply(model, params, state.batch_stats, batch["image"], True)
+            return loss_fn(loss, logits, batch["label"]), (logits, batch_stats)
+
+        (value, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_state = state.replace(
+            step=state.step + 1,
+            params=optax.apply_updates(state.params, updates),
+            batch_stats=batch_stats,
+            opt_state=opt_state,
+        )
+        accuracy = jnp.mean(predictions(logits) == batch["label"])
+        return new_state, {"loss": value, "accuracy": accuracy}
+
+    return train_step
+
+
+def make_eval_step(model: nn.Module):
+    """Returns the pure function (state, images) -> logits, with BN in inference mode."""
+
+    def eval_step(state: TrainState, images: jax.Array) -> jax.Array:
+        return _apply(model, state.params, state.batch_stats, images, False)[0]
+
+    return eval_step

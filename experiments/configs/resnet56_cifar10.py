@@ -1,0 +1,20 @@
+"""The paper's recipe (REFERENCE.md section 2): ResNet-56 on CIFAR-10, 200 epochs.
+
+Nesterov SGD, momentum 0.9, coupled L2 weight decay 5e-4, lr 0.1 divided by 10 at epochs
+40, 80, 120 and 160; batch 128, crop + flip augmentation; float32. Needs cifar10 prepared
+for tensorflow-datasets (see docs/data.md).
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "resnet56"
+    c.dataset = "cifar10"
+    c.augment = True
+    c.num_epochs = 200
+    c.optimizer.decay_epochs = (40, 80, 120, 160)
+    c.eval_every_steps = 390  # about once an epoch (50,000 // 128 steps)
+    c.checkpoint_every_steps = 1950
+    return c

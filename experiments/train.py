@@ -1,0 +1,37 @@
+r"""Trains one recipe and writes metrics, checkpoints and a summary to a work directory.
+
+  python -m experiments.train --config=experiments/configs/default.py --workdir=/tmp/run \
+      --config.optimizer.lr=0.05
+
+Re-running with the same --workdir resumes from the latest checkpoint; a finished run is
+never overwritten.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from eos_jax.training import loop
+from experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Recipe.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
+_STOP_AT = flags.DEFINE_integer(
+    "stop_at_step", None, "Checkpoint and exit at this step without finishing; rerun to resume."
+)
+
+
+@common.entry_point
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    common.configure_numerics(config)
+    summary = loop.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
+    print(json.dumps(summary, indent=2))
+    print(f"results: {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)

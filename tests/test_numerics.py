@@ -1,0 +1,81 @@
+"""Numerics controls: dtype names, fp64 switch timing, XLA flags, thread count, fingerprint."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from eos_jax import numerics
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def test_unknown_dtype_is_a_clear_error():
+    with pytest.raises(numerics.NumericsError, match="unknown dtype 'fp16'; allowed: bf16, fp32, fp64"):
+        numerics.DtypePolicy("fp16", "fp32")
+
+
+def test_policy_dtypes():
+    policy = numerics.DtypePolicy("fp64", "bf16")
+    assert policy.needs_x64 and str(policy.compute_dtype.dtype) == "bfloat16"
+    assert not numerics.DtypePolicy().needs_x64
+
+
+def test_fp64_before_arrays_gives_float64_and_after_arrays_is_refused():
+    ok = run_python(
+        "from eos_jax import numerics; import jax.numpy as jnp\n"
+        "numerics.configure(numerics.DtypePolicy('fp64','fp64'))\n"
+        "print(jnp.ones(2).dtype)"
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "float64"
+    late = run_python(
+        "from eos_jax import numerics; import jax.numpy as jnp\n"
+        "x = jnp.ones(2)\n"
+        "numerics.configure(numerics.DtypePolicy('fp64','fp64'))"
+    )
+    assert late.returncode != 0 and "fp64 requested after 32-bit arrays were created" in late.stderr
+
+
+def test_flags_and_threads_after_backend_start_are_refused():
+    import jax.numpy as jnp
+
+    jnp.ones(1)  # the backend is running in this process
+    with pytest.raises(numerics.NumericsError, match="before the JAX backend starts"):
+        numerics.set_xla_flags(("--xla_cpu_enable_fast_math=false",))
+    with pytest.raises(numerics.NumericsError, match="cpu_threads=0"):
+        numerics.set_cpu_threads(0)
+
+
+def test_matmul_precision_is_applied_and_checked():
+    with pytest.raises(numerics.NumericsError, match="unknown matmul_precision 'fastest'"):
+        numerics.configure(numerics.DtypePolicy(), matmul_precision="fastest")
+    out = run_python(
+        "from eos_jax import numerics; import jax\n"
+        "numerics.configure(numerics.DtypePolicy(), matmul_precision='high', cpu_threads=1)\n"
+        "import os; print(jax.config.jax_default_matmul_precision, len(os.sched_getaffinity(0)))"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["high", "1"]
+
+
+def test_fingerprint_records_what_decides_the_bits():
+    fp = numerics.fingerprint(numerics.DtypePolicy(), {"lr": 0.1})
+    json.dumps(fp)
+    assert fp["param_dtype"] == "fp32" and fp["backend"] == "cpu"
+    assert "--xla_gpu_deterministic_ops=true" in fp["xla_flags"]
+    assert fp["cpu_threads"] >= 1 and fp["versions"]["jax"]
+    assert fp["config_hash"] == numerics.config_hash({"lr": 0.1}) != numerics.config_hash({"lr": 0.2})
+
+
+def test_importing_the_library_creates_no_arrays():
+    out = run_python(
+        "import eos_jax.numerics, eos_jax.bits, eos_jax.results, eos_jax.training.optim\n"
+        "import eos_jax.training.steps, eos_jax.models, eos_jax.data, eos_jax.training.loop\n"
+        "from jax._src import xla_bridge; print(xla_bridge.backends_are_initialized())"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,141 @@
+"""Train step under jit/vmap/jvp, and the loop: resume bit-exactness, NaN stop, workdir rules."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eos_jax import bits, results
+from eos_jax.data import load_dataset
+from eos_jax.training import loop, steps
+from experiments.configs import default
+
+
+def tiny_config(**overrides):
+    config = default.get_config()
+    config.num_steps = 12
+    config.batch_size = 64
+    config.eval_every_steps = 4
+    config.checkpoint_every_steps = 4
+    config.model_kwargs = {"widths": (8, 16)}
+    config.quiet = True
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def digits_setup():
+    config = tiny_config()
+    dataset = load_dataset("digits")
+    stream = loop.build_stream(config, dataset)
+    model = loop.build_model(config, dataset)
+    tx = loop.make_optimizer(config, stream.steps_per_epoch)
+    state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
+    return model, tx, state, stream
+
+
+def test_vmapped_identical_members_stay_bit_identical(digits_setup):
+    model, tx, state, stream = digits_setup
+    members = 3
+    stacked = jax.tree.map(lambda x: jnp.stack([x] * members), state)
+    step = jax.jit(jax.vmap(steps.make_train_step(model, tx), in_axes=(0, None)))
+    for s in range(20):
+        stacked, metrics = step(stacked, stream.batch(s))
+    hashes = {bits.tree_hash(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(members)}
+    assert len(hashes) == 1
+    assert np.all(np.isfinite(np.asarray(metrics["loss"])))
+    assert bits.tree_hash(jax.tree.map(lambda x: x[0], stacked.params)) != bits.tree_hash(state.params)
+
+
+def test_train_step_linearises_with_jvp():
+    """jax.jvp of the training map: primal equals the plain step; tangent matches a secant.
+
+    In fp64 so that the central difference is accurate: truncation O(eps^2) ~ 1e-12 and
+    rounding ~1e-16/eps ~ 1e-10, far below the 1e-6 relative tolerance.
+    """
+    with jax.enable_x64(True):
+        config = tiny_config(**{"numerics.param_dtype": "fp64", "numerics.compute_dtype": "fp64"})
+        dataset = load_dataset("digits")
+        stream = loop.build_stream(config, dataset)
+        model = loop.build_model(config, dataset)
+        tx = loop.make_optimizer(config, stream.steps_per_epoch)
+        state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
+        train_step = steps.make_train_step(model, tx)
+        batch = stream.batch(0)
+
+        def params_after_step(params):
+            return train_step(state.replace(params=params), batch)[0].params
+
+        step = jax.jit(params_after_step)
+        keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.params))))
+        tangent = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), state.params)
+        primal, jvp_out = jax.jit(lambda p, t: jax.jvp(params_after_step, (p,), (t,)))(
+            state.params, tangent
+        )
+        assert bits.tree_hash(primal) == bits.tree_hash(step(state.params))
+        eps = 1e-6
+        plus = step(jax.tree.map(lambda p, t: p + eps * t, state.params, tangent))
+        minus = step(jax.tree.map(lambda p, t: p - eps * t, state.params, tangent))
+        flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])  # noqa: E731
+        secant = (flat(plus) - flat(minus)) / (2 * eps)
+        assert flat(jvp_out).dtype == np.float64
+        np.testing.assert_allclose(flat(jvp_out), secant, rtol=0, atol=1e-6 * np.abs(secant).max())
+
+
+def test_resume_is_bit_exact(tmp_path):
+    config = tiny_config()
+    whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
+    split_dir = str(tmp_path / "split")
+    partial = loop.train_and_evaluate(config, split_dir, stop_at_step=6)
+    assert partial["stopped_at_step"] == 6 and not results.is_finished(split_dir)
+    resumed = loop.train_and_evaluate(config, split_dir)
+    assert resumed["resumed_from_step"] == 6
+    assert resumed["params_hash"] == whole["params_hash"]
+    records = results.read_jsonl(os.path.join(split_dir, "metrics.jsonl"))
+    assert [r["step"] for r in records] == [4, 8, 10, 12]  # no duplicate rows after resume
+    assert records == results.read_jsonl(str(tmp_path / "whole" / "metrics.jsonl"))
+
+
+def test_finished_workdir_is_not_overwritten(tmp_path):
+    config = tiny_config(num_steps=2)
+    loop.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(results.WorkdirError, match="already holds a finished run"):
+        loop.train_and_evaluate(config, str(tmp_path))
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config(**{"optimizer.lr": 1e4, "optimizer.momentum": 0.0, "optimizer.nesterov": False,
+                            "checkpoint_every_steps": 1, "num_steps": 50})
+    with pytest.raises(loop.TrainingDiverged, match="last good checkpoint: step") as err:
+        loop.train_and_evaluate(config, str(tmp_path))
+    bad_step = int(str(err.value).split(" at step ")[1].split(";")[0])
+    saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert saved[-1] == bad_step - 1
+    assert not results.is_finished(str(tmp_path))
+
+
+def run_train_cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.train", *args],
+        capture_output=True, text=True, timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+
+
+def test_cli_trains_with_overrides_and_rejects_bad_input_in_one_line(tmp_path):
+    ok = run_train_cli(f"--workdir={tmp_path / 'ok'}", "--config.num_steps=3",
+                       "--config.optimizer.lr=0.05", "--config.quiet=True")
+    assert ok.returncode == 0, ok.stderr
+    assert results.read_json(str(tmp_path / "ok" / "config.json"))["optimizer"]["lr"] == 0.05
+    assert results.is_finished(str(tmp_path / "ok"))
+    for bad, message in [("--config.model=resnet7", "unknown model 'resnet7'"),
+                         ("--config.numerics.param_dtype=fp16", "unknown dtype 'fp16'"),
+                         ("--config.dataset=imagenet", "imagenet")]:
+        out = run_train_cli(f"--workdir={tmp_path / 'bad'}", bad)
+        assert out.returncode == 1
+        assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+        assert not os.path.exists(tmp_path / "bad")
