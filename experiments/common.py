@@ -27,7 +27,7 @@ def entry_point(main):
     @functools.wraps(main)
     def wrapped(argv):
         if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+            logging.set_verbosity(logging.ERROR)  # orbax logs every save; tfds warns freely
         try:
             return main(argv)
         except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:

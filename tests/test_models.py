@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from eos_jax.models import MODELS, create_model
-from eos_jax.models.resnet import CifarResNet, activation_fn, batch_norm, conv
+from eos_jax.models.layers import activation_fn, batch_norm, conv
+from eos_jax.models.resnet import CifarResNet
 
 CIFAR = (2, 32, 32, 3)
 DIGITS = (2, 8, 8, 1)

@@ -139,3 +139,18 @@ def test_cli_trains_with_overrides_and_rejects_bad_input_in_one_line(tmp_path):
         assert out.returncode == 1
         assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
         assert not os.path.exists(tmp_path / "bad")
+
+
+def test_audit_reports_reproducibility_in_fresh_processes(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.audit", f"--workdir={tmp_path}", "--steps=3",
+         "--config.model_kwargs.widths=(4,8)", "--config.batch_size=32"],
+        capture_output=True, text=True, timeout=600,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "bit-identical across fresh processes: YES" in out.stdout
+    summary = results.read_json(str(tmp_path / results.SUMMARY))
+    runs = {r["variant"]: r for r in summary["runs"]}
+    assert runs["repeat"]["identical_to_reference"]
+    assert summary["fingerprint"]["xla_flags"]

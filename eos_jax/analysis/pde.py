@@ -18,6 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def require_float64() -> None:
+    """The theory is checked in float64; refuse to run silently in float32."""
+    if jax.dtypes.canonicalize_dtype(jnp.float64) != jnp.float64:
+        raise RuntimeError(
+            "this analysis runs in float64 but x64 is off: call "
+            "numerics.configure(numerics.DtypePolicy('fp64', 'fp64')) first, "
+            "or wrap the call in `with jax.enable_x64(True):`"
+        )
+
+
 def amplification_factors(eigenvalues, dt: float) -> np.ndarray:
     """1 - dt * lambda: what one forward-Euler step does to each eigenmode of A."""
     return 1.0 - dt * np.asarray(eigenvalues)
@@ -88,11 +98,15 @@ def fourier_eigenvalues(stencil, grid_shape: tuple[int, ...]) -> np.ndarray:
     """
     stencil = np.asarray(stencil, dtype=float)
     if stencil.ndim != len(grid_shape) or any(s % 2 == 0 for s in stencil.shape):
-        raise ValueError(f"stencil must have odd sizes and {len(grid_shape)} dims, got {stencil.shape}")
+        raise ValueError(
+            f"stencil must have odd sizes and {len(grid_shape)} dims, got {stencil.shape}"
+        )
     padded = np.zeros(grid_shape)
     padded[tuple(slice(0, s) for s in stencil.shape)] = stencil
     # Put the weight of u[x + j] at index j (mod n); then lambda(w) = n * ifft(padded)(w).
-    padded = np.roll(padded, tuple(-(s // 2) for s in stencil.shape), axis=tuple(range(stencil.ndim)))
+    padded = np.roll(
+        padded, tuple(-(s // 2) for s in stencil.shape), axis=tuple(range(stencil.ndim))
+    )
     return np.real_if_close(np.fft.ifftn(padded) * padded.size, tol=1000)
 
 
@@ -117,8 +131,9 @@ def forward_euler(rhs: Callable, u0, dt: float, steps: int, *args) -> np.ndarray
     A Python loop over one jitted step (see DESIGN.md: rolled scans over convolutions are slow
     on CPU). Iterates after the first non-finite one are NaN: the run has blown up.
     """
+    require_float64()
     step = jax.jit(lambda u, dt, *args: u + dt * rhs(u, *args))
-    u = jnp.asarray(u0)
+    u = jnp.asarray(u0, jnp.float64)
     dt = jnp.asarray(dt, u.dtype)
     out = np.full((steps + 1,) + u.shape, np.nan, dtype=u.dtype)
     out[0] = np.asarray(u)
@@ -128,6 +143,18 @@ def forward_euler(rhs: Callable, u0, dt: float, steps: int, *args) -> np.ndarray
         if not np.all(np.isfinite(out[t + 1])):
             break
     return out
+
+
+def observed_growth_rate(iterates: np.ndarray) -> float:
+    """Per-step growth of |u_{t+1} - u_t| over the second half of a linear iteration.
+
+    For u_{t+1} = (I - dt A) u_t + dt b the steps obey d_{t+1} = (I - dt A) d_t, so this
+    estimates the spectral radius max |1 - dt lambda| without knowing the fixed point.
+    """
+    steps = np.sqrt(np.sum(np.diff(iterates, axis=0) ** 2, axis=tuple(range(1, iterates.ndim))))
+    steps = steps[np.isfinite(steps)]
+    half = len(steps) // 2
+    return float((steps[-1] / steps[half]) ** (1.0 / (len(steps) - 1 - half)))
 
 
 # --- The 1-D heat equation of the paper's Figure 1 -------------------------------------------

@@ -17,7 +17,7 @@ def swish(z, beta: float = 1.0):
 
 
 def valid_correlation(images, kernel):
-    """(K * I)(x) = sum_y K(y) I(x + y) for images (N, H, W) and kernel (h, w): (N, H-h+1, W-w+1)."""
+    """(K * I)(x) = sum_y K(y) I(x + y): images (N, H, W), kernel (h, w) -> (N, H-h+1, W-w+1)."""
     out = jax.lax.conv_general_dilated(
         images[:, None, :, :],
         kernel[None, None, :, :].astype(images.dtype),

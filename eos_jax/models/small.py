@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from eos_jax.models.resnet import Dtype, activation_fn, conv, pytorch_dense
+from eos_jax.models.layers import Dtype, activation_fn, conv, pytorch_dense
 
 
 class SmallCNN(nn.Module):

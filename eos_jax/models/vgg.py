@@ -23,7 +23,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from eos_jax.models.resnet import Dtype, batch_norm, conv, pytorch_dense
+from eos_jax.models.layers import Dtype, batch_norm, conv, pytorch_dense
 
 # Conv widths per group (each group ends with a 2x2 max-pool).
 VGG_GROUPS = {

@@ -125,11 +125,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     start = ckpt.latest_step()
     if start is not None:
         state = ckpt.restore(state)
-        _truncate_metrics(workdir, start)
+        truncate_metrics(workdir, start)
     start = start or 0
     end = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     writer = results.MetricsWriter(workdir)
-    evals: list[float] = [r["test_accuracy"] for r in _read_metrics(workdir) if "test_accuracy" in r]
+    evals: list[float] = [r["test_accuracy"] for r in read_metrics(workdir) if "test_accuracy" in r]
     t0 = time.time()
     bar = tqdm.tqdm(total=num_steps, initial=start, desc=os.path.basename(workdir) or "train",
                     unit="step", dynamic_ncols=True, disable=config.get("quiet", False))
@@ -174,12 +174,12 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     return summary
 
 
-def _read_metrics(workdir: str) -> list[dict]:
+def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     return results.read_jsonl(path) if os.path.exists(path) else []
 
 
-def _truncate_metrics(workdir: str, step: int) -> None:
+def truncate_metrics(workdir: str, step: int) -> None:
     """Drops records logged after the checkpoint we resume from (they will be redone)."""
-    kept = [r for r in _read_metrics(workdir) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
     results.write_jsonl(os.path.join(workdir, "metrics.jsonl"), kept)

@@ -7,6 +7,7 @@ jitted for ordinary runs, vmapped or unrolled for lockstep ensembles, and pushed
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax
@@ -36,7 +37,8 @@ def init_state(
 ) -> TrainState:
     """Initialises a model from its own seed (separate from data and augmentation seeds)."""
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = model.init(jax.random.key(init_seed), dummy, train=False)
+    # Jitted: eager init of a deep net dispatches op by op and takes seconds on a CPU.
+    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(init_seed), dummy)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32),

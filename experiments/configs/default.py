@@ -9,7 +9,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "small_cnn"
-    c.model_kwargs = ml_collections.ConfigDict()
+    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64, 64)))  # small_cnn's options
     c.dataset = "digits"
     c.data_dir = ml_collections.config_dict.placeholder(str)
     c.train_subset = ml_collections.config_dict.placeholder(int)

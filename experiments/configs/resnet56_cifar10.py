@@ -5,12 +5,15 @@ Nesterov SGD, momentum 0.9, coupled L2 weight decay 5e-4, lr 0.1 divided by 10 a
 for tensorflow-datasets (see docs/data.md).
 """
 
+import ml_collections
+
 from experiments.configs import default
 
 
 def get_config():
     c = default.get_config()
     c.model = "resnet56"
+    c.model_kwargs = ml_collections.ConfigDict(dict(activation="relu"))
     c.dataset = "cifar10"
     c.augment = True
     c.num_epochs = 200

@@ -1,0 +1,79 @@
+r"""Is training bit-reproducible here? Trains a few steps in fresh processes and compares bits.
+
+  python -m experiments.audit --workdir=/tmp/audit [--config=... --config.num_steps=20]
+
+Runs the recipe twice with identical settings (the reproducibility claim), then once per
+variant that should change the bits (one CPU thread; no FMA contraction), each in a fresh
+process, and reports which final parameter hashes agree, with the fingerprint of the first.
+"""
+
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from eos_jax import results
+from experiments import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where the audit's runs and report go.", required=True)
+_STEPS = flags.DEFINE_integer("steps", 20, "Training steps per run.")
+_CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py", "Recipe file.")
+
+
+def variants() -> dict[str, list[str]]:
+    """Name -> extra train flags. 'repeat' must match 'reference'; the others probe sensitivity."""
+    out = {"reference": [], "repeat": []}
+    if len(os.sched_getaffinity(0)) > 1:
+        out["cpu_threads=1"] = ["--config.numerics.cpu_threads=1"]
+    out["no_fma"] = ["--config.numerics.xla_flags=('--xla_cpu_max_isa=AVX',)"]
+    return out
+
+
+def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "experiments.train", f"--config={_CONFIG.value}",
+           f"--workdir={run_dir}", f"--config.num_steps={_STEPS.value}", "--config.quiet=True",
+           *overrides, *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"run {run_dir} failed: {out.stderr.strip().splitlines()[-1]}")
+    return results.read_json(os.path.join(run_dir, results.SUMMARY))
+
+
+@common.entry_point
+def main(argv):
+    overrides = [a for a in argv[1:] if a.startswith("--config.")]
+    if len(overrides) != len(argv) - 1:
+        raise app.UsageError(f"unexpected arguments: {[a for a in argv[1:] if a not in overrides]}")
+    workdir = _WORKDIR.value
+    if results.is_finished(workdir):
+        raise results.WorkdirError(f"workdir {workdir!r} already holds a finished audit")
+    os.makedirs(workdir, exist_ok=True)
+    rows = []
+    for name, extra in variants().items():
+        print(f"audit: training {_STEPS.value} steps in a fresh process: {name}", flush=True)
+        summary = train_in_fresh_process(os.path.join(workdir, name.replace("=", "_")), extra, overrides)
+        rows.append({"variant": name, "params_hash": summary["params_hash"][:16]})
+    reference = rows[0]["params_hash"]
+    for row in rows:
+        row["identical_to_reference"] = row["params_hash"] == reference
+    reproducible = rows[1]["identical_to_reference"]
+    fingerprint = results.read_json(os.path.join(workdir, "reference", "fingerprint.json"))
+    table = results.markdown_table(rows)
+    results.atomic_write_text(os.path.join(workdir, "audit.md"), table)
+    print(table)
+    print(f"backend {fingerprint['backend']} {fingerprint['device_kinds']}, "
+          f"{fingerprint['cpu_threads']} CPU threads, XLA_FLAGS={fingerprint['xla_flags']!r}")
+    print("bit-identical across fresh processes:", "YES" if reproducible else "NO")
+    results.finish(workdir, {"reproducible": reproducible, "runs": rows, "fingerprint": fingerprint})
+    if not reproducible:
+        sys.exit(2)
+
+
+def parse_flags_keeping_config_overrides(argv):
+    """--config.* overrides are not this program's flags: pass them through to the runs."""
+    return flags.FLAGS(argv, known_only=True)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags_keeping_config_overrides)
