@@ -1,0 +1,382 @@
+r"""The theory experiments: the gradient-descent PDE, its stability bounds, restrained instability.
+
+  python -m experiments.theory --config=experiments/configs/theory_fig1.py --workdir=DIR
+  python -m experiments.theory --config=experiments/configs/theory_fig4_left.py \
+      --workdir=DIR --config.lrs="(0.01,0.05)"
+
+config.experiment picks one of: heat (Figure 1), linear_pde (Figure 3 / Table 2),
+restrained (Figure 4 left), twins (Figure 4 right), phase (phase diagram). Each writes CSV
+tables, one PNG, summary.md (the predicted-vs-observed table) and summary.json (last).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from eos_jax import numerics, results
+from experiments import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A theory_*.py config.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
+
+POLICY = numerics.DtypePolicy("fp64", "fp64")
+
+
+def _one_layer_setup(config):
+    """The checkerboard image and the initial kernel the config describes."""
+    from eos_jax.analysis import one_layer
+
+    image = one_layer.checkerboard(config.image_size)
+    kernel0 = one_layer.initial_kernel(config.kernel_size, config.seed, config.init_std)
+    return image, kernel0
+
+
+def run_heat(config, workdir):
+    """Figure 1: forward Euler on u_t = u_xx at each dt, against the von Neumann bound."""
+    from eos_jax.analysis import pde, theory_plots
+
+    u0 = pde.heat_initial_condition(config.points)
+    eigenvalues = pde.dense_eigenvalues(pde.heat_dirichlet_matrix(config.points))
+    von_neumann, dirichlet = pde.heat_von_neumann_dt(), pde.heat_dirichlet_dt(config.points)
+    profiles, rows, table = {}, [], []
+    for dt in config.dts:
+        u = pde.forward_euler(pde.heat_rhs, u0, dt, config.steps)
+        profiles[dt] = u
+        rows += [
+            {"dt": dt, "step": t, **{f"u{i}": v for i, v in enumerate(u[t])}} for t in range(len(u))
+        ]
+        growth = float(np.max(np.abs(u[-1])) / np.max(np.abs(u0)))
+        table.append(
+            {
+                "dt": dt,
+                "von Neumann dt bound": von_neumann,
+                "finite-grid dt bound": dirichlet,
+                "predicted max|1-dt*lambda|": pde.spectral_radius(eigenvalues, dt),
+                "observed growth/step": pde.observed_growth_rate(u),
+                "predicted": "stable" if dt <= von_neumann else "unstable",
+                "observed": "stable" if growth <= 1 else "unstable",
+                f"max|u| at step {config.steps} / max|u0|": growth,
+            }
+        )
+    results.write_csv(os.path.join(workdir, "heat.csv"), rows)
+    theory_plots.heat_profiles(
+        profiles, config.shown_steps, os.path.join(workdir, "theory_fig1_heat.png")
+    )
+    return table, {"von_neumann_dt": von_neumann, "finite_grid_dt": dirichlet}
+
+
+def _linear_class(rate: float, tol: float = 1e-6) -> str:
+    """converges / neutral / diverges from a per-step growth rate (tol: the neutral band)."""
+    if rate < 1 - tol:
+        return "converges"
+    return "diverges" if rate > 1 + tol else "neutral"
+
+
+def run_linear_pde(config, workdir):
+    """Figure 3 / Table 2: the transitioning-region linear PDE over alpha vs the alpha window."""
+    from eos_jax.analysis import one_layer, pde, theory_plots
+
+    image, kernel0 = _one_layer_setup(config)
+    spectra = one_layer.regional_spectra(
+        image, kernel0.shape, config.beta, config.label, config.normalization
+    )
+    alpha_min, alpha_max = pde.alpha_window(spectra.transitioning, config.lr)
+    norms, observed, predicted, rows, table = {}, {}, {}, [], []
+    for alpha in config.alphas:
+        iterates = one_layer.run_transitioning_pde(
+            kernel0,
+            image,
+            alpha=alpha,
+            dt=config.lr,
+            steps=config.steps,
+            beta=config.beta,
+            label=config.label,
+            normalization=config.normalization,
+        )
+        norms[alpha] = np.sqrt(np.sum(iterates**2, axis=(1, 2)))
+        observed[alpha] = pde.observed_growth_rate(iterates)
+        predicted[alpha] = pde.spectral_radius(alpha + spectra.transitioning, config.lr)
+        rows += [{"alpha": alpha, "step": t, "kernel_norm": n} for t, n in enumerate(norms[alpha])]
+        table.append(
+            {
+                "alpha": alpha,
+                "alpha_min": alpha_min,
+                "alpha_max": alpha_max,
+                "predicted max|1-lr*lambda|": predicted[alpha],
+                "observed growth/step": observed[alpha],
+                "predicted": _linear_class(predicted[alpha]),
+                "observed": _linear_class(observed[alpha]),
+                "|K_500|/|K_0|": float(norms[alpha][-1] / norms[alpha][0]),
+            }
+        )
+    results.write_csv(os.path.join(workdir, "linear_pde.csv"), rows)
+    theory_plots.linear_pde(
+        norms,
+        observed,
+        predicted,
+        (alpha_min, alpha_max),
+        os.path.join(workdir, "theory_fig3_linear_pde.png"),
+    )
+    return table, {
+        "alpha_min": alpha_min,
+        "alpha_max": alpha_max,
+        "gram_top_eigenvalue": float(spectra.gram_eigenvalues.max()),
+        "gram_top_fourier": float(np.max(np.real(spectra.gram_fourier))),
+    }
+
+
+def _restrained_row(lr, thresholds, trajectory, diagnosis, regions):
+    return {
+        "lr": lr,
+        "2/alpha": thresholds.weight_decay_lr,
+        "local bound 2/lambda_max(H*)": thresholds.equilibrium_lr,
+        "predicted": thresholds.predicted_class(lr),
+        "observed": diagnosis.run_class,
+        "final loss": float(trajectory.losses[-1]),
+        "tail loss min": diagnosis.tail_loss_range[0],
+        "tail loss max": diagnosis.tail_loss_range[1],
+        "tail steps lr*kappa>2": diagnosis.unstable_step_fraction,
+        "region switches": max(len(regions) - 1, 0),
+    }
+
+
+def _thresholds_summary(thresholds):
+    return {
+        "alpha": thresholds.alpha,
+        "weight_decay_lr": thresholds.weight_decay_lr,
+        "activated_lr": thresholds.activated_lr,
+        "transitioning_lr": thresholds.transitioning_lr,
+        "equilibrium_lr": thresholds.equilibrium_lr,
+        "equilibrium_loss": thresholds.equilibrium_loss,
+        "equilibrium_hessian_min_max": list(thresholds.equilibrium_hessian),
+        "equilibrium_response": thresholds.equilibrium_response,
+        "free_directions": thresholds.free_directions,
+    }
+
+
+def run_restrained(config, workdir):
+    """Figure 4 left: GD at alpha = 20 over lr; each run classified beside the predicted bounds."""
+    from eos_jax.analysis import one_layer, theory_plots
+
+    image, kernel0 = _one_layer_setup(config)
+    thresholds = one_layer.predicted_thresholds(
+        kernel0, image, config.alpha, config.beta, config.label
+    )
+    losses, rows, table = {}, [], []
+    for lr in config.lrs:
+        trajectory = one_layer.gd_trajectory(
+            kernel0,
+            image,
+            lr=lr,
+            alpha=config.alpha,
+            steps=config.steps,
+            beta=config.beta,
+            label=config.label,
+        )
+        diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
+        regions = one_layer.region_sequence(trajectory, image, config.beta)
+        losses[lr] = trajectory.losses
+        rows += [{"lr": lr, "step": t, "loss": v} for t, v in enumerate(trajectory.losses)]
+        table.append(_restrained_row(lr, thresholds, trajectory, diagnosis, regions))
+    results.write_csv(os.path.join(workdir, "restrained_losses.csv"), rows)
+    theory_plots.loss_curves(
+        losses,
+        f"one-layer CNN, alpha = {config.alpha:g}",
+        os.path.join(workdir, "theory_fig4_left_loss.png"),
+    )
+    return table, {"thresholds": _thresholds_summary(thresholds)}
+
+
+def run_twins(config, workdir):
+    """Figure 4 right: k=1 vs k=3 twins; divergence stays at rounding level or is amplified."""
+    from eos_jax.analysis import one_layer, theory_plots
+
+    image, kernel0 = _one_layer_setup(config)
+    thresholds = one_layer.predicted_thresholds(
+        kernel0, image, config.alpha, config.beta, config.label
+    )
+    averaged, rows, table = {}, [], []
+    for lr in config.lrs:
+        first, second = (
+            one_layer.gd_trajectory(
+                kernel0,
+                image,
+                lr=lr,
+                alpha=config.alpha,
+                steps=config.steps,
+                k=k,
+                beta=config.beta,
+                label=config.label,
+            )
+            for k in config.k_pair
+        )
+        divergence = one_layer.twin_divergence(first, second)
+        averaged[lr] = one_layer.moving_average(divergence, config.window)
+        amplified = np.flatnonzero(averaged[lr] > config.amplified_level)
+        rows += [
+            {"lr": lr, "step": t, "divergence": d, "moving_average": m}
+            for t, (d, m) in enumerate(zip(divergence, averaged[lr], strict=True))
+        ]
+        predicted = thresholds.predicted_class(lr)
+        table.append(
+            {
+                "lr": lr,
+                "predicted": "rounding level" if predicted == "converging" else "amplified",
+                "observed": "amplified" if amplified.size else "rounding level",
+                "first differing step": int(np.argmax(divergence > 0))
+                if np.any(divergence > 0)
+                else -1,
+                "max moving average": float(np.nanmax(averaged[lr])),
+                f"moving average at {config.steps}": float(averaged[lr][-1]),
+                f"first step above {config.amplified_level:g}": int(amplified[0])
+                if amplified.size
+                else -1,
+            }
+        )
+    results.write_csv(os.path.join(workdir, "twins.csv"), rows)
+    theory_plots.twin_divergence(
+        averaged, config.window, os.path.join(workdir, "theory_fig4_right_twins.png")
+    )
+    return table, {"thresholds": _thresholds_summary(thresholds), "k_pair": list(config.k_pair)}
+
+
+def run_phase(config, workdir):
+    """Phase diagram: observed class over a (lr, alpha) grid against 2/alpha and the local bound."""
+    from eos_jax.analysis import one_layer, theory_plots
+
+    image, kernel0 = _one_layer_setup(config)
+    spectra = one_layer.regional_spectra(image, kernel0.shape, config.beta, config.label)
+    observed, rows, table, bounds = [], [], [], {}
+    for alpha in config.alphas:
+        thresholds = one_layer.predicted_thresholds(
+            kernel0, image, alpha, config.beta, config.label, spectra=spectra
+        )
+        bounds[alpha] = thresholds
+        classes = {}
+        for lr in config.lrs:
+            trajectory = one_layer.gd_trajectory(
+                kernel0,
+                image,
+                lr=lr,
+                alpha=alpha,
+                steps=config.steps,
+                beta=config.beta,
+                label=config.label,
+            )
+            diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
+            classes[lr] = diagnosis.run_class
+            observed.append((alpha, lr, diagnosis.run_class))
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "lr": lr,
+                    "predicted": thresholds.predicted_class(lr),
+                    "observed": diagnosis.run_class,
+                    "envelope_growth": diagnosis.envelope_growth,
+                    "unstable_step_fraction": diagnosis.unstable_step_fraction,
+                }
+            )
+        table.append(_phase_row(alpha, thresholds, classes))
+    results.write_csv(os.path.join(workdir, "phase.csv"), rows)
+    alphas = np.array(config.alphas)
+    theory_plots.phase_diagram(
+        observed,
+        {
+            "2/alpha (weight-decay bound)": (alphas, 2 / alphas),
+            "2/lambda_max(H*) (local bound)": (
+                alphas,
+                np.array([bounds[a].equilibrium_lr for a in alphas]),
+            ),
+        },
+        os.path.join(workdir, "theory_phase.png"),
+    )
+    return table, {"thresholds": [_thresholds_summary(t) for t in bounds.values()]}
+
+
+def _phase_row(alpha, thresholds, classes):
+    """Predicted thresholds beside the observed ones: the lrs between which the class changes."""
+
+    def largest(name):
+        lrs = [lr for lr, c in classes.items() if c == name]
+        return max(lrs) if lrs else float("nan")
+
+    def smallest(name):
+        lrs = [lr for lr, c in classes.items() if c == name]
+        return min(lrs) if lrs else float("nan")
+
+    return {
+        "alpha": alpha,
+        "local bound 2/lambda_max(H*)": thresholds.equilibrium_lr,
+        "largest lr observed converging": largest("converging"),
+        "smallest lr observed restrained": smallest("restrained"),
+        "2/alpha": thresholds.weight_decay_lr,
+        "largest lr observed restrained": largest("restrained"),
+        "smallest lr observed blow-up": smallest("blow-up"),
+        "runs as predicted": sum(thresholds.predicted_class(lr) == c for lr, c in classes.items()),
+        "runs": len(classes),
+    }
+
+
+EXPERIMENTS = {
+    "heat": run_heat,
+    "linear_pde": run_linear_pde,
+    "restrained": run_restrained,
+    "twins": run_twins,
+    "phase": run_phase,
+}
+
+
+def validate(config) -> None:
+    """One clear ValueError for a config that cannot run."""
+    if config.get("experiment") not in EXPERIMENTS:
+        known = ", ".join(EXPERIMENTS)
+        raise ValueError(f"unknown experiment {config.get('experiment')!r}; known: {known}")
+    for name in ("lr", "alpha", "steps", "points", "window"):
+        if name in config and not config[name] > 0:
+            raise ValueError(f"config.{name} must be positive, got {config[name]!r}")
+    for name in ("lrs", "dts", "alphas"):
+        if name in config and (not config[name] or any(not v > 0 for v in config[name])):
+            raise ValueError(f"config.{name} must be non-empty and positive, got {config[name]!r}")
+    if "kernel_size" in config and not 0 < config.kernel_size < config.image_size:
+        raise ValueError(
+            f"need 0 < kernel_size < image_size, got {config.kernel_size}, {config.image_size}"
+        )
+
+
+def run(config, workdir: str) -> dict:
+    """Runs config.experiment into workdir; returns the summary written to summary.json.
+
+    The caller has switched on float64 (main does it through numerics.configure).
+    """
+    from eos_jax.analysis import pde
+
+    validate(config)
+    pde.require_float64()
+    results.prepare_workdir(workdir, config, numerics.fingerprint(POLICY, config))
+    table, numbers = EXPERIMENTS[config.experiment](config, workdir)
+    markdown = results.markdown_table(table)
+    title = f"# Theory experiment `{config.experiment}`\n\n"
+    results.atomic_write_text(os.path.join(workdir, "summary.md"), title + markdown)
+    print(markdown)
+    summary = {"experiment": config.experiment, "table": table, **numbers}
+    results.finish(workdir, summary)
+    return summary
+
+
+@common.one_line_errors
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    numerics.configure(POLICY)  # before any array exists
+    if _CONFIG.value is None:
+        raise ValueError("--config is required (e.g. experiments/configs/theory_fig1.py)")
+    run(_CONFIG.value, _WORKDIR.value)
+    print(f"results: {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+    app.run(main)
