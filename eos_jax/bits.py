@@ -52,7 +52,9 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Number of representable floats between a and b, entry by entry (0 iff same value)."""
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype != b.dtype or not _is_float(a):
-        raise ValueError(f"ulp_distance needs two arrays of one float dtype, got {a.dtype}, {b.dtype}")
+        raise ValueError(
+            f"ulp_distance needs two arrays of one float dtype, got {a.dtype}, {b.dtype}"
+        )
     ia, ib = _ordered_int(a), _ordered_int(b)
     hi, lo = np.maximum(ia, ib), np.minimum(ia, ib)
     # Unsigned wrap-around gives the exact difference even where it exceeds the signed range.

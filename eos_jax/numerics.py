@@ -131,7 +131,8 @@ def configure(
     """
     if matmul_precision not in MATMUL_PRECISIONS:
         raise NumericsError(
-            f"unknown matmul_precision {matmul_precision!r}; allowed: {', '.join(MATMUL_PRECISIONS)}"
+            f"unknown matmul_precision {matmul_precision!r}; "
+            f"allowed: {', '.join(MATMUL_PRECISIONS)}"
         )
     set_xla_flags((DETERMINISTIC_XLA_FLAGS if deterministic else ()) + tuple(xla_flags))
     set_cpu_threads(cpu_threads)

@@ -144,4 +144,3 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
 def finish(workdir: str, summary: dict[str, Any]) -> None:
     """Marks a run finished by writing summary.json last."""
     write_json(os.path.join(workdir, SUMMARY), summary)
-

@@ -16,7 +16,9 @@ from absl import app, flags
 from eos_jax import results
 from experiments import common
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where the audit's runs and report go.", required=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where the audit's runs and report go.", required=True
+)
 _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per run.")
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py", "Recipe file.")
 
@@ -31,9 +33,17 @@ def variants() -> dict[str, list[str]]:
 
 
 def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "experiments.train", f"--config={_CONFIG.value}",
-           f"--workdir={run_dir}", f"--config.num_steps={_STEPS.value}", "--config.quiet=True",
-           *overrides, *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        f"--config={_CONFIG.value}",
+        f"--workdir={run_dir}",
+        f"--config.num_steps={_STEPS.value}",
+        "--config.quiet=True",
+        *overrides,
+        *extra,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"run {run_dir} failed: {out.stderr.strip().splitlines()[-1]}")
@@ -52,7 +62,9 @@ def main(argv):
     rows = []
     for name, extra in variants().items():
         print(f"audit: training {_STEPS.value} steps in a fresh process: {name}", flush=True)
-        summary = train_in_fresh_process(os.path.join(workdir, name.replace("=", "_")), extra, overrides)
+        summary = train_in_fresh_process(
+            os.path.join(workdir, name.replace("=", "_")), extra, overrides
+        )
         rows.append({"variant": name, "params_hash": summary["params_hash"][:16]})
     reference = rows[0]["params_hash"]
     for row in rows:
@@ -62,10 +74,14 @@ def main(argv):
     table = results.markdown_table(rows)
     results.atomic_write_text(os.path.join(workdir, "audit.md"), table)
     print(table)
-    print(f"backend {fingerprint['backend']} {fingerprint['device_kinds']}, "
-          f"{fingerprint['cpu_threads']} CPU threads, XLA_FLAGS={fingerprint['xla_flags']!r}")
+    print(
+        f"backend {fingerprint['backend']} {fingerprint['device_kinds']}, "
+        f"{fingerprint['cpu_threads']} CPU threads, XLA_FLAGS={fingerprint['xla_flags']!r}"
+    )
     print("bit-identical across fresh processes:", "YES" if reproducible else "NO")
-    results.finish(workdir, {"reproducible": reproducible, "runs": rows, "fingerprint": fingerprint})
+    results.finish(
+        workdir, {"reproducible": reproducible, "runs": rows, "fingerprint": fingerprint}
+    )
     if not reproducible:
         sys.exit(2)
 

@@ -28,8 +28,10 @@ def main(argv):
     summary = loop.train_and_evaluate(config, workdir)
     with open(os.path.join(workdir, "fingerprint.json")) as f:
         print("fingerprint:", json.dumps(json.load(f), indent=2))
-    print(f"test accuracy {summary['final_test_accuracy']:.4f} "
-          f"(mean of the last 10 evaluations {summary['mean_last_10_test_accuracy']:.4f})")
+    print(
+        f"test accuracy {summary['final_test_accuracy']:.4f} "
+        f"(mean of the last 10 evaluations {summary['mean_last_10_test_accuracy']:.4f})"
+    )
     print(f"results: {workdir}")
 
 

@@ -14,7 +14,9 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 
 
 def test_unknown_dtype_is_a_clear_error():
-    with pytest.raises(numerics.NumericsError, match="unknown dtype 'fp16'; allowed: bf16, fp32, fp64"):
+    with pytest.raises(
+        numerics.NumericsError, match="unknown dtype 'fp16'; allowed: bf16, fp32, fp64"
+    ):
         numerics.DtypePolicy("fp16", "fp32")
 
 
@@ -68,7 +70,9 @@ def test_fingerprint_records_what_decides_the_bits():
     assert fp["param_dtype"] == "fp32" and fp["backend"] == "cpu"
     assert "--xla_gpu_deterministic_ops=true" in fp["xla_flags"]
     assert fp["cpu_threads"] >= 1 and fp["versions"]["jax"]
-    assert fp["config_hash"] == numerics.config_hash({"lr": 0.1}) != numerics.config_hash({"lr": 0.2})
+    assert (
+        fp["config_hash"] == numerics.config_hash({"lr": 0.1}) != numerics.config_hash({"lr": 0.2})
+    )
 
 
 def test_importing_the_library_creates_no_arrays():

@@ -60,9 +60,19 @@ def test_sgd_matches_pytorch_update(nesterov):
 def test_sgd_matches_pytorch_bit_for_bit_without_fma():
     env = {**os.environ, "XLA_FLAGS": NO_FMA}
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         f"{__file__}::test_sgd_matches_pytorch_update"],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_sgd_matches_pytorch_update",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert out.returncode == 0, out.stdout[-2000:]
 
@@ -70,7 +80,10 @@ def test_sgd_matches_pytorch_bit_for_bit_without_fma():
 def small_training_run(tx, num_steps=6):
     """A few steps of a tiny tanh MLP on fixed random data; returns the params hash."""
     keys = jax.random.split(jax.random.key(0), 3)
-    params = {"w1": jax.random.normal(keys[0], (20, 32)) / 4, "w2": jax.random.normal(keys[1], (32, 5))}
+    params = {
+        "w1": jax.random.normal(keys[0], (20, 32)) / 4,
+        "w2": jax.random.normal(keys[1], (32, 5)),
+    }
     x = jax.random.normal(keys[2], (num_steps, 16, 20))
 
     def loss(p, xb):
@@ -109,14 +122,20 @@ def test_k_is_traced_state_not_a_constant():
 def test_step_decay_values_and_validation():
     schedule = optim.step_decay(0.1, [2, 4])
     values = [float(schedule(jnp.int32(t))) for t in range(6)]
-    assert values == [np.float32(v) for v in (0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1)]
+    assert values == [
+        np.float32(v) for v in (0.1, 0.1, 0.1 * 0.1, 0.1 * 0.1, 0.1 * 0.1 * 0.1, 0.1 * 0.1 * 0.1)
+    ]
     with pytest.raises(ValueError, match="increasing"):
         optim.step_decay(0.1, [4, 2])
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"k": 0}, "positive integer, got 0"), ({"k": 1.5}, "got 1.5"), ({"nesterov": True}, "nesterov needs momentum")],
+    [
+        ({"k": 0}, "positive integer, got 0"),
+        ({"k": 1.5}, "got 1.5"),
+        ({"nesterov": True}, "nesterov needs momentum"),
+    ],
 )
 def test_bad_optimizer_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

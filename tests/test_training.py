@@ -48,7 +48,9 @@ def test_vmapped_identical_members_stay_bit_identical(digits_setup):
     hashes = {bits.tree_hash(jax.tree.map(lambda x, i=i: x[i], stacked)) for i in range(members)}
     assert len(hashes) == 1
     assert np.all(np.isfinite(np.asarray(metrics["loss"])))
-    assert bits.tree_hash(jax.tree.map(lambda x: x[0], stacked.params)) != bits.tree_hash(state.params)
+    assert bits.tree_hash(jax.tree.map(lambda x: x[0], stacked.params)) != bits.tree_hash(
+        state.params
+    )
 
 
 def test_train_step_linearises_with_jvp():
@@ -72,7 +74,9 @@ def test_train_step_linearises_with_jvp():
 
         step = jax.jit(params_after_step)
         keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.params))))
-        tangent = jax.tree.map(lambda x: jax.random.normal(next(keys), x.shape, x.dtype), state.params)
+        tangent = jax.tree.map(
+            lambda x: jax.random.normal(next(keys), x.shape, x.dtype), state.params
+        )
         primal, jvp_out = jax.jit(lambda p, t: jax.jvp(params_after_step, (p,), (t,)))(
             state.params, tangent
         )
@@ -108,8 +112,15 @@ def test_finished_workdir_is_not_overwritten(tmp_path):
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
-    config = tiny_config(**{"optimizer.lr": 1e4, "optimizer.momentum": 0.0, "optimizer.nesterov": False,
-                            "checkpoint_every_steps": 1, "num_steps": 50})
+    config = tiny_config(
+        **{
+            "optimizer.lr": 1e4,
+            "optimizer.momentum": 0.0,
+            "optimizer.nesterov": False,
+            "checkpoint_every_steps": 1,
+            "num_steps": 50,
+        }
+    )
     with pytest.raises(loop.TrainingDiverged, match="last good checkpoint: step") as err:
         loop.train_and_evaluate(config, str(tmp_path))
     bad_step = int(str(err.value).split(" at step ")[1].split(";")[0])
@@ -121,20 +132,28 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
 def run_train_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "experiments.train", *args],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
 
 
 def test_cli_trains_with_overrides_and_rejects_bad_input_in_one_line(tmp_path):
-    ok = run_train_cli(f"--workdir={tmp_path / 'ok'}", "--config.num_steps=3",
-                       "--config.optimizer.lr=0.05", "--config.quiet=True")
+    ok = run_train_cli(
+        f"--workdir={tmp_path / 'ok'}",
+        "--config.num_steps=3",
+        "--config.optimizer.lr=0.05",
+        "--config.quiet=True",
+    )
     assert ok.returncode == 0, ok.stderr
     assert results.read_json(str(tmp_path / "ok" / "config.json"))["optimizer"]["lr"] == 0.05
     assert results.is_finished(str(tmp_path / "ok"))
-    for bad, message in [("--config.model=resnet7", "unknown model 'resnet7'"),
-                         ("--config.numerics.param_dtype=fp16", "unknown dtype 'fp16'"),
-                         ("--config.dataset=imagenet", "imagenet")]:
+    for bad, message in [
+        ("--config.model=resnet7", "unknown model 'resnet7'"),
+        ("--config.numerics.param_dtype=fp16", "unknown dtype 'fp16'"),
+        ("--config.dataset=imagenet", "imagenet"),
+    ]:
         out = run_train_cli(f"--workdir={tmp_path / 'bad'}", bad)
         assert out.returncode == 1
         assert message in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
@@ -143,9 +162,18 @@ def test_cli_trains_with_overrides_and_rejects_bad_input_in_one_line(tmp_path):
 
 def test_audit_reports_reproducibility_in_fresh_processes(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "experiments.audit", f"--workdir={tmp_path}", "--steps=3",
-         "--config.model_kwargs.widths=(4,8)", "--config.batch_size=32"],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "experiments.audit",
+            f"--workdir={tmp_path}",
+            "--steps=3",
+            "--config.model_kwargs.widths=(4,8)",
+            "--config.batch_size=32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     )
     assert out.returncode == 0, out.stderr

@@ -85,7 +85,9 @@ def load_config_dataset(config) -> Dataset:
 
 def evaluate(eval_step, state, dataset: Dataset, batch_size: int, split: str = "test"):
     """Logits of the whole split, in order, on the host (for accuracy, churn, output distance)."""
-    chunks = [np.asarray(eval_step(state, b["image"])) for b in eval_batches(dataset, split, batch_size)]
+    chunks = [
+        np.asarray(eval_step(state, b["image"])) for b in eval_batches(dataset, split, batch_size)
+    ]
     return np.concatenate(chunks)
 
 
@@ -131,8 +133,14 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     writer = results.MetricsWriter(workdir)
     evals: list[float] = [r["test_accuracy"] for r in read_metrics(workdir) if "test_accuracy" in r]
     t0 = time.time()
-    bar = tqdm.tqdm(total=num_steps, initial=start, desc=os.path.basename(workdir) or "train",
-                    unit="step", dynamic_ncols=True, disable=config.get("quiet", False))
+    bar = tqdm.tqdm(
+        total=num_steps,
+        initial=start,
+        desc=os.path.basename(workdir) or "train",
+        unit="step",
+        dynamic_ncols=True,
+        disable=config.get("quiet", False),
+    )
     with writer:
         for step in range(start, end):
             state, metrics = train_step(state, stream.batch(step))
@@ -161,7 +169,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     bar.close()
     ckpt.close()
     if end < num_steps:
-        return {"stopped_at_step": end, "steps": num_steps, "params_hash": bits.tree_hash(state.params)}
+        return {
+            "stopped_at_step": end,
+            "steps": num_steps,
+            "params_hash": bits.tree_hash(state.params),
+        }
     summary = {
         "steps": num_steps,
         "final_test_accuracy": evals[-1] if evals else None,

@@ -38,7 +38,9 @@ def init_state(
     """Initialises a model from its own seed (separate from data and augmentation seeds)."""
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
     # Jitted: eager init of a deep net dispatches op by op and takes seconds on a CPU.
-    variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(init_seed), dummy)
+    variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.key(init_seed), dummy
+    )
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32),
@@ -74,7 +76,9 @@ def _apply(model: nn.Module, params, batch_stats, images, train: bool):
     return logits, updates.get("batch_stats", batch_stats)
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy"):
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy"
+):
     """Returns the pure function (state, batch) -> (state, metrics); jit it where you use it."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):

@@ -1,0 +1,272 @@
+"""REFERENCE.md section 4 as tests: stability bounds, the one-layer PDE, restrained instability.
+
+Every fp64 test runs inside `jax.enable_x64(True)` (the test session is fp32 by default).
+Tolerances are stated where they are used, with the reason.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from eos_jax.analysis import one_layer, pde
+from eos_jax.models.one_layer import OneLayerConv
+
+ALPHA = 20.0
+STEPS = 1000
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture(scope="module")
+def checkerboard():
+    return one_layer.checkerboard(256), one_layer.initial_kernel(32, seed=7, std=1.0)
+
+
+@pytest.fixture(scope="module")
+def sum_spectra(checkerboard):
+    with jax.enable_x64(True):
+        return one_layer.regional_spectra(checkerboard[0], (32, 32), normalization="sum")
+
+
+# --- Forward Euler and von Neumann bounds -----------------------------------------------------
+
+
+def test_max_stable_dt_and_alpha_window_on_known_spectra():
+    assert pde.max_stable_dt([1.0, 4.0]) == 0.5
+    assert pde.max_stable_dt([-1.0, 4.0]) == 0.0  # a growing mode: no dt is stable
+    assert pde.max_stable_dt([1 + 1j]) == pytest.approx(1.0)  # |1 - (1 + i)| = 1: neutral
+    assert pde.alpha_window([-3.0, 0.0, 5.0], dt=0.1) == (3.0, 15.0)
+    np.testing.assert_allclose(pde.amplification_factors([0.0, 2.0, 5.0], 0.4), [1.0, 0.2, -1.0])
+
+
+def test_fourier_eigenvalues_diagonalise_periodic_convolutions():
+    rng = np.random.RandomState(0)
+    stencil = rng.randn(3, 3)
+    grid = (6, 5)
+    n = int(np.prod(grid))
+
+    def apply(u):  # (stencil (*) u)(x) = sum_j stencil[c + j] u(x + j), periodic
+        return sum(
+            stencil[1 + a, 1 + b] * jnp.roll(u, (-a, -b), axis=(0, 1))
+            for a in (-1, 0, 1)
+            for b in (-1, 0, 1)
+        )
+
+    matrix = pde.operator_matrix(apply, grid)
+    expected = np.linalg.eigvals(matrix)
+    got = pde.fourier_eigenvalues(stencil, grid)
+    # Same multiset (1e-12: rounding of 30x30 eigen-solves of O(1) entries).
+    for lam in got.ravel():
+        assert np.min(np.abs(expected - lam)) < 1e-12
+    np.testing.assert_allclose(pde.fourier_diagonal(matrix, grid), got.ravel(), atol=1e-12)
+    assert matrix.shape == (n, n)
+
+
+def test_heat_equation_bound_is_one_half():
+    assert pde.heat_von_neumann_dt() == pytest.approx(0.5, abs=1e-15)
+    # Finite grid with fixed ends: lambda_max = 4 sin^2(29 pi / 60), closed form.
+    exact = 2 / (4 * np.sin(29 * np.pi / 60) ** 2)
+    assert pde.heat_dirichlet_dt(31) == pytest.approx(exact, rel=1e-13)
+    u0 = pde.heat_initial_condition(31)
+    assert u0[0] == u0[-1] == 0 and u0[15] == 1.5
+    stable = pde.forward_euler(pde.heat_rhs, u0, 0.4, 40)
+    unstable = pde.forward_euler(pde.heat_rhs, u0, 0.8, 40)
+    assert np.max(np.abs(stable[-1])) < np.max(np.abs(u0))
+    assert np.max(np.abs(unstable[-1])) > 1e6 * np.max(np.abs(u0))
+    # After 40 steps the top mode (factor -2.191) dominates the next (-2.174) by (2.191/2.174)^40
+    # ~ 1.4 only, so the measured rate is within 1% rather than exact.
+    predicted = pde.spectral_radius(pde.dense_eigenvalues(pde.heat_dirichlet_matrix(31)), 0.8)
+    assert pde.observed_growth_rate(unstable) == pytest.approx(predicted, rel=1e-2)
+
+
+def test_forward_euler_multiplies_each_eigenmode_by_its_amplification_factor():
+    x = np.arange(31)
+    mode = np.sin(3 * np.pi * x / 30)  # eigenvector of the Dirichlet Laplacian, zero at the ends
+    lam = 4 * np.sin(3 * np.pi / 60) ** 2
+    u = pde.forward_euler(pde.heat_rhs, mode, 0.8, 1)
+    # One step is exact up to a few roundings of O(1) numbers.
+    np.testing.assert_allclose(u[1], pde.amplification_factors(lam, 0.8) * mode, atol=1e-14)
+
+
+def test_analysis_refuses_float32():
+    with jax.enable_x64(False), pytest.raises(RuntimeError, match="float64"):
+        pde.require_float64()
+
+
+# --- The one-layer model and its PDE -------------------------------------------------------
+
+
+def test_fft_and_direct_correlation_models_agree():
+    rng = np.random.RandomState(1)
+    images, kernel = jnp.asarray(rng.randn(2, 40, 40)), jnp.asarray(rng.randn(8, 8))
+    outputs = [
+        OneLayerConv(8, correlation=c, dtype=jnp.float64, param_dtype=jnp.float64).apply(
+            {"params": {"kernel": kernel}}, images
+        )
+        for c in ("direct", "fft")
+    ]
+    # Two summation orders of 64 products of O(1) numbers: ~1e-15 apart, 1e-12 leaves room.
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-12)
+
+
+@pytest.mark.parametrize("label", [0.0, 1.0])
+def test_autodiff_gradient_equals_closed_form_pde_rhs(checkerboard, label):
+    image, kernel0 = checkerboard
+    rng = np.random.RandomState(3)
+    cases = [(image, kernel0), (rng.randn(48, 48), 0.1 * rng.randn(8, 8))]
+    for img, kernel in cases:
+        img, kernel = jnp.asarray(img), jnp.asarray(kernel)
+        grad = jax.grad(one_layer.loss)(kernel, img, ALPHA, 1.0, label)
+        rhs = one_layer.pde_rhs(kernel, img, ALPHA, 1.0, label)
+        # fp64 precision: both are the same sums in different orders; 1e-14 of the largest
+        # entry is ~50 ulps, far below any modelling error (which would be O(1) relative).
+        np.testing.assert_allclose(grad, -rhs, rtol=0, atol=1e-14 * float(jnp.max(jnp.abs(grad))))
+
+
+def test_checkerboard_alpha_window_is_computed_not_hard_coded(sum_spectra):
+    # Every 32x32 patch is +-P: G = 225^2 P P^T, top eigenvalue 225^2 * 1024, the rest zero.
+    assert sum_spectra.gram_eigenvalues.max() == pytest.approx(225**2 * 1024, rel=1e-12)
+    assert np.max(np.real(sum_spectra.gram_fourier)) == pytest.approx(225**2 * 1024, rel=1e-12)
+    alpha_min, alpha_max = pde.alpha_window(sum_spectra.transitioning, dt=1e-8)
+    # The zero eigenvalues come out as +-3e-7 (rounding of 5e7-sized sums): 1e-12 relative.
+    assert alpha_min == pytest.approx(1.296e7, rel=1e-12)
+    assert alpha_max == pytest.approx(2e8, rel=1e-12)
+
+
+def test_transitioning_operator_is_the_hessian_at_zero_up_to_the_dropped_mean_term():
+    """Table 2's operator (a0 beta/2) G/N + alpha is H(0) minus (1/16) Ibar Ibar^T; by Weyl's
+    inequality each eigenvalue may move by at most |Ibar|^2 / 16 (a non-hard-coded check on an
+    image that is not a checkerboard)."""
+    rng = np.random.RandomState(5)
+    image = rng.randn(24, 24) + 0.3  # nonzero mean: the dropped term is not negligible
+    kernel_shape = (6, 6)
+    spectra = one_layer.regional_spectra(image, kernel_shape)
+    hessian = jax.hessian(one_layer.loss)(jnp.zeros(kernel_shape), jnp.asarray(image), ALPHA)
+    exact = np.linalg.eigvalsh(np.asarray(hessian).reshape(36, 36))
+    mean_input = np.asarray(one_layer.window_sums(jnp.asarray(image), kernel_shape)) / 19**2
+    weyl = float(np.sum(mean_input**2)) / 16
+    np.testing.assert_array_less(np.abs(exact - (ALPHA + spectra.transitioning)), weyl + 1e-12)
+
+
+def test_regions_of_the_checkerboard(checkerboard):
+    image, _ = checkerboard
+    zero = one_layer.region_counts(np.zeros((32, 32)), image)
+    assert zero == {"activated": 0, "transitioning": 225**2, "not_activated": 0}
+    pattern = image[:32, :32] * (5.0 / 1024)  # response +-5 everywhere, beyond the threshold 3
+    counts = one_layer.region_counts(pattern, image)
+    assert counts == {"activated": 25313, "transitioning": 0, "not_activated": 25312}
+    assert one_layer.region_signature(counts) == "A+N"
+
+
+# --- Restrained instability at alpha = 20 (Figure 4) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def thresholds(checkerboard):
+    with jax.enable_x64(True):
+        return one_layer.predicted_thresholds(checkerboard[1], checkerboard[0], ALPHA)
+
+
+def test_predicted_thresholds_at_alpha_20(thresholds, checkerboard):
+    assert thresholds.weight_decay_lr == pytest.approx(0.1, rel=1e-15)
+    assert thresholds.transitioning_lr == 0.0  # anti-diffusive: unstable for every lr
+    assert thresholds.free_directions == 32 * 32 - 1  # patches span only the checkerboard
+    # REFERENCE: c* ~ 3.865, loss 0.29149, curvature ~62 at K*, local limit ~0.032.
+    assert thresholds.equilibrium_response == pytest.approx(3.865, abs=5e-4)
+    assert thresholds.equilibrium_loss == pytest.approx(0.29149, abs=5e-6)
+    assert thresholds.equilibrium_hessian[1] == pytest.approx(62, abs=0.1)
+    assert thresholds.equilibrium_hessian[0] == pytest.approx(ALPHA, rel=1e-9)
+    assert thresholds.equilibrium_lr == pytest.approx(2 / 62, rel=2e-3)
+    # Curvature along the checkerboard direction at K = 0: alpha - 256 = -236 (REFERENCE).
+    image = jnp.asarray(checkerboard[0])
+    direction = jnp.asarray(checkerboard[0][:32, :32])
+    curvature = one_layer.curvature_along(jnp.zeros((32, 32)), direction, image, ALPHA)
+    assert float(curvature) == pytest.approx(-236, abs=1e-6)
+    predicted = [thresholds.predicted_class(lr) for lr in (0.01, 0.03, 0.05, 0.09, 0.1, 0.11)]
+    expected = ["converging", "converging", "restrained", "restrained", "neutral", "blow-up"]
+    assert predicted == expected
+
+
+def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
+    image, kernel0 = checkerboard
+    finals = []
+    for lr in (0.01, 0.03):
+        run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
+        assert one_layer.diagnose(run, image).run_class == "converging"
+        # Monotone up to the loss's own rounding (a mean of 50625 terms: ~1e-15 noise).
+        assert np.max(np.diff(run.losses)) < 1e-14
+        finals.append(run.losses[-1])
+    assert finals[0] == pytest.approx(0.29149, abs=5e-6)  # REFERENCE's 5 digits
+    assert finals[1] == pytest.approx(finals[0], rel=1e-12)  # same fixed point
+
+
+@pytest.mark.parametrize("lr, peak", [(0.05, 1.109), (0.07, 2.002), (0.09, 3.162)])
+def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, lr, peak):
+    image, kernel0 = checkerboard
+    run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
+    diagnosis = one_layer.diagnose(run, image)
+    assert diagnosis.run_class == "restrained"
+    assert diagnosis.unstable_step_fraction > 0.2  # steps beyond the local bound persist
+    low, high = diagnosis.tail_loss_range
+    # REFERENCE: loss peaks of order 1-3. The peaks are the overshoot of the 1-D map along
+    # the checkerboard direction, reproducible to ~1% whatever the rounding history.
+    assert low == pytest.approx(0.2915, abs=2e-4)
+    assert high == pytest.approx(peak, rel=0.02)
+    signatures = {s for s, _, _ in one_layer.region_sequence(run, image)}
+    assert signatures == {"T", "A+N"}  # it keeps crossing between regions
+
+
+@pytest.mark.parametrize("lr", [0.11, 0.13])
+def test_lr_above_01_blows_up(checkerboard, lr):
+    image, kernel0 = checkerboard
+    run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=400)
+    assert one_layer.diagnose(run, image).run_class == "blow-up"
+    assert not np.isfinite(run.kernel_norms[-1]) or run.kernel_norms[-1] > 1e20
+
+
+def test_twin_divergence_rounding_level_then_amplified(checkerboard):
+    image, kernel0 = checkerboard
+    twins = {
+        lr: [
+            one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=steps, k=k)
+            for k in (1, 3)
+        ]
+        for lr, steps in ((0.01, 300), (0.05, 200))
+    }
+    small = one_layer.twin_divergence(*twins[0.01])
+    large = one_layer.twin_divergence(*twins[0.05])
+    assert small[1] > 0 and large[1] > 0  # k = 3 really changes the first update's bits
+    # Rounding level: a few ulps (relative 1e-16 each) of disagreement, never amplified.
+    assert np.max(one_layer.moving_average(small, 100)) < 1e-14
+    assert np.max(one_layer.moving_average(large, 100)) > 0.1  # amplified to O(1)
+    assert np.argmax(large > 1e-3) < 150  # within ~100 iterations (REFERENCE)
+
+
+# --- The classification rule on synthetic runs ------------------------------------------------
+
+
+def _synthetic(norm_of_step, lr=0.1):
+    """A 1x1 'kernel' trajectory with |K_t| = norm_of_step(t), 100 steps."""
+    values = np.array([norm_of_step(t) for t in range(101)], float)
+    return one_layer.Trajectory(values[:, None, None], values**2, lr, 1.0, 1)
+
+
+@pytest.mark.parametrize(
+    "norms, curvature, expected",
+    [
+        (lambda t: 1 + 0.5**t, 1.0, "converging"),  # settles: steps vanish
+        (lambda t: 1 + 0.99**t, 1.0, "converging"),  # still moving, but every step is stable
+        (lambda t: 1.0 + 0.5 * (t % 2), 30.0, "restrained"),  # bounded, lr*kappa = 3 > 2
+        (lambda t: 1.1**t, 30.0, "blow-up"),  # envelope grows 1.1^25 ~ 11x per quarter
+        (lambda t: np.inf if t > 50 else 1.0, 1.0, "blow-up"),
+    ],
+)
+def test_classification_rule(norms, curvature, expected):
+    run = _synthetic(norms)
+    tail = np.full(100 - one_layer.tail_start(run), curvature)
+    assert one_layer.classify_run(run, tail).run_class == expected
