@@ -20,9 +20,6 @@ from ml_collections import config_flags
 from eos_jax import numerics, results
 from experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A theory_*.py config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
-
 POLICY = numerics.DtypePolicy("fp64", "fp64")
 
 
@@ -55,11 +52,11 @@ def run_heat(config, workdir):
                 "dt": dt,
                 "von Neumann dt bound": von_neumann,
                 "finite-grid dt bound": dirichlet,
-                "predicted max|1-dt*lambda|": pde.spectral_radius(eigenvalues, dt),
+                "predicted spectral radius": pde.spectral_radius(eigenvalues, dt),
                 "observed growth/step": pde.observed_growth_rate(u),
                 "predicted": "stable" if dt <= von_neumann else "unstable",
                 "observed": "stable" if growth <= 1 else "unstable",
-                f"max|u| at step {config.steps} / max|u0|": growth,
+                f"max abs u at step {config.steps} / at 0": growth,
             }
         )
     results.write_csv(os.path.join(workdir, "heat.csv"), rows)
@@ -106,11 +103,11 @@ def run_linear_pde(config, workdir):
                 "alpha": alpha,
                 "alpha_min": alpha_min,
                 "alpha_max": alpha_max,
-                "predicted max|1-lr*lambda|": predicted[alpha],
+                "predicted spectral radius": predicted[alpha],
                 "observed growth/step": observed[alpha],
                 "predicted": _linear_class(predicted[alpha]),
                 "observed": _linear_class(observed[alpha]),
-                "|K_500|/|K_0|": float(norms[alpha][-1] / norms[alpha][0]),
+                "norm K_T / norm K_0": float(norms[alpha][-1] / norms[alpha][0]),
             }
         )
     results.write_csv(os.path.join(workdir, "linear_pde.csv"), rows)
@@ -140,7 +137,8 @@ def _restrained_row(lr, thresholds, trajectory, diagnosis, regions):
         "tail loss min": diagnosis.tail_loss_range[0],
         "tail loss max": diagnosis.tail_loss_range[1],
         "tail steps lr*kappa>2": diagnosis.unstable_step_fraction,
-        "region switches": max(len(regions) - 1, 0),
+        "regions visited": ", ".join(dict.fromkeys(signature for signature, _, _ in regions)),
+        "region switches": len(regions) - 1,
     }
 
 
@@ -357,9 +355,10 @@ def run(config, workdir: str) -> dict:
     validate(config)
     pde.require_float64()
     results.prepare_workdir(workdir, config, numerics.fingerprint(POLICY, config))
-    table, numbers = EXPERIMENTS[config.experiment](config, workdir)
-    markdown = results.markdown_table(table)
-    title = f"# Theory experiment `{config.experiment}`\n\n"
+    runner = EXPERIMENTS[config.experiment]
+    table, numbers = runner(config, workdir)
+    markdown = results.markdown_table(table, float_format="{:.6g}")
+    title = f"# Theory experiment `{config.experiment}`\n\n{runner.__doc__.splitlines()[0]}\n\n"
     results.atomic_write_text(os.path.join(workdir, "summary.md"), title + markdown)
     print(markdown)
     summary = {"experiment": config.experiment, "table": table, **numbers}
@@ -367,16 +366,25 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
-@common.one_line_errors
+@common.entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     numerics.configure(POLICY)  # before any array exists
-    if _CONFIG.value is None:
+    config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if config is None:
         raise ValueError("--config is required (e.g. experiments/configs/theory_fig1.py)")
-    run(_CONFIG.value, _WORKDIR.value)
-    print(f"results: {_WORKDIR.value}")
+    run(config, workdir)
+    print(f"results: {workdir}")
+
+
+def define_flags() -> None:
+    """--config and --workdir; defined only when run as a program, so that tests can import
+    this module beside other mains that define flags of the same names."""
+    config_flags.DEFINE_config_file("config", None, "A theory_*.py config.")
+    flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

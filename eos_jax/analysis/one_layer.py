@@ -78,6 +78,9 @@ def responses(kernel, image):
     return valid_correlation_fft(image[None], kernel)[0]
 
 
+_responses = jax.jit(responses)
+
+
 def logit(kernel, image, beta: float = 1.0):
     """p = mean_x s((K * I)(x)), computed by the project's OneLayerConv model."""
     return _model(kernel.shape[0], beta).apply({"params": {"kernel": kernel}}, image[None])[0]
@@ -110,7 +113,10 @@ def pde_rhs(kernel, image, alpha, beta: float = 1.0, label=1.0):
 
 def hvp(kernel, direction, image, alpha, beta: float = 1.0, label=1.0):
     """Hessian of the loss (weight decay included) times a direction, by forward-over-reverse."""
-    grad = lambda k: jax.grad(loss)(k, image, alpha, beta, label)  # noqa: E731
+
+    def grad(k):
+        return jax.grad(loss)(k, image, alpha, beta, label)
+
     return jax.jvp(grad, (kernel,), (direction,))[1]
 
 
@@ -136,13 +142,16 @@ class Trajectory:
 
     @property
     def kernel_norms(self) -> np.ndarray:
-        return np.sqrt(np.sum(self.kernels**2, axis=(1, 2)))
+        """|K_t|; inf where a blown-up iterate's square overflows."""
+        with np.errstate(over="ignore"):
+            return np.sqrt(np.sum(self.kernels**2, axis=(1, 2)))
 
     @property
     def relative_steps(self) -> np.ndarray:
         """|K_{t+1} - K_t| / |K_t| for t = 0 .. steps - 1."""
-        steps = np.sqrt(np.sum(np.diff(self.kernels, axis=0) ** 2, axis=(1, 2)))
-        return steps / self.kernel_norms[:-1]
+        with np.errstate(over="ignore", invalid="ignore"):
+            steps = np.sqrt(np.sum(np.diff(self.kernels, axis=0) ** 2, axis=(1, 2)))
+            return steps / self.kernel_norms[:-1]
 
 
 @functools.cache
@@ -153,7 +162,8 @@ def _gd_step(alpha: float, k: int, beta: float):
         value, grad = jax.value_and_grad(data_loss)(kernel, image, beta, label)
         tx = optim.sgd(lr, weight_decay=alpha, k=k)
         updates, opt_state = tx.update(grad, opt_state, kernel)
-        return optax.apply_updates(kernel, updates), opt_state, value
+        total = value + 0.5 * alpha * jnp.sum(kernel**2)
+        return optax.apply_updates(kernel, updates), opt_state, total
 
     return jax.jit(step)
 
@@ -167,7 +177,7 @@ def gd_trajectory(
     """Full-batch GD K <- K - (lr*k) * ((grad + alpha K)/k) via optim.sgd, in float64.
 
     k = 1 is plain GD; odd k > 1 perturbs each update by about one ulp (the paper's twins).
-    Stops at the first non-finite iterate.
+    Stops at the first iterate that, or whose loss, is not finite (the run blew up).
     """
     pde.require_float64()
     if lr <= 0 or alpha < 0 or steps < 1:
@@ -183,8 +193,9 @@ def gd_trajectory(
     losses = np.full(steps + 1, np.nan)
     kernels[0] = np.asarray(kernel)
     for t in range(steps):
-        kernel, opt_state, data_value = step(kernel, opt_state, image, lr_arr, label_arr)
-        losses[t] = float(data_value) + 0.5 * alpha * float(np.sum(kernels[t] ** 2))
+        kernel, opt_state, losses[t] = step(kernel, opt_state, image, lr_arr, label_arr)
+        if not np.isfinite(losses[t]):
+            break
         kernels[t + 1] = np.asarray(kernel)
         if not np.all(np.isfinite(kernels[t + 1])):
             break
@@ -226,9 +237,6 @@ def region_counts(kernel, image, beta: float = 1.0, threshold: float = REGION_TH
     )
     codes = (1, 0, -1)
     return {name: int(np.sum(labels == code)) for name, code in zip(REGIONS, codes, strict=True)}
-
-
-_responses = jax.jit(responses)
 
 
 def region_signature(counts: dict) -> str:
@@ -276,7 +284,7 @@ def num_valid_positions(image_shape, kernel_shape) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class RegionalSpectra:
-    """Eigenvalues m of each region's linearised data operator: there dK/dt = -(alpha + m) K + b.
+    """Ascending eigenvalues m of each region's linear data operator: dK/dt = -(alpha + m) K + b.
 
     Derived from Table 3 by replacing s with its regional model and linearising
     a = sigmoid(p) - y around p = 0 (a0 = sigmoid(0) - y, slope 1/4):
@@ -333,7 +341,7 @@ def regional_spectra(
     return RegionalSpectra(
         not_activated=np.zeros(size),
         activated=activated,
-        transitioning=0.5 * a0 * beta * gram_eigs,
+        transitioning=np.sort(0.5 * a0 * beta * gram_eigs),
         gram_eigenvalues=gram_eigs,
         gram_fourier=pde.fourier_diagonal(gram, kernel_shape),
         a0=a0,
@@ -367,16 +375,8 @@ def run_transitioning_pde(
     """Forward Euler on transitioning_rhs; returns the iterates (steps + 1, h, w)."""
     if dt <= 0 or steps < 1:
         raise ValueError(f"need dt > 0 and steps >= 1; got dt={dt}, steps={steps}")
-    rhs = functools.partial(transitioning_rhs, beta=beta, normalization=normalization)
-    return pde.forward_euler(
-        rhs,
-        kernel0,
-        dt,
-        steps,
-        jnp.asarray(image, jnp.float64),
-        alpha,
-        jnp.asarray(label, jnp.float64),
-    )
+    rhs = functools.partial(transitioning_rhs, beta=beta, label=label, normalization=normalization)
+    return pde.forward_euler(rhs, kernel0, dt, steps, jnp.asarray(image, jnp.float64), alpha)
 
 
 # --- Equilibrium and local curvature -----------------------------------------------------------

@@ -25,16 +25,28 @@ def _save(fig: Figure, path: str) -> None:
 
 
 def heat_profiles(profiles: Mapping[float, np.ndarray], shown_steps: Sequence[int], path: str):
-    """Figure 1: u(x) at a few steps of forward Euler, one panel per dt."""
-    fig = Figure(figsize=(4 * len(profiles), 3.2))
+    """Figure 1: u(x) at a few steps of forward Euler per dt, and max|u| against step.
+
+    A run that grew more than tenfold gets a symmetric-log axis (linear within +-1).
+    """
+    panels = len(profiles) + 1
+    fig = Figure(figsize=(3.6 * panels, 3.2))
     for i, (dt, u) in enumerate(profiles.items()):
-        ax = fig.add_subplot(1, len(profiles), i + 1)
+        ax = fig.add_subplot(1, panels, i + 1)
         for t in shown_steps:
             ax.plot(u[t], label=f"step {t}")
+        if np.nanmax(np.abs(u)) > 10 * np.max(np.abs(u[0])):
+            ax.set_yscale("symlog", linthresh=1.0)
         ax.set_title(f"heat equation, dt = {dt}")
         ax.set_xlabel("x")
         ax.set_ylabel("u")
         ax.legend(fontsize=7)
+    ax = fig.add_subplot(1, panels, panels)
+    for dt, u in profiles.items():
+        ax.semilogy(np.max(np.abs(u), axis=1), label=f"dt = {dt}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("max |u|")
+    ax.legend(fontsize=7)
     _save(fig, path)
 
 
@@ -66,16 +78,28 @@ def linear_pde(
     _save(fig, path)
 
 
-def loss_curves(losses: Mapping[float, np.ndarray], title: str, path: str):
-    """Figure 4 left: loss (with weight decay) against iteration, one curve per lr."""
-    fig = Figure(figsize=(6, 4))
-    ax = fig.add_subplot(1, 1, 1)
+def loss_curves(losses: Mapping[float, np.ndarray], title: str, path: str, zoom: int = 100):
+    """Figure 4 left: loss (with weight decay) against iteration per lr, and the last `zoom`
+    iterations of the runs that stayed bounded. Curves leaving the top have blown up."""
+    fig = Figure(figsize=(11, 4))
+    full, last = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    start = max(0, max(len(c) for c in losses.values()) - zoom)
+    top = 3 * max(c[0] for c in losses.values())
     for lr, curve in losses.items():
-        ax.semilogy(curve, label=f"lr = {lr:g}", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+        shown = np.where(curve <= 1e3 * top, curve, np.nan)  # a blow-up leaves through the top
+        full.semilogy(shown, label=f"lr = {lr:g}", lw=0.8)
+        if np.all(np.isfinite(curve)) and curve[-1] < curve[0]:
+            last.plot(np.arange(start, len(curve)), curve[start:], label=f"lr = {lr:g}", lw=0.8)
+    lowest = min(np.nanmin(np.where(np.isfinite(c), c, np.nan)) for c in losses.values())
+    full.set_ylim(0.8 * lowest, top)
+    full.set_xlabel("iteration")
+    full.set_ylabel("loss")
+    full.set_title(title)
+    full.legend(fontsize=7, ncol=2)
+    last.set_xlabel("iteration")
+    last.set_ylabel("loss")
+    last.set_title(f"last {zoom} iterations (bounded runs)")
+    last.legend(fontsize=7)
     _save(fig, path)
 
 

@@ -8,6 +8,6 @@ def get_config() -> ml_collections.ConfigDict:
     c.experiment = "heat"
     c.points = 31  # dx = 1, fixed zero ends, tent initial condition
     c.dts = (0.4, 0.8)
-    c.steps = 40
-    c.shown_steps = (0, 5, 10, 20, 40)
+    c.steps = 20
+    c.shown_steps = (0, 5, 10, 15, 20)
     return c
