@@ -110,32 +110,46 @@ def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer):
     return step
 
 
-def _flax_leaves(tree, prefix=()):
-    """(path, array) pairs of a nested dict, in insertion order."""
-    for key, value in tree.items():
-        if isinstance(value, dict) or hasattr(value, "items"):
-            yield from _flax_leaves(value, (*prefix, key))
-        else:
-            yield (*prefix, key), value
+def flax_param_paths(name: str) -> list[tuple[str, ...]]:
+    """The Flax param paths of model `name`, in the order of the twin's .parameters()."""
+    if name == "small_cnn":
+        convs = [(f"conv{i}", leaf) for i in (1, 2, 3) for leaf in ("kernel", "bias")]
+        return [*convs, ("head", "kernel"), ("head", "bias")]
+    n = (int(name[len("resnet") :]) - 2) // 6
+    paths = [("stem_conv", "kernel"), ("stem_bn", "scale"), ("stem_bn", "bias")]
+    for stage in (1, 2, 3):
+        for block in range(1, n + 1):
+            layers = ["conv1", "bn1", "conv2", "bn2"]
+            if stage > 1 and block == 1:
+                layers += ["shortcut_conv", "shortcut_bn"]
+            for layer in layers:
+                leaves = ("kernel",) if "conv" in layer else ("scale", "bias")
+                paths += [(f"stage{stage}_block{block}", layer, leaf) for leaf in leaves]
+    return [*paths, ("head", "kernel"), ("head", "bias")]
 
 
-def load_flax_params(model: nn.Module, params) -> None:
-    """Copies a Flax model's params into its twin, matching parameters in creation order.
+def load_flax_params(name: str, model: nn.Module, params) -> None:
+    """Copies a Flax model's params into its twin (model `name`), converting layouts.
 
     Flax conv kernels (kh, kw, C_in, C_out) become (C_out, C_in, kh, kw); dense kernels
-    (in, out) become (out, in). Both models create their layers in the same order, and
-    within a layer Flax stores kernel then bias, scale then bias, as PyTorch's weight, bias.
+    (in, out) become (out, in).
     """
-    leaves = [np.asarray(v) for _, v in _flax_leaves(params)]
+    paths = flax_param_paths(name)
     targets = list(model.parameters())
-    if len(leaves) != len(targets):
-        raise ValueError(f"{len(leaves)} Flax arrays vs {len(targets)} PyTorch parameters")
+    if len(paths) != len(targets):
+        raise ValueError(f"{len(paths)} Flax arrays vs {len(targets)} PyTorch parameters")
     with torch.no_grad():
-        for leaf, target in zip(leaves, targets, strict=True):
+        for path, target in zip(paths, targets, strict=True):
+            leaf = params
+            for key in path:
+                leaf = leaf[key]
+            leaf = np.asarray(leaf)
             if leaf.ndim == 4:
                 leaf = leaf.transpose(3, 2, 0, 1)
             elif leaf.ndim == 2:
                 leaf = leaf.T
             if tuple(leaf.shape) != tuple(target.shape):
-                raise ValueError(f"shape {leaf.shape} does not fit {tuple(target.shape)}")
-            target.copy_(torch.from_numpy(np.ascontiguousarray(leaf)))
+                raise ValueError(
+                    f"{'/'.join(path)}: {leaf.shape} does not fit {tuple(target.shape)}"
+                )
+            target.copy_(torch.from_numpy(np.array(leaf, copy=True)))
