@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 import optax
+import scipy.special
 
 from eos_jax import bits
 
@@ -57,9 +58,9 @@ def churn(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
 
 def softmax_l2(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     """Mean over examples of the L2 distance between the two members' softmax outputs."""
-    pa = jax.nn.softmax(np.asarray(logits_a, np.float64), -1)
-    pb = jax.nn.softmax(np.asarray(logits_b, np.float64), -1)
-    return float(np.mean(np.linalg.norm(np.asarray(pa) - np.asarray(pb), axis=-1)))
+    pa = scipy.special.softmax(np.asarray(logits_a, np.float64), -1)
+    pb = scipy.special.softmax(np.asarray(logits_b, np.float64), -1)
+    return float(np.mean(np.linalg.norm(pa - pb, axis=-1)))
 
 
 def final_accuracy(evals: Sequence[float], last: int = 10) -> float:

@@ -29,6 +29,14 @@ class TrainState:
     opt_state: Any
 
 
+@functools.cache
+def _jitted_init(model: nn.Module):
+    """model.init, jitted once per model (modules compare by value), so that ensemble members
+    and repeated runs share one compilation. Jitted: eager init of a deep net dispatches op by
+    op and takes seconds on a CPU."""
+    return jax.jit(functools.partial(model.init, train=False))
+
+
 def init_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -37,10 +45,7 @@ def init_state(
 ) -> TrainState:
     """Initialises a model from its own seed (separate from data and augmentation seeds)."""
     dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    # Jitted: eager init of a deep net dispatches op by op and takes seconds on a CPU.
-    variables = jax.jit(functools.partial(model.init, train=False))(
-        jax.random.key(init_seed), dummy
-    )
+    variables = _jitted_init(model)(jax.random.key(init_seed), dummy)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros([], jnp.int32),

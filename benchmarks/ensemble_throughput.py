@@ -1,0 +1,86 @@
+r"""Throughput of a lockstep ensemble against K separate runs.
+
+  python -m benchmarks.ensemble_throughput [--recipes=embedded,resnet20] [--ks=2,6,12]
+
+ratio = time per step of the K-member ensemble / (K x time per step of one ordinary run)
+(< 1: the ensemble is cheaper than running the members one after another). Members are
+twins (k = 1, 3, 5, ...) sharing one batch stream, as in the experiments; both timings
+include drawing the batch on the host. ResNet-20 runs on random CIFAR-shaped data (only the
+shapes matter for time). Prints a Markdown table.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from eos_jax import numerics, results
+from eos_jax.data import Dataset, load_dataset
+from eos_jax.training import ensemble, loop, sources, steps
+from experiments.configs import twins_embedded
+
+_RECIPES = flags.DEFINE_list("recipes", ["embedded", "resnet20"], "embedded and/or resnet20.")
+_KS = flags.DEFINE_list("ks", ["2", "6", "12"], "Ensemble sizes.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
+_STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strategies.")
+
+
+def recipe(name: str):
+    """(config, dataset) of a benchmark recipe."""
+    config = twins_embedded.get_config()
+    if name == "embedded":
+        return config, load_dataset("digits")
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
+    labels = lambda n: rng.integers(0, 10, n).astype(np.int32)  # noqa: E731
+    dataset = Dataset(images(1024), labels(1024), images(256), labels(256), 10, "random32",
+                      (0.5,) * 3, (0.25,) * 3)
+    config.model, config.model_kwargs = "resnet20", {}
+    return config, dataset
+
+
+def seconds_per_step(step_fn, state, num_steps: int) -> float:
+    """2 warm-up steps (compilation), then the mean over num_steps timed steps."""
+    for s in range(2):
+        state, loss = step_fn(state, s)
+    jax.block_until_ready(loss)
+    t0 = time.perf_counter()
+    for s in range(2, 2 + num_steps):
+        state, loss = step_fn(state, s)
+    jax.block_until_ready(loss)
+    return (time.perf_counter() - t0) / num_steps
+
+
+def single_run(config, dataset, num_steps: int) -> float:
+    stream = loop.build_stream(config, dataset)
+    model = loop.build_model(config, dataset)
+    tx = loop.make_optimizer(config, stream.steps_per_epoch)
+    train_step = jax.jit(steps.make_train_step(model, tx, config.loss))
+    state = steps.init_state(model, tx, config.seeds.init, dataset.image_shape)
+    return seconds_per_step(lambda st, s: train_step(st, stream.batch(s)), state, num_steps)
+
+
+def main(argv):
+    del argv
+    numerics.configure(numerics.DtypePolicy("fp32", "fp32"), matmul_precision="highest")
+    rows = []
+    for name in _RECIPES.value:
+        config, dataset = recipe(name)
+        one = single_run(config, dataset, _STEPS.value)
+        for k in map(int, _KS.value):
+            for strategy in _STRATEGIES.value:
+                members = sources.make_members(config, "update_k", count=k)
+                ens = ensemble.Ensemble(members, dataset, strategy)
+                t = seconds_per_step(ens.step, ens.init(), _STEPS.value)
+                rows.append({"recipe": name, "K": k, "strategy": strategy,
+                             "one run ms/step": 1e3 * one, "ensemble ms/step": 1e3 * t,
+                             "ratio": t / (k * one)})
+                print(rows[-1], flush=True)
+    print(results.markdown_table(rows, "{:.3g}"))
+    fingerprint = numerics.fingerprint(numerics.DtypePolicy("fp32", "fp32"))
+    print({k: fingerprint[k] for k in ("cpu_threads", "device_kinds", "versions", "xla_flags")})
+
+
+if __name__ == "__main__":
+    app.run(main)
