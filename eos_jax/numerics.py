@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 import platform
@@ -23,6 +24,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from eos_jax import results
 
 DTYPES = {"bf16": jnp.bfloat16, "fp32": jnp.float32, "fp64": jnp.float64}
 MATMUL_PRECISIONS = ("default", "high", "highest")
@@ -143,25 +146,43 @@ def configure(
 
 def config_hash(config: Any) -> str:
     """sha256 of a config's canonical JSON (ml_collections ConfigDict or plain dict)."""
-    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    text = json.dumps(as_dict, sort_keys=True, default=str)
+    text = json.dumps(results.as_dict(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        out = subprocess.run(
-            ["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        )
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "-C", here, *args], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
+def _cpu() -> dict[str, Any]:
+    """CPU model and the instruction-set features that change XLA:CPU's arithmetic (FMA)."""
+    info = {"machine": platform.machine(), "model": None, "features": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["model"] is None:
+            info["model"] = value.strip()
+        if key.strip() == "flags" and not info["features"]:
+            flags = set(value.split())
+            info["features"] = sorted(flags & {"avx", "avx2", "fma", "avx512f", "sse4_2"})
+    return info
+
+
+VERSIONED_MODULES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "orbax.checkpoint")
+
+
 def _version(module_name: str) -> str | None:
     try:
-        return __import__(module_name).__version__
+        return importlib.import_module(module_name).__version__
     except (ImportError, AttributeError):
         return None
 
@@ -172,8 +193,9 @@ def fingerprint(policy: DtypePolicy, config: Any = None) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {m: _version(m) for m in ("jax", "jaxlib", "flax", "optax", "numpy")},
+        "versions": {m: _version(m) for m in VERSIONED_MODULES},
         "backend": jax.default_backend(),
+        "cpu": _cpu(),
         "device_kinds": sorted({d.device_kind for d in devices}),
         "device_count": len(devices),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -182,7 +204,9 @@ def fingerprint(policy: DtypePolicy, config: Any = None) -> dict[str, Any]:
         "param_dtype": policy.param,
         "compute_dtype": policy.compute,
         "matmul_precision": jax.config.jax_default_matmul_precision,
+        "prng_impl": str(jax.config.jax_default_prng_impl),
         "config_hash": config_hash(config) if config is not None else None,
-        "git_commit": _git_commit(),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "argv": sys.argv,
     }

@@ -23,8 +23,28 @@ from typing import Any
 SUMMARY = "summary.json"
 
 
+# Fingerprint fields that decide a run's bits: a resumed run must match them.
+BIT_DECIDING_FIELDS = (
+    "backend", "device_kinds", "device_count", "cpu", "cpu_threads", "xla_flags", "x64",
+    "param_dtype", "compute_dtype", "matmul_precision", "prng_impl", "versions",
+)
+# Config fields a resumed run may change (they only affect what is printed).
+RESUME_FREE_FIELDS = ("quiet",)
+
+
 class WorkdirError(RuntimeError):
     """The work directory cannot be used as asked (e.g. it holds a finished run)."""
+
+
+def as_dict(config: Any) -> dict[str, Any]:
+    """A plain dict of an ml_collections ConfigDict or a mapping."""
+    return config.to_dict() if hasattr(config, "to_dict") else dict(config)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors can be pages long)."""
+    text = str(error).strip()
+    return text.splitlines()[0].split(" See full ")[0] if text else type(error).__name__
 
 
 def _to_jsonable(value: Any) -> Any:
@@ -114,19 +134,45 @@ class MetricsWriter:
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
+    """Records of a JSONL file; a torn last line (a process killed mid-write) is dropped."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f.read().split("\n") if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise
+    return records
 
 
 def is_finished(workdir: str) -> bool:
     return os.path.exists(os.path.join(workdir, SUMMARY))
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = _to_jsonable(v)
+    return out
+
+
+def _changed_fields(old: dict[str, Any], new: dict[str, Any], ignore=()) -> list[str]:
+    old, new = _flatten(_to_jsonable(old)), _flatten(_to_jsonable(new))
+    keys = sorted(set(old) | set(new))
+    return [k for k in keys if k not in ignore and old.get(k) != new.get(k)]
+
+
 def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> None:
     """Creates workdir and writes config.json + fingerprint.json.
 
     A directory that already holds a finished run (summary.json) is never reused silently:
-    that is an error naming the directory. An unfinished one is reused (resume).
+    that is an error naming the directory. An unfinished one is reused (resume) only with
+    the same config and the same bit-deciding numerics; otherwise resuming would mix runs.
     """
     if not workdir:
         raise WorkdirError("--workdir is required")
@@ -135,10 +181,30 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
             f"workdir {workdir!r} already holds a finished run ({SUMMARY}); "
             "choose a new --workdir or delete it"
         )
+    config_path = os.path.join(workdir, "config.json")
+    fingerprint_path = os.path.join(workdir, "fingerprint.json")
+    if os.path.exists(config_path):
+        changed = _changed_fields(read_json(config_path), as_dict(config), RESUME_FREE_FIELDS)
+        if changed:
+            raise WorkdirError(
+                f"workdir {workdir!r} holds an unfinished run of a different config "
+                f"(changed: {', '.join(changed[:5])}); use a new --workdir to start afresh"
+            )
+    if os.path.exists(fingerprint_path):
+        saved = read_json(fingerprint_path)
+        changed = _changed_fields(
+            {k: saved.get(k) for k in BIT_DECIDING_FIELDS},
+            {k: fingerprint.get(k) for k in BIT_DECIDING_FIELDS},
+        )
+        if changed:
+            raise WorkdirError(
+                f"workdir {workdir!r} was started with other numerics (changed: "
+                f"{', '.join(changed[:5])}); resuming would not be bit-exact"
+            )
+        return
     os.makedirs(workdir, exist_ok=True)
-    as_dict = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    write_json(os.path.join(workdir, "config.json"), as_dict)
-    write_json(os.path.join(workdir, "fingerprint.json"), fingerprint)
+    write_json(config_path, as_dict(config))
+    write_json(fingerprint_path, fingerprint)
 
 
 def finish(workdir: str, summary: dict[str, Any]) -> None:

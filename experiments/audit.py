@@ -8,12 +8,13 @@ process, and reports which final parameter hashes agree, with the fingerprint of
 """
 
 import os
+import platform
 import subprocess
 import sys
 
 from absl import app, flags
 
-from eos_jax import results
+from eos_jax import numerics, results
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string(
@@ -28,7 +29,8 @@ def variants() -> dict[str, list[str]]:
     out = {"reference": [], "repeat": []}
     if len(os.sched_getaffinity(0)) > 1:
         out["cpu_threads=1"] = ["--config.numerics.cpu_threads=1"]
-    out["no_fma"] = ["--config.numerics.xla_flags=('--xla_cpu_max_isa=AVX',)"]
+    if platform.machine() in ("x86_64", "AMD64"):
+        out["no_fma"] = [f"--config.numerics.xla_flags={numerics.NO_FMA_XLA_FLAGS!r}"]
     return out
 
 
@@ -46,7 +48,9 @@ def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str])
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"run {run_dir} failed: {out.stderr.strip().splitlines()[-1]}")
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        print(f"error: audit run {run_dir} failed: {last}", file=sys.stderr)
+        sys.exit(1)
     return results.read_json(os.path.join(run_dir, results.SUMMARY))
 
 
@@ -56,8 +60,8 @@ def main(argv):
     if len(overrides) != len(argv) - 1:
         raise app.UsageError(f"unexpected arguments: {[a for a in argv[1:] if a not in overrides]}")
     workdir = _WORKDIR.value
-    if results.is_finished(workdir):
-        raise results.WorkdirError(f"workdir {workdir!r} already holds a finished audit")
+    if os.path.exists(workdir) and os.listdir(workdir):
+        raise results.WorkdirError(f"workdir {workdir!r} is not empty; an audit needs a new one")
     os.makedirs(workdir, exist_ok=True)
     rows = []
     for name, extra in variants().items():

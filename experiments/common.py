@@ -7,13 +7,23 @@ import sys
 
 from absl import flags, logging
 
-from eos_jax import numerics
+from eos_jax import numerics, results
+from eos_jax.training import checkpoint, loop
+
+# Failures a user can cause and fix; anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (
+    ValueError,  # bad config values, unknown names (numerics.NumericsError included)
+    FileNotFoundError,  # e.g. a dataset that is not prepared
+    results.WorkdirError,
+    checkpoint.CheckpointError,
+    loop.TrainingDiverged,
+)
 
 
 def configure_numerics(config) -> numerics.DtypePolicy:
     """Applies config.numerics before any array exists; returns the dtype policy."""
     n = config.numerics
-    policy = numerics.DtypePolicy(n.param_dtype, n.compute_dtype)
+    policy = loop.dtype_policy(config)
     numerics.configure(
         policy, n.matmul_precision, n.get("cpu_threads"), n.deterministic, tuple(n.xla_flags)
     )
@@ -30,10 +40,9 @@ def entry_point(main):
             logging.set_verbosity(logging.ERROR)  # orbax logs every save; tfds warns freely
         try:
             return main(argv)
-        except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as e:
+        except EXPECTED_ERRORS as e:
             logging.debug("full traceback", exc_info=True)
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"error: {message}", file=sys.stderr)
+            print(f"error: {results.first_line(e)}", file=sys.stderr)
             sys.exit(1)
 
     return wrapped

@@ -73,3 +73,15 @@ def test_diff_stats_on_known_arrays():
     assert s["l2"] == pytest.approx(np.sqrt(5.0))
     total = bits.tree_diff({"x": a, "y": a}, {"x": b, "y": a})
     assert total["y"]["max_abs"] == 0.0 and total["total"]["frac_differ"] == 0.25
+
+
+def test_non_finite_entries_count_as_fully_different():
+    a = np.array([1.0, np.nan, np.inf, 2.0], np.float32)
+    b = np.array([1.0, np.nan, np.inf, np.nan], np.float32)
+    s = bits.diff_stats(a, b)
+    # NaN vs NaN and 2 vs NaN are different (no information is not "equal"); inf == inf is not.
+    assert s["frac_differ"] == 0.5 and s["max_rel"] == 1.0 and s["rel_l1"] == 1.0
+    assert s["max_ulp"] == np.inf and s["max_abs"] == np.inf
+    with pytest.raises(ValueError, match="NaN"):
+        bits.ulp_distance(a, b)
+    assert bits.tree_all_finite({"x": a[:1]}) and not bits.tree_all_finite({"x": a})

@@ -141,9 +141,9 @@ def test_unknown_name_is_a_one_line_error_listing_known_names():
 
 
 def test_unknown_option_names_model_and_option():
-    with pytest.raises(TypeError, match=r"model 'resnet20' has no option\(s\) widths"):
+    with pytest.raises(ValueError, match=r"model 'resnet20' has no option\(s\) widths"):
         create_model("resnet20", widths=(8,))
-    with pytest.raises(TypeError, match="depth"):
+    with pytest.raises(ValueError, match="depth"):
         create_model("resnet20", depth=32)  # fixed by the name
 
 

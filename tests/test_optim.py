@@ -140,3 +140,31 @@ def test_step_decay_values_and_validation():
 def test_bad_optimizer_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         optim.sgd(0.1, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_odd_k_moves_each_update_by_at_most_two_ulps(dtype):
+    """(lr*k)*(d/k) has three roundings where lr*d has one: each within half an ulp, so the
+    update differs from plain SGD's by at most 2 ulps, and on some entries by at least 1."""
+    d = jax.random.normal(jax.random.key(0), (4096,), dtype)
+    params = jnp.zeros_like(d)
+
+    def update(k):
+        tx = optim.sgd(0.1, k=k)
+        return np.asarray(tx.update(d, tx.init(params), params)[0])
+
+    plain = update(1)
+    for k in (3, 5, 7, 9, 11):
+        ulps = bits.ulp_distance(update(k), plain)
+        assert 0 < ulps.max() <= 2, (k, ulps.max())
+
+
+def test_perturbed_update_is_computed_as_written():
+    """-(lr*k) * (d/k) in float32, op by op as NumPy does it (XLA must not turn d/k into
+    d * (1/k), which for lr = 0.1, k = 5 would silently give plain SGD's bits)."""
+    d = jax.random.normal(jax.random.key(0), (4096,), jnp.float32)
+    lr, d_np = np.float32(0.1), np.asarray(d)
+    for k in (3, 5, 7):
+        tx = optim.sgd(0.1, k=k)
+        update = np.asarray(jax.jit(tx.update)(d, tx.init(d), d)[0])
+        np.testing.assert_array_equal(update, -((lr * np.float32(k)) * (d_np / np.float32(k))))

@@ -1,6 +1,7 @@
 """Train step under jit/vmap/jvp, and the loop: resume bit-exactness, NaN stop, workdir rules."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from eos_jax import bits, results
 from eos_jax.data import load_dataset
 from eos_jax.training import loop, steps
+from eos_jax.training.checkpoint import CheckpointError
 from experiments.configs import default
 
 
@@ -90,18 +92,50 @@ def test_train_step_linearises_with_jvp():
         np.testing.assert_allclose(flat(jvp_out), secant, rtol=0, atol=1e-6 * np.abs(secant).max())
 
 
-def test_resume_is_bit_exact(tmp_path):
-    config = tiny_config()
+def test_resume_after_a_crash_is_bit_exact(tmp_path):
+    """Crosses an epoch and an lr decay with augmentation on; the crash loses a checkpoint
+    and leaves metric records beyond the one resumed from."""
+    config = tiny_config(
+        num_steps=30, augment=True, checkpoint_every_steps=5, eval_every_steps=3,
+        **{"optimizer.decay_epochs": (1,)},  # 23 steps per epoch: lr decays at step 23
+    )
     whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
-    split_dir = str(tmp_path / "split")
-    partial = loop.train_and_evaluate(config, split_dir, stop_at_step=6)
-    assert partial["stopped_at_step"] == 6 and not results.is_finished(split_dir)
-    resumed = loop.train_and_evaluate(config, split_dir)
-    assert resumed["resumed_from_step"] == 6
+    split_dir = tmp_path / "split"
+    partial = loop.train_and_evaluate(config, str(split_dir), stop_at_step=14)
+    assert partial["stopped_at_step"] == 14 and not results.is_finished(str(split_dir))
+    shutil.rmtree(split_dir / "checkpoints" / "14")  # the crash: back to step 10
+    assert max(r["step"] for r in loop.read_metrics(str(split_dir))) == 12
+    resumed = loop.train_and_evaluate(config, str(split_dir))
+    assert resumed["resumed_from_step"] == 10
     assert resumed["params_hash"] == whole["params_hash"]
-    records = results.read_jsonl(os.path.join(split_dir, "metrics.jsonl"))
-    assert [r["step"] for r in records] == [4, 8, 10, 12]  # no duplicate rows after resume
-    assert records == results.read_jsonl(str(tmp_path / "whole" / "metrics.jsonl"))
+    assert loop.read_metrics(str(split_dir)) == loop.read_metrics(str(tmp_path / "whole"))
+
+
+def test_resume_refuses_a_changed_config_and_a_damaged_checkpoint(tmp_path):
+    config = tiny_config()
+    loop.train_and_evaluate(config, str(tmp_path), stop_at_step=4)
+    with pytest.raises(results.WorkdirError, match=r"different config \(changed: optimizer.k\)"):
+        loop.train_and_evaluate(tiny_config(**{"optimizer.k": 3}), str(tmp_path))
+    step_dir = tmp_path / "checkpoints" / "4"
+    biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(biggest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    biggest.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checkpoint step 4"):
+        loop.train_and_evaluate(config, str(tmp_path))
+    assert not results.is_finished(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [({"num_steps": 0}, "config.num_steps=0 must be positive"),
+     ({"eval_every_steps": 0}, "config.eval_every_steps=0 must be positive"),
+     ({"loss": "hinge"}, "unknown loss 'hinge'")],
+)
+def test_bad_recipe_values_fail_before_anything_is_written(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        loop.train_and_evaluate(tiny_config(**override), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_finished_workdir_is_not_overwritten(tmp_path):
@@ -123,6 +157,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     )
     with pytest.raises(loop.TrainingDiverged, match="last good checkpoint: step") as err:
         loop.train_and_evaluate(config, str(tmp_path))
+    assert results.read_json(str(tmp_path / "diverged.json"))["status"] == "diverged"
     bad_step = int(str(err.value).split(" at step ")[1].split(";")[0])
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     assert saved[-1] == bad_step - 1

@@ -55,7 +55,7 @@ def create_model(
     options = _settable_options(constructor)
     unknown = sorted(set(kwargs) - options)
     if unknown:
-        raise TypeError(
+        raise ValueError(
             f"model {name!r} has no option(s) {', '.join(unknown)}; "
             f"its options: {', '.join(sorted(options))}"
         )

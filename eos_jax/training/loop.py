@@ -19,7 +19,7 @@ from eos_jax import bits, numerics, results
 from eos_jax.data import BatchStream, Dataset, eval_batches, load_dataset
 from eos_jax.models import create_model
 from eos_jax.training import optim, steps
-from eos_jax.training.checkpoint import Checkpointer
+from eos_jax.training.checkpoint import CheckpointError, Checkpointer
 
 
 class TrainingDiverged(RuntimeError):
@@ -32,9 +32,26 @@ def dtype_policy(config) -> numerics.DtypePolicy:
 
 def total_steps(config, steps_per_epoch: int) -> int:
     """config.num_steps if set, else config.num_epochs whole epochs."""
-    if config.get("num_steps"):
+    if config.get("num_steps") is not None:
         return int(config.num_steps)
     return int(config.num_epochs) * steps_per_epoch
+
+
+def validate(config, stop_at_step: int | None = None) -> None:
+    """Checks a training recipe's plain values before anything is built or written."""
+    positive = ["batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
+                "checkpoint_every_steps", "optimizer.lr"]
+    positive.append("num_steps" if config.get("num_steps") is not None else "num_epochs")
+    for name in positive:
+        value = config
+        for part in name.split("."):
+            value = value[part]
+        if not value > 0:
+            raise ValueError(f"config.{name}={value!r} must be positive")
+    if config.loss not in steps.LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; allowed: {', '.join(steps.LOSSES)}")
+    if stop_at_step is not None and stop_at_step < 1:
+        raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
 
 
 def make_optimizer(config, steps_per_epoch: int, k: int | None = None):
@@ -110,6 +127,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     and returns early without finishing (to split a long run across sessions, e.g. on
     preemptible machines); run again to continue. Returns the summary.
     """
+    validate(config, stop_at_step)
     policy = dtype_policy(config)
     check_x64(policy)
     dataset = load_config_dataset(config)
@@ -120,15 +138,16 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     state = steps.init_state(model, tx, config.seeds.init, dataset.train_images.shape[1:])
     train_step = jax.jit(steps.make_train_step(model, tx, config.loss))
     eval_step = jax.jit(steps.make_eval_step(model))
-    # Only now that the recipe is known to build does anything go to disk.
+    # Only now that the recipe is validated and builds does anything go to disk.
     results.prepare_workdir(workdir, config, numerics.fingerprint(policy, config))
 
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2))
-    start = ckpt.latest_step()
-    if start is not None:
+    start = ckpt.latest_step() or 0
+    if start:
         state = ckpt.restore(state)
-        truncate_metrics(workdir, start)
-    start = start or 0
+        if int(state.step) != start:
+            raise CheckpointError(f"checkpoint {start} holds the state of step {int(state.step)}")
+    truncate_metrics(workdir, start)  # records after the restored step will be redone
     end = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
     writer = results.MetricsWriter(workdir)
     evals: list[float] = [r["test_accuracy"] for r in read_metrics(workdir) if "test_accuracy" in r]
@@ -145,12 +164,9 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         for step in range(start, end):
             state, metrics = train_step(state, stream.batch(step))
             loss = float(metrics["loss"])
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss} at step {step + 1}; last good checkpoint: step "
-                    f"{ckpt.latest_step()} in {ckpt.directory}"
-                )
             done = step + 1
+            if not math.isfinite(loss):
+                raise diverged(workdir, ckpt, f"loss is {loss} at step {done}")
             bar.update(1)
             # Records hold the loss of the logged step itself (not a running mean), so that a
             # resumed run writes exactly the records of an uninterrupted one.
@@ -165,6 +181,8 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
             if record:
                 writer.write({"step": done, "epoch": done / stream.steps_per_epoch, **record})
             if done % config.checkpoint_every_steps == 0 or done in (end, num_steps):
+                if not bits.tree_all_finite(state.params):
+                    raise diverged(workdir, ckpt, f"parameters are not finite after step {done}")
                 ckpt.save(done, state)
     bar.close()
     ckpt.close()
@@ -175,6 +193,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
             "params_hash": bits.tree_hash(state.params),
         }
     summary = {
+        "status": "finished",
         "steps": num_steps,
         "final_test_accuracy": evals[-1] if evals else None,
         "mean_last_10_test_accuracy": float(np.mean(evals[-10:])) if evals else None,
@@ -186,6 +205,15 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     return summary
 
 
+def diverged(workdir: str, ckpt: Checkpointer, what: str) -> TrainingDiverged:
+    """Records a divergence in diverged.json (the run stays unfinished) and returns the error."""
+    last = ckpt.latest_step()
+    where = f"last good checkpoint: step {last}" if last else "no checkpoint was saved yet"
+    results.write_json(os.path.join(workdir, "diverged.json"), {"status": "diverged", "what": what,
+                                                                 "last_checkpoint": last})
+    return TrainingDiverged(f"{what}; {where} in {ckpt.directory}")
+
+
 def read_metrics(workdir: str) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     return results.read_jsonl(path) if os.path.exists(path) else []
@@ -193,5 +221,7 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def truncate_metrics(workdir: str, step: int) -> None:
     """Drops records logged after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return
     kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
     results.write_jsonl(os.path.join(workdir, "metrics.jsonl"), kept)

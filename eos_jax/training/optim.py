@@ -49,9 +49,13 @@ class PerturbedLrState(NamedTuple):
 
 
 def scale_by_perturbed_lr(learning_rate: float | optax.Schedule, k: int = 1):
-    """updates -> -(lr * k) * (updates / k), with lr and k as traced values in the update's dtype.
+    """updates -> -(lr * k) * (updates / k), computed in the update's dtype.
 
-    k lives in the optimiser state, so each member of a vmapped ensemble can carry its own k.
+    k lives in the optimiser state (traced, so XLA cannot fold the two roundings away), and
+    each member of an ensemble can carry its own k. lr is first rounded to the update's
+    dtype, then lr * k is rounded again there: for odd k > 1 both factors are about one ulp
+    off lr * d, which is the perturbation. A scheduled lr is traced too; a constant lr is
+    a compile-time constant, harmless because the traced k stops any folding.
     """
     if int(k) != k or k < 1:
         raise ValueError(f"perturbation k must be a positive integer, got {k!r}")
@@ -67,7 +71,11 @@ def scale_by_perturbed_lr(learning_rate: float | optax.Schedule, k: int = 1):
 
         def scale(d):
             lr_d, k_d = lr.astype(d.dtype), state.k.astype(d.dtype)
-            return -((lr_d * k_d) * (d / k_d))
+            # XLA rewrites x / broadcast(k) as x * (1/k), which is another rounding (for
+            # lr = 0.1 and k = 5 in fp32 it even gives plain SGD's bits); the barrier keeps
+            # the division elementwise, as written.
+            k_full = jax.lax.optimization_barrier(jnp.broadcast_to(k_d, d.shape))
+            return -((lr_d * k_d) * (d / k_full))
 
         new_state = PerturbedLrState(optax.safe_increment(state.count), state.k)
         return jax.tree.map(scale, updates), new_state

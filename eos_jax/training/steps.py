@@ -61,6 +61,8 @@ def loss_fn(name: str, logits: jax.Array, labels: jax.Array) -> jax.Array:
         raise ValueError(f"unknown loss {name!r}; allowed: {', '.join(LOSSES)}")
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if logits.ndim == 1:  # a single logit: binary classifier (the one-layer model)
+        if name != "cross_entropy":
+            raise ValueError(f"loss {name!r} is not defined for a one-logit (binary) model")
         return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(logits.dtype)))
     if name == "cross_entropy":
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
