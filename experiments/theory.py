@@ -11,6 +11,8 @@ tables, one PNG, summary.md (the predicted-vs-observed table) and summary.json (
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -30,6 +32,33 @@ def _one_layer_setup(config):
     image = one_layer.checkerboard(config.image_size)
     kernel0 = one_layer.initial_kernel(config.kernel_size, config.seed, config.init_std)
     return image, kernel0
+
+
+def _setup_with_thresholds(config):
+    """Image, initial kernel, and the thresholds predicted at config.alpha."""
+    from eos_jax.analysis import one_layer
+
+    image, kernel0 = _one_layer_setup(config)
+    thresholds = one_layer.predicted_thresholds(
+        kernel0, image, config.alpha, config.beta, config.label
+    )
+    return image, kernel0, thresholds
+
+
+def _gd(config, image, kernel0, lr, alpha, k=1):
+    """One GD run of config.steps steps with the config's beta and label."""
+    from eos_jax.analysis import one_layer
+
+    return one_layer.gd_trajectory(
+        kernel0,
+        image,
+        lr=lr,
+        alpha=alpha,
+        steps=config.steps,
+        k=k,
+        beta=config.beta,
+        label=config.label,
+    )
 
 
 def run_heat(config, workdir):
@@ -152,6 +181,7 @@ def _thresholds_summary(thresholds):
         "equilibrium_loss": thresholds.equilibrium_loss,
         "equilibrium_hessian_min_max": list(thresholds.equilibrium_hessian),
         "equilibrium_response": thresholds.equilibrium_response,
+        "equilibrium_gradient_norm": thresholds.equilibrium_gradient_norm,
         "free_directions": thresholds.free_directions,
     }
 
@@ -160,21 +190,10 @@ def run_restrained(config, workdir):
     """Figure 4 left: GD at alpha = 20 over lr; each run classified beside the predicted bounds."""
     from eos_jax.analysis import one_layer, theory_plots
 
-    image, kernel0 = _one_layer_setup(config)
-    thresholds = one_layer.predicted_thresholds(
-        kernel0, image, config.alpha, config.beta, config.label
-    )
+    image, kernel0, thresholds = _setup_with_thresholds(config)
     losses, rows, table = {}, [], []
     for lr in config.lrs:
-        trajectory = one_layer.gd_trajectory(
-            kernel0,
-            image,
-            lr=lr,
-            alpha=config.alpha,
-            steps=config.steps,
-            beta=config.beta,
-            label=config.label,
-        )
+        trajectory = _gd(config, image, kernel0, lr, config.alpha)
         diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
         regions = one_layer.region_sequence(trajectory, image, config.beta)
         losses[lr] = trajectory.losses
@@ -193,26 +212,12 @@ def run_twins(config, workdir):
     """Figure 4 right: k=1 vs k=3 twins; divergence stays at rounding level or is amplified."""
     from eos_jax.analysis import one_layer, theory_plots
 
-    image, kernel0 = _one_layer_setup(config)
-    thresholds = one_layer.predicted_thresholds(
-        kernel0, image, config.alpha, config.beta, config.label
-    )
+    image, kernel0, thresholds = _setup_with_thresholds(config)
     averaged, rows, table = {}, [], []
     for lr in config.lrs:
-        first, second = (
-            one_layer.gd_trajectory(
-                kernel0,
-                image,
-                lr=lr,
-                alpha=config.alpha,
-                steps=config.steps,
-                k=k,
-                beta=config.beta,
-                label=config.label,
-            )
-            for k in config.k_pair
-        )
+        first, second = (_gd(config, image, kernel0, lr, config.alpha, k) for k in config.k_pair)
         divergence = one_layer.twin_divergence(first, second)
+        blowups = [s for s in (first.blowup_step, second.blowup_step) if s >= 0]
         averaged[lr] = one_layer.moving_average(divergence, config.window)
         amplified = np.flatnonzero(averaged[lr] > config.amplified_level)
         rows += [
@@ -233,6 +238,7 @@ def run_twins(config, workdir):
                 f"first step above {config.amplified_level:g}": int(amplified[0])
                 if amplified.size
                 else -1,
+                "first non-finite step": min(blowups, default=-1),
             }
         )
     results.write_csv(os.path.join(workdir, "twins.csv"), rows)
@@ -256,15 +262,7 @@ def run_phase(config, workdir):
         bounds[alpha] = thresholds
         classes = {}
         for lr in config.lrs:
-            trajectory = one_layer.gd_trajectory(
-                kernel0,
-                image,
-                lr=lr,
-                alpha=alpha,
-                steps=config.steps,
-                beta=config.beta,
-                label=config.label,
-            )
+            trajectory = _gd(config, image, kernel0, lr, alpha)
             diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
             classes[lr] = diagnosis.run_class
             observed.append((alpha, lr, diagnosis.run_class))
@@ -328,21 +326,119 @@ EXPERIMENTS = {
 }
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _positive(value) -> bool:
+    return _is_real(value) and value > 0
+
+
+def _non_negative(value) -> bool:
+    return _is_real(value) and value >= 0
+
+
+def _rules(config, experiment: str) -> dict:
+    """name -> (test of the value, what is allowed) for every field `experiment` reads."""
+    from eos_jax.analysis import one_layer, pde
+
+    def sequence(test, length=None):
+        def check(value):
+            return (
+                isinstance(value, (tuple, list))
+                and len(value) > 0
+                and (length is None or len(value) == length)
+                and all(test(v) for v in value)
+            )
+
+        return check
+
+    def steps(minimum, why):
+        return (lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum} ({why})")
+
+    growth = steps(pde.MIN_GROWTH_STEPS, "the observed growth rate needs them")
+    diagnosis = steps(one_layer.MIN_CLASSIFY_STEPS, "the run classification needs them")
+    lrs = (sequence(_positive), "a non-empty sequence of numbers > 0")
+    one_layer_fields = {
+        "image_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+        "kernel_size": (
+            lambda v: _is_int(v) and 0 < v < config.image_size,
+            f"an integer with 0 < kernel_size < image_size = {config.get('image_size')!r}",
+        ),
+        "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+        "init_std": (_positive, "a number > 0"),
+        "beta": (_positive, "a number > 0"),
+        "label": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    }
+    if experiment == "heat":
+        return {
+            "points": (lambda v: _is_int(v) and v >= 3, "an integer >= 3"),
+            "dts": (sequence(_positive), "a non-empty sequence of numbers > 0"),
+            "steps": growth,
+            "shown_steps": (
+                sequence(lambda t: _is_int(t) and 0 <= t <= config.steps),
+                f"a non-empty sequence of integers in [0, steps = {config.get('steps')!r}]",
+            ),
+        }
+    if experiment == "linear_pde":
+        return one_layer_fields | {
+            "lr": (_positive, "a number > 0"),
+            "steps": growth,
+            "alphas": (sequence(_non_negative), "a non-empty sequence of numbers >= 0"),
+            "normalization": (lambda v: v in ("mean", "sum"), "'mean' or 'sum'"),
+        }
+    if experiment == "restrained":
+        return one_layer_fields | {
+            "alpha": (_non_negative, "a number >= 0"),
+            "lrs": lrs,
+            "steps": diagnosis,
+        }
+    if experiment == "twins":
+        return one_layer_fields | {
+            "alpha": (_non_negative, "a number >= 0"),
+            "lrs": lrs,
+            "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "k_pair": (
+                sequence(lambda k: _is_int(k) and k >= 1, length=2),
+                "two positive integers (the twins' perturbations k)",
+            ),
+            "window": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "amplified_level": (_positive, "a number > 0"),
+        }
+    return one_layer_fields | {  # phase
+        "alphas": (
+            sequence(_positive),
+            "a non-empty sequence of numbers > 0 (2/alpha is drawn on log axes)",
+        ),
+        "lrs": lrs,
+        "steps": diagnosis,
+    }
+
+
 def validate(config) -> None:
-    """One clear ValueError for a config that cannot run."""
-    if config.get("experiment") not in EXPERIMENTS:
+    """Checks every field config.experiment reads; one one-line ValueError for the first bad
+    one. Called before anything touches the disk."""
+    experiment = config.get("experiment")
+    if experiment not in EXPERIMENTS:
         known = ", ".join(EXPERIMENTS)
-        raise ValueError(f"unknown experiment {config.get('experiment')!r}; known: {known}")
-    for name in ("lr", "alpha", "steps", "points", "window"):
-        if name in config and not config[name] > 0:
-            raise ValueError(f"config.{name} must be positive, got {config[name]!r}")
-    for name in ("lrs", "dts", "alphas"):
-        if name in config and (not config[name] or any(not v > 0 for v in config[name])):
-            raise ValueError(f"config.{name} must be non-empty and positive, got {config[name]!r}")
-    if "kernel_size" in config and not 0 < config.kernel_size < config.image_size:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {known}")
+    rules = _rules(config, experiment)
+    missing = [name for name in rules if name not in config]
+    if missing:
         raise ValueError(
-            f"need 0 < kernel_size < image_size, got {config.kernel_size}, {config.image_size}"
+            f"experiment {experiment!r} needs config fields {', '.join(rules)}; "
+            f"missing: {', '.join(missing)}"
         )
+    for name, (test, allowed) in rules.items():
+        if not test(config[name]):
+            raise ValueError(
+                f"config.{name} = {config[name]!r} is not allowed for experiment "
+                f"{experiment!r}: need {allowed}"
+            )
 
 
 def run(config, workdir: str) -> dict:

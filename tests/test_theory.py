@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from eos_jax import bits
 from eos_jax.analysis import one_layer, pde
 from eos_jax.models.one_layer import OneLayerConv
 
@@ -82,6 +83,16 @@ def test_heat_equation_bound_is_one_half():
     # ~ 1.4 only, so the measured rate is within 1% rather than exact.
     predicted = pde.spectral_radius(pde.dense_eigenvalues(pde.heat_dirichlet_matrix(31)), 0.8)
     assert pde.observed_growth_rate(unstable) == pytest.approx(predicted, rel=1e-2)
+
+
+def test_observed_growth_rate_needs_three_steps_and_reads_an_early_blowup_as_inf():
+    u = 2.0 ** np.arange(4.0)  # steps 1, 2, 4: growth 2 per step
+    assert pde.observed_growth_rate(u) == pytest.approx(2.0, rel=1e-15)
+    for short in (u[:1], u[:2], u[:3]):
+        with pytest.raises(ValueError, match="at least 3 steps"):
+            pde.observed_growth_rate(short)
+    blown = np.array([0.0, 1.0, 1e300, np.inf, np.nan, np.nan])  # 2 finite steps, then inf
+    assert pde.observed_growth_rate(blown) == np.inf
 
 
 def test_forward_euler_multiplies_each_eigenmode_by_its_amplification_factor():
@@ -173,6 +184,7 @@ def thresholds(checkerboard):
 
 
 def test_predicted_thresholds_at_alpha_20(thresholds, checkerboard):
+    assert thresholds.equilibrium_gradient_norm <= one_layer.EQUILIBRIUM_GRADIENT_TOL
     assert thresholds.weight_decay_lr == pytest.approx(0.1, rel=1e-15)
     assert thresholds.transitioning_lr == 0.0  # anti-diffusive: unstable for every lr
     assert thresholds.free_directions == 32 * 32 - 1  # patches span only the checkerboard
@@ -190,6 +202,15 @@ def test_predicted_thresholds_at_alpha_20(thresholds, checkerboard):
     predicted = [thresholds.predicted_class(lr) for lr in (0.01, 0.03, 0.05, 0.09, 0.1, 0.11)]
     expected = ["converging", "converging", "restrained", "restrained", "neutral", "blow-up"]
     assert predicted == expected
+
+
+def test_unconverged_equilibrium_is_an_error_not_a_threshold():
+    image, kernel0 = one_layer.checkerboard(24), one_layer.initial_kernel(6)
+    with pytest.raises(one_layer.EquilibriumNotFound, match=r"no equilibrium found.*\|grad\|"):
+        one_layer.find_equilibrium(kernel0, image, ALPHA, maxiter=1)
+    assert issubclass(one_layer.EquilibriumNotFound, ValueError)  # one line from the mains
+    _, gradient_norm = one_layer.find_equilibrium(kernel0, image, ALPHA)
+    assert gradient_norm <= one_layer.EQUILIBRIUM_GRADIENT_TOL
 
 
 def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
@@ -247,6 +268,32 @@ def test_twin_divergence_rounding_level_then_amplified(checkerboard):
     assert np.argmax(large > 1e-3) < 150  # within ~100 iterations (REFERENCE)
 
 
+def test_blown_up_twin_reads_as_maximal_divergence_not_rounding_level():
+    rng = np.random.RandomState(0)
+    kernels = rng.randn(6, 3, 3)
+    nudged = kernels * (1 + 1e-16 * rng.randn(6, 3, 3))
+    blown = nudged.copy()
+    blown[3, 0, 0] = np.inf  # blow-up at step 3, NaN padding after (as gd_trajectory does)
+    blown[4:] = np.nan
+    first, second, third = (
+        one_layer.Trajectory(k, np.zeros(6), 0.1, 1.0, 1) for k in (kernels, nudged, blown)
+    )
+    divergence = one_layer.twin_divergence(first, third)
+    # Finite iterates: the paper's rel-L1, as bits.diff_stats computes it.
+    expected = [bits.diff_stats(kernels[t], nudged[t])["rel_l1"] for t in range(6)]
+    np.testing.assert_allclose(one_layer.twin_divergence(first, second), expected, rtol=1e-12)
+    np.testing.assert_allclose(divergence[:3], expected[:3], rtol=1e-12)
+    assert np.max(divergence[:3]) < 1e-14  # rounding level before the blow-up
+    assert divergence[3] == pytest.approx(2 / 9, rel=1e-12)  # 1 of 9 entries is inf: rel 1
+    np.testing.assert_array_equal(divergence[4:], 2.0)  # every entry fully different
+    assert np.all(np.isfinite(one_layer.moving_average(divergence, 3)))
+    assert one_layer.moving_average(divergence, 3)[-1] > 1  # amplified, not rounding level
+    assert third.blowup_step == 3 and first.blowup_step == -1
+    # Two twins that blew up identically to inf are equal there, not different.
+    same = one_layer.Trajectory(np.full((2, 1, 1), np.inf), np.zeros(2), 0.1, 1.0, 1)
+    np.testing.assert_array_equal(one_layer.twin_divergence(same, same), 0.0)
+
+
 # --- The classification rule on synthetic runs ------------------------------------------------
 
 
@@ -270,3 +317,12 @@ def test_classification_rule(norms, curvature, expected):
     run = _synthetic(norms)
     tail = np.full(100 - one_layer.tail_start(run), curvature)
     assert one_layer.classify_run(run, tail).run_class == expected
+
+
+def test_classification_needs_four_steps():
+    values = np.array([1.0, 1.5, 1.0, 1.5, 1.0])
+    run = one_layer.Trajectory(values[:, None, None], values, 0.1, 1.0, 1)
+    assert one_layer.classify_run(run, np.full(1, 30.0)).run_class == "restrained"
+    short = one_layer.Trajectory(run.kernels[:4], values[:4], 0.1, 1.0, 1)
+    with pytest.raises(ValueError, match="at least 4 steps, got 3"):
+        one_layer.classify_run(short, np.full(1, 30.0))

@@ -25,7 +25,6 @@ import optax
 import scipy.optimize
 import scipy.sparse.linalg
 
-from eos_jax import bits
 from eos_jax.analysis import pde
 from eos_jax.models.one_layer import OneLayerConv, swish, valid_correlation_fft
 from eos_jax.training import optim
@@ -39,6 +38,23 @@ REGIONS = ("activated", "transitioning", "not_activated")
 TAIL_FRACTION = 0.25
 BLOWUP_ENVELOPE_GROWTH = 2.0  # max |K| in the tail over max |K| in the quarter before
 CONVERGED_RELATIVE_STEP = 1e-8  # |K_{t+1} - K_t| / |K_t| over the whole tail
+# The rule compares the tail with the quarter before it: with 4 steps both hold one step.
+MIN_CLASSIFY_STEPS = 4
+
+# find_equilibrium accepts a point whose loss gradient (weight decay included) has at most this
+# 2-norm. trust-ncg's own gtol (1e-12) is often not met only because the gradient of a mean over
+# ~5e4 positions is rounded at ~1e-12 relative, so scipy's `success` flag is not the test; the
+# distance to the true minimiser is at most |grad| / lambda_min(H) (lambda_min >= alpha at the
+# minimisers seen here), far too small at 1e-6 to move the Hessian's extreme eigenvalues.
+EQUILIBRIUM_GRADIENT_TOL = 1e-6
+
+
+class EquilibriumNotFound(ValueError):
+    """find_equilibrium did not reach a stationary point: no local bound can be predicted.
+
+    A ValueError, so that the experiment mains report it as one line: the remedy is in the
+    inputs (another alpha, init or more iterations).
+    """
 
 
 # --- Data and initialisation ------------------------------------------------------------------
@@ -153,6 +169,12 @@ class Trajectory:
             steps = np.sqrt(np.sum(np.diff(self.kernels, axis=0) ** 2, axis=(1, 2)))
             return steps / self.kernel_norms[:-1]
 
+    @property
+    def blowup_step(self) -> int:
+        """First iterate that is not finite (the run blew up there); -1 if none is."""
+        bad = ~np.all(np.isfinite(self.kernels), axis=(1, 2))
+        return int(np.argmax(bad)) if bad.any() else -1
+
 
 @functools.cache
 def _gd_step(alpha: float, k: int, beta: float):
@@ -205,11 +227,21 @@ def gd_trajectory(
 
 
 def twin_divergence(first: Trajectory, second: Trajectory) -> np.ndarray:
-    """The paper's relative-L1 distance 2 mean(|w1 - w2| / (|w1| + |w2|)) at every iterate."""
+    """The paper's relative-L1 distance 2 mean(|w1 - w2| / (|w1| + |w2|)) at every iterate.
+
+    On finite iterates this is bits.diff_stats' rel_l1 (0 where the entries are equal). An
+    entry that is not finite in either twin (a blow-up, and the NaN padding after it) counts
+    as fully different, relative difference 1, as in diff_stats: a blown-up pair reads as the
+    maximal divergence 2, never as rounding level.
+    """
     steps = min(len(first.kernels), len(second.kernels))
-    return np.array(
-        [bits.diff_stats(first.kernels[t], second.kernels[t])["rel_l1"] for t in range(steps)]
-    )
+    a, b = first.kernels[:steps], second.kernels[:steps]
+    finite = np.isfinite(a) & np.isfinite(b)
+    a0, b0 = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
+    diff, denom = np.abs(a0 - b0), np.abs(a0) + np.abs(b0)
+    rel = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
+    rel = np.where(finite | (a == b), rel, 1.0)  # equal infinities are not a difference
+    return 2 * np.mean(rel, axis=(1, 2))
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -309,10 +341,6 @@ class RegionalSpectra:
     def by_region(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in REGIONS}
 
-    def alpha_windows(self, dt: float) -> dict[str, tuple[float, float]]:
-        """(alpha_min, alpha_max) of each region for time step dt (see pde.alpha_window)."""
-        return {name: pde.alpha_window(m, dt) for name, m in self.by_region().items()}
-
     def max_stable_lrs(self, alpha: float) -> dict[str, float]:
         """Largest stable lr of each region at weight decay alpha (0: unstable for every lr)."""
         return {name: pde.max_stable_dt(alpha + m) for name, m in self.by_region().items()}
@@ -382,8 +410,14 @@ def run_transitioning_pde(
 # --- Equilibrium and local curvature -----------------------------------------------------------
 
 
-def find_equilibrium(kernel0, image, alpha: float, beta: float = 1.0, label: float = 1.0):
-    """A minimiser of the loss reached from kernel0 (Newton-CG with exact Hessian products)."""
+def find_equilibrium(
+    kernel0, image, alpha: float, beta: float = 1.0, label: float = 1.0, maxiter: int = 500
+):
+    """A minimiser of the loss reached from kernel0 (Newton-CG with exact Hessian products).
+
+    Returns (K*, |grad L(K*)|). Raises EquilibriumNotFound where the gradient norm exceeds
+    EQUILIBRIUM_GRADIENT_TOL: a point that is not stationary would give a wrong local bound.
+    """
     pde.require_float64()
     shape = np.shape(kernel0)
     image = jnp.asarray(image, jnp.float64)
@@ -404,9 +438,16 @@ def find_equilibrium(kernel0, image, alpha: float, beta: float = 1.0, label: flo
         jac=True,
         hessp=hessp,
         method="trust-ncg",
-        options={"gtol": 1e-12, "maxiter": 500},
+        options={"gtol": 1e-12, "maxiter": maxiter},
     )
-    return result.x.reshape(shape)
+    gradient_norm = float(np.linalg.norm(fun(result.x)[1]))
+    if not gradient_norm <= EQUILIBRIUM_GRADIENT_TOL:
+        raise EquilibriumNotFound(
+            f"no equilibrium found at alpha={alpha}: |grad| = {gradient_norm:.3g} > "
+            f"{EQUILIBRIUM_GRADIENT_TOL:g} after {result.nit} trust-ncg iterations "
+            f"({result.message})"
+        )
+    return result.x.reshape(shape), gradient_norm
 
 
 def hessian_extreme_eigenvalues(kernel, image, alpha: float, beta: float = 1.0, label: float = 1.0):
@@ -446,6 +487,7 @@ class Thresholds:
     equilibrium_loss: float
     equilibrium_hessian: tuple[float, float]
     equilibrium_response: float  # max |(K* * I)(x)|
+    equilibrium_gradient_norm: float  # |grad L(K*)| <= EQUILIBRIUM_GRADIENT_TOL
     free_directions: int
 
     def predicted_class(self, lr: float) -> str:
@@ -470,7 +512,7 @@ def predicted_thresholds(
     if spectra is None:
         spectra = regional_spectra(image, np.shape(kernel0), beta, label)
     lrs = spectra.max_stable_lrs(alpha)
-    equilibrium = find_equilibrium(kernel0, image, alpha, beta, label)
+    equilibrium, gradient_norm = find_equilibrium(kernel0, image, alpha, beta, label)
     low, high = hessian_extreme_eigenvalues(equilibrium, image, alpha, beta, label)
     eq_image = jnp.asarray(image)
     rank = int(np.sum(spectra.gram_eigenvalues > 1e-10 * spectra.gram_eigenvalues.max()))
@@ -483,6 +525,7 @@ def predicted_thresholds(
         equilibrium_loss=float(_total_loss(jnp.asarray(equilibrium), eq_image, alpha, beta, label)),
         equilibrium_hessian=(low, high),
         equilibrium_response=float(np.max(np.abs(_responses(jnp.asarray(equilibrium), eq_image)))),
+        equilibrium_gradient_norm=gradient_norm,
         free_directions=spectra.gram_eigenvalues.size - rank,
     )
 
@@ -533,19 +576,24 @@ def classify_run(trajectory: Trajectory, tail_curvatures: np.ndarray) -> RunDiag
                    or every tail step is within the local bound (lr * kappa_t <= 2);
     3. restrained  otherwise: bounded, not settling, and with steps beyond the local bound.
 
-    tail_curvatures are step_curvatures(...) from the start of the tail.
+    tail_curvatures are step_curvatures(...) from the start of the tail. Needs a run of
+    MIN_CLASSIFY_STEPS steps at least (ValueError otherwise: the tail would be empty).
     """
     norms = trajectory.kernel_norms
     steps = len(norms) - 1
-    tail_start = steps - int(TAIL_FRACTION * steps)
-    before_start = max(0, tail_start - int(TAIL_FRACTION * steps))
-    tail_losses = trajectory.losses[tail_start:]
+    if steps < MIN_CLASSIFY_STEPS:
+        raise ValueError(
+            f"classify_run needs a run of at least {MIN_CLASSIFY_STEPS} steps, got {steps}"
+        )
+    start = tail_start(trajectory)
+    before_start = max(0, start - (steps - start))
+    tail_losses = trajectory.losses[start:]
     if not np.all(np.isfinite(norms)):
         return RunDiagnosis(
             "blow-up", float("inf"), float("inf"), float("nan"), (float("nan"),) * 2
         )
-    growth = float(norms[tail_start:].max() / norms[before_start:tail_start].max())
-    max_step = float(trajectory.relative_steps[tail_start:].max())
+    growth = float(norms[start:].max() / norms[before_start:start].max())
+    max_step = float(trajectory.relative_steps[start:].max())
     unstable = float(np.mean(trajectory.lr * tail_curvatures > 2.0))
     loss_range = (float(tail_losses.min()), float(tail_losses.max()))
     if growth > BLOWUP_ENVELOPE_GROWTH:

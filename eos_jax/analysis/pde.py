@@ -145,14 +145,32 @@ def forward_euler(rhs: Callable, u0, dt: float, steps: int, *args) -> np.ndarray
     return out
 
 
+# observed_growth_rate compares the last step with the middle one: it needs two distinct steps
+# at least one step apart, i.e. three steps (four iterates).
+MIN_GROWTH_STEPS = 3
+
+
 def observed_growth_rate(iterates: np.ndarray) -> float:
     """Per-step growth of |u_{t+1} - u_t| over the second half of a linear iteration.
 
     For u_{t+1} = (I - dt A) u_t + dt b the steps obey d_{t+1} = (I - dt A) d_t, so this
     estimates the spectral radius max |1 - dt lambda| without knowing the fixed point.
+    Needs MIN_GROWTH_STEPS steps (ValueError otherwise). A run that blew up (non-finite
+    iterates, as forward_euler pads them) is measured over its finite steps; with fewer than
+    MIN_GROWTH_STEPS of those it grew too fast to measure, and the rate is inf.
     """
-    steps = np.sqrt(np.sum(np.diff(iterates, axis=0) ** 2, axis=tuple(range(1, iterates.ndim))))
+    iterates = np.asarray(iterates)
+    if iterates.ndim < 1 or len(iterates) < MIN_GROWTH_STEPS + 1:
+        raise ValueError(
+            f"observed_growth_rate needs at least {MIN_GROWTH_STEPS} steps "
+            f"({MIN_GROWTH_STEPS + 1} iterates), got {len(iterates) if iterates.ndim else 0} "
+            "iterates"
+        )
+    with np.errstate(over="ignore", invalid="ignore"):
+        steps = np.sqrt(np.sum(np.diff(iterates, axis=0) ** 2, axis=tuple(range(1, iterates.ndim))))
     steps = steps[np.isfinite(steps)]
+    if len(steps) < MIN_GROWTH_STEPS:
+        return float("inf")
     half = len(steps) // 2
     return float((steps[-1] / steps[half]) ** (1.0 / (len(steps) - 1 - half)))
 
