@@ -25,8 +25,18 @@ SUMMARY = "summary.json"
 
 # Fingerprint fields that decide a run's bits: a resumed run must match them.
 BIT_DECIDING_FIELDS = (
-    "backend", "device_kinds", "device_count", "cpu", "cpu_threads", "xla_flags", "x64",
-    "param_dtype", "compute_dtype", "matmul_precision", "prng_impl", "versions",
+    "backend",
+    "device_kinds",
+    "device_count",
+    "cpu",
+    "cpu_threads",
+    "xla_flags",
+    "x64",
+    "param_dtype",
+    "compute_dtype",
+    "matmul_precision",
+    "prng_impl",
+    "versions",
 )
 # Config fields a resumed run may change (they only affect what is printed).
 RESUME_FREE_FIELDS = ("quiet",)

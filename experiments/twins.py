@@ -32,24 +32,47 @@ from experiments import common
 EXPERIMENTS = ("table1", "fig2", "sources")
 
 
+def _check_list(name: str, values, minimum: int | None = None) -> None:
+    """ValueError unless `values` is a non-empty list without repeats (of ints >= minimum)."""
+    values = tuple(values)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"twins.{name} must be a non-empty list without repeats, got {values}")
+    if minimum is not None and not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        raise ValueError(f"twins.{name} must hold integers >= {minimum}, got {values}")
+
+
 def plan(config) -> list[dict]:
-    """The ensembles an experiment trains: name, recipe, members and watch settings."""
+    """The ensembles an experiment trains: name, recipe, members and watch settings.
+    Every bad setting is a ValueError here (bad tensors / entries: when Ensemble.init runs)."""
     t = config.twins
     if t.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {t.experiment!r}; known: {', '.join(EXPERIMENTS)}")
     runs = []
     if t.experiment == "table1":
+        _check_list("seeds", t.seeds, 0)
+        _check_list("ks", t.ks)  # values: sources.make_members checks k >= 1
         for seed in t.seeds:
             recipe = config.copy_and_resolve_references()
             recipe.seeds.init = recipe.seeds.data = recipe.seeds.aug = int(seed)
             runs.append(dict(name=f"seed_{seed}", recipe=recipe,
                              members=sources.make_members(recipe, "update_k", t.ks)))
     elif t.experiment == "sources":
-        values = tuple(t.member_values) if len(t.sources) == 1 else ()
+        _check_list("sources", t.sources)
+        if t.member_values and len(t.sources) > 1:
+            raise ValueError(f"twins.member_values {tuple(t.member_values)} are for one source; "
+                             f"got {len(t.sources)} sources")
+        values = tuple(t.member_values)
         for name in t.sources:
             members = sources.make_members(config, name, values, t.members, t.tensor, t.index)
             runs.append(dict(name=f"source_{name}", recipe=config, members=members))
     else:
+        _check_list("lr_divisors", t.lr_divisors, 1)
+        if not isinstance(t.snapshots, int) or t.snapshots < 1:
+            raise ValueError(f"twins.snapshots must be an integer >= 1, got {t.snapshots!r}")
+        if not all(isinstance(s, int) and 0 <= s <= t.snapshots for s in t.map_snapshots):
+            raise ValueError(f"twins.map_snapshots {tuple(t.map_snapshots)} must be integers in "
+                             f"[0, twins.snapshots = {t.snapshots}]")
         for n in t.lr_divisors:
             recipe = config.copy_and_resolve_references()
             recipe.optimizer.update(lr=config.optimizer.lr / n, momentum=0.0, nesterov=False,
@@ -70,7 +93,9 @@ def run(config, workdir: str) -> dict:
     ensembles = []
     for r in runs:  # builds and initialises everything first: bad input fails before disk
         ens = ensemble.Ensemble(r["members"], dataset, config.twins.strategy)
-        ens.init()
+        ens.init()  # applies the init edits: bad tensor or entry -> ValueError
+        if "watch" in r:
+            ens.check_watch(loop.total_steps(r["recipe"], ens.steps_per_epoch), **r["watch"])
         ensembles.append(ens)
     fingerprint = numerics.fingerprint(loop.dtype_policy(config), config)
     results.prepare_workdir(workdir, config, fingerprint)
@@ -111,7 +136,8 @@ def _sources(config, runs, summaries, workdir) -> dict:
         name, s = r["name"].removeprefix("source_"), summaries[r["name"]]
         rows.append({
             "source": name,
-            "kind": "rounding" if name in sources.ROUNDING_SOURCES else "stochastic",
+            "kind": ("control" if name == "none" else
+                     "rounding" if name in sources.ROUNDING_SOURCES else "stochastic"),
             "members": len(s["members"]),
             "final acc mean": float(np.mean([m["final_accuracy"] for m in s["members"]])),
             "final acc std": s["final_accuracy_std"],
@@ -138,12 +164,15 @@ def _fig2(config, runs, summaries, workdir) -> dict:
                   "pde_time": rec["step"] * lr, "D": rec["rel_l1"], "max_ulp": rec["max_ulp"]}
                  for rec in watched]
     results.write_csv(os.path.join(workdir, "fig2.csv"), rows)
-    plots.fig2(curves, config.twins.watch, os.path.join(workdir, "fig2.png"))
-    largest = os.path.join(workdir, runs[0]["name"], "maps")
-    steps_maps = {int(f[5:13]) // runs[0]["n"]: np.load(os.path.join(largest, f))["member1"]
-                  for f in sorted(os.listdir(largest))}
-    plots.tensor_maps(steps_maps, config.twins.watch, runs[0]["recipe"].optimizer.lr,
-                      os.path.join(workdir, "fig2_maps.png"))
+    plots.fig2(curves, {r["recipe"].optimizer.lr: r["n"] for r in runs}, config.twins.watch,
+               os.path.join(workdir, "fig2.png"))
+    largest_lr = min(runs, key=lambda r: r["n"])
+    sub = os.path.join(workdir, largest_lr["name"])
+    maps = {s: np.load(ensemble.map_path(sub, s * largest_lr["n"]))["member1"]
+            for s in config.twins.map_snapshots}
+    if maps:
+        plots.tensor_maps(maps, config.twins.watch, largest_lr["recipe"].optimizer.lr,
+                          os.path.join(workdir, "fig2_maps.png"))
     final = [{"n": r["n"], "lr": lr, "final D": curves[lr][1][-1]}
              for r, lr in ((r, r["recipe"].optimizer.lr) for r in runs)]
     return {"table": results.markdown_table(final), "final": final}

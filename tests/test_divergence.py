@@ -17,6 +17,14 @@ def test_churn_and_softmax_l2():
     assert divergence.churn(a, a) == 0 and divergence.softmax_l2(a, a) == 0
 
 
+def test_churn_and_softmax_l2_of_a_single_logit_binary_model():
+    a, b = np.array([1.0, -2.0, 3.0]), np.array([-1.0, -2.0, 3.0])  # class 1 iff logit > 0
+    assert divergence.churn(a, b) == pytest.approx(1 / 3)
+    s = 1 / (1 + np.exp(-1.0))  # P(class 1) at logit 1; at logit -1 it is 1 - s
+    expected = np.sqrt(2) * abs(s - (1 - s)) / 3
+    assert divergence.softmax_l2(a, b) == pytest.approx(expected, rel=1e-12)
+
+
 def test_tensor_map_is_output_by_input_channel():
     a = np.zeros((3, 3, 4, 8), np.float32)
     b = a.copy()

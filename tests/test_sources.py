@@ -50,10 +50,30 @@ def test_each_source_changes_only_its_knob():
     ("bitflip_init", (-1, 23), "mantissa"),
     ("dtype", ("fp32", "fp16"), "unknown dtype"),
     ("ulp_init", (0,), "at least 2 members"),
+    ("none", (0,), "at least 2 members"),
+    ("ulp_init", (0, 1.5), "ulp_init needs integers"),
+    ("bitflip_init", (-1, -2), "bit >= 0"),
+    ("reduction_order", (-1, -3), "seed >= 0"),
+    ("init_seed", (1, -1), "seed >= 0"),
 ])
 def test_bad_values_are_refused(source, values, message):
     with pytest.raises(ValueError, match=message):
         sources.make_members(default.get_config(), source, values)
+
+
+def test_bad_member_counts_and_edits_are_refused():
+    config = default.get_config()
+    for count in (0, 1):
+        with pytest.raises(ValueError, match=f"at least 2 members, got count={count}"):
+            sources.make_members(config, "update_k", count=count)
+    config.seeds.data = 7  # 'seed' moves all three together: member 0 could not be the recipe
+    with pytest.raises(ValueError, match=r"recipe's differ \(\[1, 7\]\)"):
+        sources.make_members(config, "seed", count=2)
+    assert sources.make_members(config, "seed", (1, 2))[0].config.seeds.data == 1
+    with pytest.raises(ValueError, match="unknown init edit kind 'nudge'"):
+        sources.InitEdit("nudge", "conv1/kernel", (), 1)
+    with pytest.raises(ValueError, match="must be integers"):
+        sources.InitEdit("ulp", "conv1/kernel", (0.5, 0), 1)
 
 
 def test_ulp_edit_moves_one_entry_by_n_ulps_and_bitflip_flips_one_bit():

@@ -96,7 +96,10 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path):
     """Crosses an epoch and an lr decay with augmentation on; the crash loses a checkpoint
     and leaves metric records beyond the one resumed from."""
     config = tiny_config(
-        num_steps=30, augment=True, checkpoint_every_steps=5, eval_every_steps=3,
+        num_steps=30,
+        augment=True,
+        checkpoint_every_steps=5,
+        eval_every_steps=3,
         **{"optimizer.decay_epochs": (1,)},  # 23 steps per epoch: lr decays at step 23
     )
     whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
@@ -128,9 +131,11 @@ def test_resume_refuses_a_changed_config_and_a_damaged_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [({"num_steps": 0}, "config.num_steps=0 must be positive"),
-     ({"eval_every_steps": 0}, "config.eval_every_steps=0 must be positive"),
-     ({"loss": "hinge"}, "unknown loss 'hinge'")],
+    [
+        ({"num_steps": 0}, "config.num_steps=0 must be positive"),
+        ({"eval_every_steps": 0}, "config.eval_every_steps=0 must be positive"),
+        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+    ],
 )
 def test_bad_recipe_values_fail_before_anything_is_written(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):

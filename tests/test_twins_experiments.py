@@ -5,12 +5,15 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from eos_jax import results
+from eos_jax import bits, results
+from eos_jax.data import Dataset
+from eos_jax.training import loop
 from experiments import twins
-from experiments.configs import twins_embedded
+from experiments.configs import twins_embedded, twins_paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.num_steps=8", "--config.batch_size=64", "--config.eval_every_steps=4",
@@ -77,16 +80,58 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
     assert "| ulp_init | rounding | 2 |" in ok.stdout
     edit = results.read_json(str(tmp_path / "ok" / "source_ulp_init" / "summary.json"))
     assert edit["init_edits"][1]["amount"] == 4 and edit["init_edits"][1]["index"] == [0, 0, 0, 0]
-    for bad, message in [
-        ("--config.twins.sources=('jitter',)", "unknown source 'jitter'"),
-        ("--config.twins.tensor=conv7/kernel", "no tensor 'conv7/kernel'"),
-        ("--config.twins.index=(0, 0, 0, 99)", "out of range"),
-    ]:
-        out = run_cli(config, f"--workdir={tmp_path / 'bad'}", *TINY,
-                      "--config.twins.sources=('ulp_init',)", bad)
-        assert out.returncode == 1 and message in out.stderr, out.stderr
-        assert out.stderr.strip().count("\n") == 0, out.stderr
-        assert not os.path.exists(tmp_path / "bad")
-    k0 = run_cli("--config=experiments/configs/twins_embedded.py:table1",
-                 f"--workdir={tmp_path / 'bad'}", "--config.twins.ks=(1, 0)")
-    assert k0.returncode == 1 and "k >= 1" in k0.stderr and not os.path.exists(tmp_path / "bad")
+    bad = run_cli(config, f"--workdir={tmp_path / 'bad'}", *TINY,
+                  "--config.twins.sources=('ulp_init',)", "--config.twins.index=(0, 0, 0, 99)")
+    assert bad.returncode == 1 and "out of range" in bad.stderr, bad.stderr
+    assert bad.stderr.strip().count("\n") == 0, bad.stderr
+    assert not os.path.exists(tmp_path / "bad")
+
+
+@pytest.mark.parametrize("experiment, overrides, message", [
+    ("sources", {"twins.sources": ("jitter",)}, "unknown source 'jitter'"),
+    ("sources", {"twins.sources": ()}, "twins.sources must be a non-empty list"),
+    ("sources", {"twins.sources": ("none", "none")}, "without repeats"),
+    ("sources", {"twins.members": 1}, "at least 2 members"),
+    ("sources", {"twins.sources": ("ulp_init", "update_k"), "twins.member_values": (0, 1)},
+     "are for one source"),
+    ("sources", {"twins.sources": ("ulp_init",), "twins.tensor": "conv7/kernel"},
+     "no tensor 'conv7/kernel'"),
+    ("sources", {"twins.sources": ("none",), "twins.strategy": "pmap"}, "unknown strategy"),
+    ("table1", {"twins.ks": (1, 0)}, "k >= 1"),
+    ("table1", {"twins.seeds": ()}, "twins.seeds must be a non-empty list"),
+    ("table1", {"twins.seeds": (1, -2)}, "integers >= 0"),
+    ("fig2", {"twins.lr_divisors": ()}, "twins.lr_divisors must be a non-empty list"),
+    ("fig2", {"twins.lr_divisors": (1, 0)}, "integers >= 1"),
+    ("fig2", {"twins.snapshots": 0}, "twins.snapshots must be an integer >= 1"),
+    ("fig2", {"twins.map_snapshots": (0, 99)}, r"map_snapshots \(0, 99\)"),
+    ("fig2", {"twins.watch": "conv7/kernel"}, "no tensor 'conv7/kernel' to watch"),
+    ("figure3", {}, "unknown experiment 'figure3'"),
+])
+def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, overrides, message):
+    config = tiny(experiment if experiment in twins.EXPERIMENTS else "sources",
+                  **{"twins.experiment": experiment, **overrides})
+    with pytest.raises(ValueError, match=message):
+        twins.run(config, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("experiment", twins.EXPERIMENTS)
+def test_paper_configs_plan_and_name_real_tensors(experiment):
+    """The paper recipes are too long to run here: check their plans and tensor names."""
+    config = twins_paper.get_config(experiment)
+    runs = twins.plan(config)
+    assert len(runs) == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8}[experiment]
+    model = loop.build_model(runs[0]["recipe"], _cifar_shaped())
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
+                                               train=False))["params"]
+    names = {bits.path_name(p): x.shape
+             for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+    assert names[config.twins.tensor] == (3, 3, 3, 16)
+    assert names[config.twins.watch] == (3, 3, 32, 32)  # stage 2, block 6, first conv
+    if experiment == "fig2":
+        assert model.activation == "swish" and runs[-1]["recipe"].optimizer.momentum == 0
+
+
+def _cifar_shaped():
+    images, labels = np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)
+    return Dataset(images, labels, images, labels, 10, "cifar-shaped", (0.5,) * 3, (0.25,) * 3)

@@ -15,6 +15,7 @@ import optax
 import scipy.special
 
 from eos_jax import bits
+from eos_jax.training import steps
 
 
 def momentum(opt_state):
@@ -52,15 +53,24 @@ def tensor_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def churn(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
-    """Fraction of examples on which the two members predict different classes."""
-    return float(np.mean(np.argmax(logits_a, -1) != np.argmax(logits_b, -1)))
+    """Fraction of examples on which the two members predict different classes
+    (steps.predictions: argmax, or logit > 0 for a single-logit binary model)."""
+    pred_a, pred_b = (np.asarray(steps.predictions(np.asarray(x))) for x in (logits_a, logits_b))
+    return float(np.mean(pred_a != pred_b))
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities (examples, classes); a single logit z is the two classes (0, z)."""
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim == 1:
+        logits = np.stack([np.zeros_like(logits), logits], -1)
+    return scipy.special.softmax(logits, -1)
 
 
 def softmax_l2(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
-    """Mean over examples of the L2 distance between the two members' softmax outputs."""
-    pa = scipy.special.softmax(np.asarray(logits_a, np.float64), -1)
-    pb = scipy.special.softmax(np.asarray(logits_b, np.float64), -1)
-    return float(np.mean(np.linalg.norm(pa - pb, axis=-1)))
+    """Mean over examples of the L2 distance between the two members' class probabilities."""
+    diff = _probabilities(logits_a) - _probabilities(logits_b)
+    return float(np.mean(np.linalg.norm(diff, axis=-1)))
 
 
 def final_accuracy(evals: Sequence[float], last: int = 10) -> float:

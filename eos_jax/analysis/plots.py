@@ -18,60 +18,89 @@ def _save(fig, path: str) -> None:
 
 
 def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str], path: str) -> None:
-    """Left: final accuracy per perturbation, one line per seed. Right: the two spreads."""
+    """Left: final accuracy per perturbation, one line per seed. Right: the two spreads, as
+    two groups of bars (per seed: std over perturbations; per perturbation: std over seeds)."""
     accuracy = np.asarray(accuracy)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(1, 1.2))
     for seed, row in zip(seeds, accuracy, strict=True):
         left.plot(labels, row, marker="o", label=f"seed {seed}")
-    left.set(xlabel="perturbation", ylabel="final test accuracy (mean of last 10 evals)",
-             title="one line per seed")
-    left.legend(fontsize=7)
+    left.set(xlabel="perturbation k", ylabel="final test accuracy (mean of last 10 evals)",
+             title="one line per seed: wiggle = rounding, spacing = seed")
+    left.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     per_seed, per_k = np.std(accuracy, 1), np.std(accuracy, 0)
-    right.bar(np.arange(len(seeds)) - 0.2, per_seed, 0.4, label="std over perturbations (per seed)")
-    right.bar(np.arange(len(labels)) + 0.2, per_k, 0.4, label="std over seeds (per perturbation)")
-    right.set(xlabel="seed index / perturbation index", ylabel="population std of accuracy",
-              title="rounding spread vs seed spread")
-    right.legend(fontsize=7)
+    x_seed = np.arange(len(seeds))
+    x_k = len(seeds) + 1 + np.arange(len(labels))
+    right.bar(x_seed, per_seed, color="tab:blue",
+              label=f"rounding: std over perturbations, per seed (mean {per_seed.mean():.2g})")
+    right.bar(x_k, per_k, color="tab:orange",
+              label=f"seed: std over seeds, per perturbation (mean {per_k.mean():.2g})")
+    right.set_xticks(np.concatenate([x_seed, x_k]),
+                     [f"seed {s}" for s in seeds] + list(labels), rotation=45, ha="right")
+    right.set(ylabel="population std of final accuracy", title="rounding spread vs seed spread")
+    right.legend(fontsize=7, loc="upper left")
     _save(fig, path)
 
 
 def sources(rows: list[dict], curves: dict[str, tuple], path: str) -> None:
     """Left: accuracy std and churn per source. Right: weight distance D over training."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = [r["source"] for r in rows]
     x = np.arange(len(names))
-    left.bar(x - 0.2, [r["final acc std"] for r in rows], 0.4, label="final accuracy std")
-    left.bar(x + 0.2, [r["churn"] for r in rows], 0.4, label="churn vs member 0")
+    for offset, key, label in ((-0.2, "final acc std", "final accuracy std across members"),
+                               (0.2, "churn", "churn: predictions differing from member 0")):
+        values = np.array([r[key] for r in rows])
+        left.bar(x + offset, values, 0.4, label=label)
+        for xi in x[values == 0]:  # an exact 0 is a result: say so rather than show nothing
+            left.annotate("0", (xi + offset, 0), ha="center", va="bottom", fontsize=7)
     left.set_xticks(x, names, rotation=45, ha="right")
-    left.set(title="spread across members, by source")
+    left.set(ylabel="fraction of the test set", title="spread across members, by source")
     left.legend(fontsize=8)
+    silent = []
     for name, (steps, d) in curves.items():
         if np.any(np.asarray(d) > 0):
-            right.semilogy(steps, d, label=name)
-    right.set(xlabel="step", ylabel="weight D to member 0 (mean)",
-              title="divergence in weight space")
-    right.legend(fontsize=7)
+            right.semilogy(steps, d, label=name, linestyle="--" if name in _DASHED else "-")
+        else:
+            silent.append(name)
+    right.set(xlabel="training step", ylabel="weight D to member 0 (mean over members)",
+              title="divergence in weight space"
+              + (f"\n(D = 0 throughout, not drawn: {', '.join(silent)})" if silent else ""))
+    right.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
 
-def fig2(curves: dict[float, tuple], tensor: str, path: str) -> None:
-    """The paper's Figure 2: D of one tensor of twins k=1, k=3 against PDE time, per lr."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+# Sources whose curves can coincide with another's: dashed so that both stay visible.
+_DASHED = ("ulp_init", "reduction_order", "data_seed", "seed")
+
+
+def fig2(curves: dict[float, tuple], divisors: dict[float, int], tensor: str, path: str) -> None:
+    """The paper's Figure 2: D of one tensor of twins k=1, k=3 against PDE time, one curve
+    per learning rate lr0 / n (divisors maps lr -> n)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for lr, (time, d) in sorted(curves.items(), reverse=True):
-        ax.plot(time, d, label=f"lr = {lr:.4g}")
-    ax.set(xlabel="PDE time (lr x iterations)", ylabel="D = 2 mean |w1-w2| / (|w1|+|w2|)",
-           title=f"twins k=1 vs k=3: {tensor}")
-    ax.set_yscale("symlog", linthresh=1e-8)
+        ax.plot(time, d, marker=".", markersize=3, label=f"lr = {lr:.4g} (n = {divisors[lr]})")
+    ax.set(xlabel="PDE time = lr x iterations (one snapshot every n iterations)",
+           ylabel="D = 2 mean |w1-w2| / (|w1|+|w2|)", title=f"twins k=1 vs k=3: {tensor}")
+    ax.set_yscale("symlog", linthresh=1e-8)  # linear below 1e-8, so that D = 0 is drawn
     ax.legend(fontsize=8)
     _save(fig, path)
 
 
 def tensor_maps(maps: dict[int, np.ndarray], tensor: str, lr: float, path: str) -> None:
-    """|w1 - w2| over (output, input) channels at chosen snapshots: where divergence sits."""
-    fig, axes = plt.subplots(1, len(maps), figsize=(3 * len(maps), 3.2), squeeze=False)
+    """|w1 - w2| over (output, input) channels at chosen snapshots: where divergence sits.
+    One colour scale for all panels; entries where the twins are identical are grey."""
+    nonzero = [m[m > 0] for m in maps.values() if np.any(m > 0)]
+    low, high = ((np.log10(min(v.min() for v in nonzero)), np.log10(max(v.max() for v in nonzero)))
+                 if nonzero else (-12.0, -11.0))
+    cmap = plt.get_cmap("magma").with_extremes(bad="lightgrey")
+    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps) + 1.2, 3.6), squeeze=False,
+                             layout="constrained")
     for ax, (snapshot, m) in zip(axes[0], sorted(maps.items()), strict=True):
-        image = ax.imshow(np.log10(m + 1e-12), cmap="magma", vmin=-12)
-        ax.set(title=f"snapshot {snapshot}", xlabel="input channel", ylabel="output channel")
-        fig.colorbar(image, ax=ax, fraction=0.046, label="log10 |w1-w2|")
-    fig.suptitle(f"{tensor}, lr = {lr:.4g}: mean over the kernel's spatial taps")
-    _save(fig, path)
+        shown = np.ma.masked_equal(m, 0)
+        image = ax.imshow(np.ma.log10(shown), cmap=cmap, vmin=low, vmax=high)
+        same = float(np.mean(m == 0))
+        ax.set(title=f"snapshot {snapshot}\n{same:.0%} identical (grey)",
+               xlabel="input channel", ylabel="output channel")
+    fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03, label="log10 |w1 - w2|")
+    fig.suptitle(f"{tensor}, lr = {lr:.4g}: |w1 - w2| averaged over the kernel's spatial taps")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

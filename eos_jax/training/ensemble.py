@@ -16,6 +16,7 @@ Members that read the same batch stream (twins) get one batch per step, shared.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
@@ -62,6 +63,8 @@ class Ensemble:
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r}; allowed: auto, "
                              f"{', '.join(STRATEGIES)}")
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         for m in members:
             loop.check_x64(loop.dtype_policy(m.config))
         self.members, self.dataset, self.strategy = list(members), dataset, strategy
@@ -133,8 +136,9 @@ class Ensemble:
                 state = steps.init_state(self.models[0], tx, m.config.seeds.init, shape)
                 params = _cast(state.params, model.param_dtype)
                 if m.init_edit is not None:
-                    self.edits[i] = _describe_edit(m.init_edit, params)
-                    params = m.init_edit.apply(params)
+                    edited = m.init_edit.apply(params)
+                    self.edits[i] = _describe_edit(m.init_edit, params, edited)
+                    params = edited
                 states.append(state.replace(
                     params=params, batch_stats=_cast(state.batch_stats, model.param_dtype),
                     opt_state=tx.init(params)))
@@ -173,6 +177,37 @@ class Ensemble:
         stacked = loop.evaluate(self._eval, states, self.dataset, batch_size, split)
         return [stacked[:, i] for i in range(len(self.members))]
 
+    def describe(self, recipe) -> dict:
+        """What the recipe (a config) does not say about this ensemble: the strategy and, per
+        member, its label, init edit, in-batch order and the config sections it changes.
+        Saved in config.json, so that a different ensemble never resumes this one's run."""
+        recipe = results.as_dict(recipe)
+        return {"strategy": self.strategy, "members": [{
+            "label": m.label,
+            "init_edit": None if m.init_edit is None else dataclasses.asdict(m.init_edit),
+            "permute_seed": m.permute_seed,
+            "config_changes": {k: v for k, v in m.config.to_dict().items() if recipe.get(k) != v},
+        } for m in self.members]}
+
+    def check_watch(self, num_steps: int, watch: str | None, watch_every_steps: int,
+                    map_steps) -> None:
+        """ValueError unless `watch` names a tensor, watch_every_steps >= 1 and every map step
+        is a step where the tensor is watched (0 or a multiple of watch_every_steps)."""
+        if not watch:
+            if map_steps:
+                raise ValueError(f"map_steps {tuple(map_steps)} need a tensor to watch")
+            return
+        tensors = bits.named_leaves(self.unpack(self.init())[0].params)
+        if watch not in tensors:
+            raise ValueError(f"no tensor {watch!r} to watch; known: {', '.join(tensors)}")
+        if not isinstance(watch_every_steps, int) or watch_every_steps < 1:
+            raise ValueError(f"watch_every_steps must be an integer >= 1, got {watch_every_steps!r}")
+        bad = [s for s in map_steps if not isinstance(s, int) or not 0 <= s <= num_steps
+               or s % watch_every_steps]
+        if bad:
+            raise ValueError(f"map_steps {bad} are not watched steps (0 or multiples of "
+                             f"{watch_every_steps} up to {num_steps})")
+
 
 def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
@@ -189,15 +224,27 @@ def _member_sharding(num_members: int) -> NamedSharding | None:
     return NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))
 
 
-def _describe_edit(edit, params) -> dict:
+def _describe_edit(edit, params, edited) -> dict:
     tensor, index = edit.resolve(params)
-    before = bits.named_leaves(params)[tensor][index]
     return {"kind": edit.kind, "tensor": tensor, "index": list(index), "amount": edit.amount,
-            "value_before": float(before)}
+            "value_before": float(bits.named_leaves(params)[tensor][index]),
+            "value_after": float(bits.named_leaves(edited)[tensor][index])}
 
 
 def _member_record(step, i, member, **values):
     return {"step": step, "member": i, "label": member.label, **values}
+
+
+def _check_finite(ensemble: Ensemble, step: int, what: str, values, ckpt) -> None:
+    """TrainingDiverged naming the members whose `values` (one array per member) hold NaN or
+    inf: a diverged member must never end in a finished-looking summary."""
+    bad = [f"{i} ({m.label})" for i, (m, v) in enumerate(zip(ensemble.members, values,
+                                                              strict=True))
+           if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+    if bad:
+        raise loop.TrainingDiverged(
+            f"{what} not finite for member {', '.join(bad)} at step {step}; last good "
+            f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
 
 
 def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: int | None = None,
@@ -208,24 +255,26 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     metrics.jsonl holds, per member: the train loss (kind 'train'); at each evaluation the
     test accuracy, churn and softmax L2 against member 0 and the distances of params and
     momentum per tensor and in total (kind 'eval'); every watch_every_steps steps the
-    distance of tensor `watch` (kind 'watch'). At map_steps, maps/step_<s>.npz holds
-    divergence.tensor_map of `watch` for each member against member 0. Resumes the whole
-    ensemble from its latest checkpoint bit-exactly; stop_at_step checkpoints and returns.
+    distance of tensor `watch` (kind 'watch'). At map_steps (each 0 or a multiple of
+    watch_every_steps), maps/step_<s>.npz holds divergence.tensor_map of `watch` for each
+    member against member 0. Resumes the whole ensemble from its latest checkpoint
+    bit-exactly; stop_at_step checkpoints and returns. A loss, test logit or weight that is
+    NaN or inf in any member raises loop.TrainingDiverged. config.json holds the recipe and
+    ensemble.describe(config), so that a different ensemble is refused the workdir.
     """
     states = ensemble.init()
-    tensors = bits.named_leaves(ensemble.unpack(states)[0].params)
-    if watch and watch not in tensors:
-        raise ValueError(f"no tensor {watch!r} to watch; known: {', '.join(tensors)}")
     num_steps = loop.total_steps(config, ensemble.steps_per_epoch)
+    ensemble.check_watch(num_steps, watch, watch_every_steps, map_steps)
     policy = loop.dtype_policy(ensemble.members[0].config)
-    results.prepare_workdir(workdir, config, numerics.fingerprint(policy, config))
+    saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
+    results.prepare_workdir(workdir, saved, numerics.fingerprint(policy, config))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2))
     start = ckpt.latest_step()
     if start is not None:
         states = ckpt.restore(states)
         loop.truncate_metrics(workdir, start)
     start = start or 0
-    end = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
     done_evals = [r for r in loop.read_metrics(workdir) if r.get("kind") == "eval"]
     evals = [[r["test_accuracy"] for r in done_evals if r["member"] == i]
              for i in range(len(ensemble.members))]
@@ -238,11 +287,8 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
         for step in range(start, end):
             states, loss = ensemble.step(states, step)
             loss = np.asarray(loss)
-            if not np.all(np.isfinite(loss)):
-                raise loop.TrainingDiverged(
-                    f"loss is {loss.tolist()} at step {step + 1}; last good checkpoint: step "
-                    f"{ckpt.latest_step()} in {ckpt.directory}")
             done = step + 1
+            _check_finite(ensemble, done, "train loss", loss, ckpt)
             bar.update(1)
             if done % config.log_every_steps == 0:
                 for i, m in enumerate(ensemble.members):
@@ -250,7 +296,7 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
             if watch and done % watch_every_steps == 0:
                 _watch(ensemble, states, done, watch, writer, workdir, done in map_steps)
             if done % config.eval_every_steps == 0 or done == num_steps:
-                for i, record in enumerate(_evaluate(ensemble, states, config, done)):
+                for i, record in enumerate(_evaluate(ensemble, states, config, done, ckpt)):
                     evals[i].append(record["test_accuracy"])
                     writer.write(record)
                 bar.set_postfix(acc=" ".join(f"{e[-1]:.3f}" for e in evals))
@@ -272,7 +318,7 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
         **{f"params_{k}": v for k, v in last[i]["params"]["total"].items()},
         "params_hash": hashes[i],
     } for i, m in enumerate(ensemble.members)]
-    others = per_member[1:] or per_member
+    others = per_member[1:]
     summary = {
         "steps": num_steps,
         "strategy": ensemble.strategy,
@@ -289,10 +335,15 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     return summary
 
 
-def _evaluate(ensemble: Ensemble, states, config, step: int) -> list[dict]:
-    """Per member: test accuracy, and churn, softmax L2 and state distances against member 0."""
-    logits = ensemble.logits(states, config.eval_batch_size)
+def _evaluate(ensemble: Ensemble, states, config, step: int, ckpt) -> list[dict]:
+    """Per member: test accuracy, and churn, softmax L2 and state distances against member 0.
+    Checks first that every member's weights and test logits are finite."""
     members = ensemble.unpack(states)
+    _check_finite(ensemble, step, "weights", [
+        np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(m.params)])
+        for m in members], ckpt)
+    logits = ensemble.logits(states, config.eval_batch_size)
+    _check_finite(ensemble, step, "test logits", logits, ckpt)
     labels = ensemble.dataset.test_labels
     out = []
     for i, m in enumerate(ensemble.members):
@@ -302,6 +353,11 @@ def _evaluate(ensemble: Ensemble, states, config, step: int) -> list[dict]:
             churn=divergence.churn(logits[0], logits[i]),
             softmax_l2=divergence.softmax_l2(logits[0], logits[i]), **distance))
     return out
+
+
+def map_path(workdir: str, step: int) -> str:
+    """Where train_ensemble saves the watched tensor's maps at `step` (arrays 'member<i>')."""
+    return os.path.join(workdir, "maps", f"step_{step:08d}.npz")
 
 
 def _watch(ensemble, states, step, tensor, writer, workdir, save_map: bool) -> None:
@@ -315,8 +371,8 @@ def _watch(ensemble, states, step, tensor, writer, workdir, save_map: bool) -> N
                                     **bits.diff_stats(ref, other)))
         maps[f"member{i}"] = divergence.tensor_map(ref, other)
     if save_map:
-        os.makedirs(os.path.join(workdir, "maps"), exist_ok=True)
-        path = os.path.join(workdir, "maps", f"step_{step:08d}.npz")
+        path = map_path(workdir, step)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path + ".tmp.npz", **maps)
         os.replace(path + ".tmp.npz", path)
 

@@ -19,7 +19,7 @@ from eos_jax import bits, numerics, results
 from eos_jax.data import BatchStream, Dataset, eval_batches, load_dataset
 from eos_jax.models import create_model
 from eos_jax.training import optim, steps
-from eos_jax.training.checkpoint import CheckpointError, Checkpointer
+from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 
 
 class TrainingDiverged(RuntimeError):
@@ -39,8 +39,14 @@ def total_steps(config, steps_per_epoch: int) -> int:
 
 def validate(config, stop_at_step: int | None = None) -> None:
     """Checks a training recipe's plain values before anything is built or written."""
-    positive = ["batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps",
-                "checkpoint_every_steps", "optimizer.lr"]
+    positive = [
+        "batch_size",
+        "eval_batch_size",
+        "log_every_steps",
+        "eval_every_steps",
+        "checkpoint_every_steps",
+        "optimizer.lr",
+    ]
     positive.append("num_steps" if config.get("num_steps") is not None else "num_epochs")
     for name in positive:
         value = config
@@ -209,8 +215,10 @@ def diverged(workdir: str, ckpt: Checkpointer, what: str) -> TrainingDiverged:
     """Records a divergence in diverged.json (the run stays unfinished) and returns the error."""
     last = ckpt.latest_step()
     where = f"last good checkpoint: step {last}" if last else "no checkpoint was saved yet"
-    results.write_json(os.path.join(workdir, "diverged.json"), {"status": "diverged", "what": what,
-                                                                 "last_checkpoint": last})
+    results.write_json(
+        os.path.join(workdir, "diverged.json"),
+        {"status": "diverged", "what": what, "last_checkpoint": last},
+    )
     return TrainingDiverged(f"{what}; {where} in {ckpt.directory}")
 
 

@@ -1,7 +1,8 @@
 """Named sources of difference between lockstep members: each changes exactly one thing.
 
 A source turns one recipe (an ml_collections config) and a list of values into members;
-member 0 is the reference and, for every source but `dtype`, is the recipe itself.
+member 0 is the reference. With the default values (default_values) member 0 is the recipe
+itself for every source but `dtype` (whose reference is fp64).
 
     source            value of a member                    what differs
     none              ignored                              nothing (the control)
@@ -34,6 +35,7 @@ ROUNDING_SOURCES = ("none", "update_k", "ulp_init", "bitflip_init", "reduction_o
 STOCHASTIC_SOURCES = ("init_seed", "data_seed", "aug_seed", "seed")
 SOURCES = ROUNDING_SOURCES + STOCHASTIC_SOURCES
 UNCHANGED = -1  # the value of bitflip_init / reduction_order that leaves the recipe alone
+EDIT_KINDS = ("ulp", "bit")
 _SEED_KEYS = {"init_seed": ("init",), "data_seed": ("data",), "aug_seed": ("aug",),
               "seed": ("init", "data", "aug")}
 
@@ -47,6 +49,13 @@ class InitEdit:
     tensor: str
     index: tuple[int, ...]
     amount: int
+
+    def __post_init__(self):
+        if self.kind not in EDIT_KINDS:
+            raise ValueError(f"unknown init edit kind {self.kind!r}; allowed: {', '.join(EDIT_KINDS)}")
+        if not all(_is_int(i) for i in self.index):
+            raise ValueError(f"init edit index {self.index!r} must be integers (or () = first "
+                             "normal nonzero entry)")
 
     def resolve(self, params) -> tuple[str, tuple[int, ...]]:
         """(tensor path, entry index) this edit changes in `params`; bad input: ValueError."""
@@ -86,8 +95,11 @@ class Member:
 
 
 def default_values(source: str, count: int, config) -> tuple:
-    """The values of `count` members when a config gives none (dtype: always 3 members)."""
+    """The values of `count` members when a config gives none (dtype: always 3 members);
+    member 0's value leaves the recipe unchanged (dtype: fp64 is the reference)."""
     check_source(source)
+    if not _is_int(count) or count < 2:
+        raise ValueError(f"a twins ensemble needs at least 2 members, got count={count!r}")
     if source == "update_k":
         return tuple(range(1, 2 * count, 2))  # 1, 3, 5, ...: the paper's odd k
     if source == "ulp_init":
@@ -99,7 +111,11 @@ def default_values(source: str, count: int, config) -> tuple:
     if source == "dtype":
         return ("fp64", "fp32", "bf16")
     if source in _SEED_KEYS:
-        base = config.seeds[_SEED_KEYS[source][0]]
+        recipe_seeds = {config.seeds[key] for key in _SEED_KEYS[source]}
+        if len(recipe_seeds) > 1:  # member 0 would not be the recipe
+            raise ValueError(f"source 'seed' sets the init, data and aug seeds together, but the "
+                             f"recipe's differ ({sorted(recipe_seeds)}): give the values")
+        base = recipe_seeds.pop()
         return tuple(range(base, base + count))
     return (0,) * count  # none
 
@@ -109,17 +125,29 @@ def check_source(source: str) -> None:
         raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_int(source: str, value, minimum: int, meaning: str) -> int:
+    """value as an int, or a ValueError naming it and what is allowed."""
+    if not _is_int(value) or value < minimum:
+        raise ValueError(f"{source} needs integers {meaning}, got {value!r}")
+    return int(value)
+
+
 def make_members(config, source: str, values=None, count: int = 6, tensor: str = "conv1/kernel",
                  index: tuple[int, ...] = ()) -> list[Member]:
     """Members that differ from `config` by `source` alone (member 0 is the reference).
 
-    values: one per member (None: default_values); tensor / index: the entry the init
-    sources edit. Errors in the values (unknown source, k < 1, a bit outside the mantissa)
-    are a ValueError here; a bad tensor or entry is one when the edit meets the params.
+    values: one per member (None or empty: default_values); tensor / index: the entry the
+    init sources edit. Errors in the values (unknown source, fewer than 2 members, k < 1, a
+    bit outside the mantissa, a negative seed) are a ValueError here; a bad tensor or entry
+    is one when the edit meets the params (Ensemble.init).
     """
     check_source(source)
     values = tuple(values) if values else default_values(source, count, config)
-    if len(values) < 2 and source != "none":
+    if len(values) < 2:
         raise ValueError(f"source {source!r} needs at least 2 members, got values {values}")
     return [_member(config, source, v, tensor, tuple(index)) for v in values]
 
@@ -129,32 +157,33 @@ def _member(config, source, value, tensor, index) -> Member:
     if source == "none":
         return Member("copy", config)
     if source == "update_k":
-        if int(value) != value or value < 1:
-            raise ValueError(f"update_k needs integers k >= 1, got {value!r}")
-        config.optimizer.k = int(value)
-        return Member(f"k={int(value)}", config)
+        config.optimizer.k = _check_int(source, value, 1, "k >= 1")
+        return Member(f"k={config.optimizer.k}", config)
     if source == "ulp_init":
-        edit = InitEdit("ulp", tensor, index, int(value)) if value else None
-        return Member(f"ulp{int(value):+d}", config, init_edit=edit)
+        n = _check_int(source, value, -(2**31), "n (ulps)")
+        edit = InitEdit("ulp", tensor, index, n) if n else None
+        return Member(f"ulp{n:+d}", config, init_edit=edit)
     if source == "bitflip_init":
-        if value == UNCHANGED:
+        bit = _check_int(source, value, UNCHANGED, "bit >= 0 (-1 = unchanged)")
+        if bit == UNCHANGED:
             return Member("no flip", config)
         mantissa_bits = ml_dtypes.finfo(numerics.dtype_from_name(config.numerics.param_dtype)).nmant
-        if not 0 <= value < mantissa_bits:
-            raise ValueError(f"bitflip_init bit {value} not in [0, {mantissa_bits}) (mantissa)")
-        edit = InitEdit("bit", tensor, index, int(value))
-        return Member(f"bit {int(value)}", config, init_edit=edit)
+        if bit >= mantissa_bits:
+            raise ValueError(f"bitflip_init bit {bit} not in [0, {mantissa_bits}) (mantissa)")
+        return Member(f"bit {bit}", config, init_edit=InitEdit("bit", tensor, index, bit))
     if source == "reduction_order":
-        if value == UNCHANGED:
+        seed = _check_int(source, value, UNCHANGED, "seed >= 0 (-1 = stored order)")
+        if seed == UNCHANGED:
             return Member("stored order", config)
-        return Member(f"perm {int(value)}", config, permute_seed=int(value))
+        return Member(f"perm {seed}", config, permute_seed=seed)
     if source == "dtype":
         numerics.dtype_from_name(str(value))
         config.numerics.param_dtype = config.numerics.compute_dtype = str(value)
         return Member(str(value), config)
+    seed = _check_int(source, value, 0, "seed >= 0")
     for key in _SEED_KEYS[source]:
-        config.seeds[key] = int(value)
-    return Member(f"{source}={int(value)}", config)
+        config.seeds[key] = seed
+    return Member(f"{source}={seed}", config)
 
 
 def needs_x64(members: list[Member]) -> bool:
