@@ -27,6 +27,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m benchmarks.step_time
+	$(PY) -m benchmarks.ensemble_throughput
 
 clean:
 	rm -rf $(VENV) workdirs .pytest_cache

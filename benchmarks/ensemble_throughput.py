@@ -34,8 +34,16 @@ def recipe(name: str):
     rng = np.random.default_rng(0)
     images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
     labels = lambda n: rng.integers(0, 10, n).astype(np.int32)  # noqa: E731
-    dataset = Dataset(images(1024), labels(1024), images(256), labels(256), 10, "random32",
-                      (0.5,) * 3, (0.25,) * 3)
+    dataset = Dataset(
+        images(1024),
+        labels(1024),
+        images(256),
+        labels(256),
+        10,
+        "random32",
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
     config.model, config.model_kwargs = "resnet20", {}
     return config, dataset
 
@@ -73,9 +81,16 @@ def main(argv):
                 members = sources.make_members(config, "update_k", count=k)
                 ens = ensemble.Ensemble(members, dataset, strategy)
                 t = seconds_per_step(ens.step, ens.init(), _STEPS.value)
-                rows.append({"recipe": name, "K": k, "strategy": strategy,
-                             "one run ms/step": 1e3 * one, "ensemble ms/step": 1e3 * t,
-                             "ratio": t / (k * one)})
+                rows.append(
+                    {
+                        "recipe": name,
+                        "K": k,
+                        "strategy": strategy,
+                        "one run ms/step": 1e3 * one,
+                        "ensemble ms/step": 1e3 * t,
+                        "ratio": t / (k * one),
+                    }
+                )
                 print(rows[-1], flush=True)
     print(results.markdown_table(rows, "{:.3g}"))
     fingerprint = numerics.fingerprint(numerics.DtypePolicy("fp32", "fp32"))

@@ -38,7 +38,8 @@ def _check_list(name: str, values, minimum: int | None = None) -> None:
     if not values or len(set(values)) != len(values):
         raise ValueError(f"twins.{name} must be a non-empty list without repeats, got {values}")
     if minimum is not None and not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values):
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ):
         raise ValueError(f"twins.{name} must hold integers >= {minimum}, got {values}")
 
 
@@ -55,13 +56,20 @@ def plan(config) -> list[dict]:
         for seed in t.seeds:
             recipe = config.copy_and_resolve_references()
             recipe.seeds.init = recipe.seeds.data = recipe.seeds.aug = int(seed)
-            runs.append(dict(name=f"seed_{seed}", recipe=recipe,
-                             members=sources.make_members(recipe, "update_k", t.ks)))
+            runs.append(
+                dict(
+                    name=f"seed_{seed}",
+                    recipe=recipe,
+                    members=sources.make_members(recipe, "update_k", t.ks),
+                )
+            )
     elif t.experiment == "sources":
         _check_list("sources", t.sources)
         if t.member_values and len(t.sources) > 1:
-            raise ValueError(f"twins.member_values {tuple(t.member_values)} are for one source; "
-                             f"got {len(t.sources)} sources")
+            raise ValueError(
+                f"twins.member_values {tuple(t.member_values)} are for one source; "
+                f"got {len(t.sources)} sources"
+            )
         values = tuple(t.member_values)
         for name in t.sources:
             members = sources.make_members(config, name, values, t.members, t.tensor, t.index)
@@ -71,18 +79,30 @@ def plan(config) -> list[dict]:
         if not isinstance(t.snapshots, int) or t.snapshots < 1:
             raise ValueError(f"twins.snapshots must be an integer >= 1, got {t.snapshots!r}")
         if not all(isinstance(s, int) and 0 <= s <= t.snapshots for s in t.map_snapshots):
-            raise ValueError(f"twins.map_snapshots {tuple(t.map_snapshots)} must be integers in "
-                             f"[0, twins.snapshots = {t.snapshots}]")
+            raise ValueError(
+                f"twins.map_snapshots {tuple(t.map_snapshots)} must be integers in "
+                f"[0, twins.snapshots = {t.snapshots}]"
+            )
         for n in t.lr_divisors:
             recipe = config.copy_and_resolve_references()
-            recipe.optimizer.update(lr=config.optimizer.lr / n, momentum=0.0, nesterov=False,
-                                    decay_epochs=())
+            recipe.optimizer.update(
+                lr=config.optimizer.lr / n, momentum=0.0, nesterov=False, decay_epochs=()
+            )
             recipe.num_steps = recipe.eval_every_steps = n * t.snapshots
             recipe.log_every_steps = recipe.checkpoint_every_steps = max(n * t.snapshots // 10, 1)
-            runs.append(dict(name=f"lr_div_{n}", recipe=recipe, n=n,
-                             members=sources.make_members(recipe, "update_k", (1, 3)),
-                             watch=dict(watch=t.watch, watch_every_steps=n,
-                                        map_steps=tuple(n * s for s in t.map_snapshots))))
+            runs.append(
+                dict(
+                    name=f"lr_div_{n}",
+                    recipe=recipe,
+                    n=n,
+                    members=sources.make_members(recipe, "update_k", (1, 3)),
+                    watch=dict(
+                        watch=t.watch,
+                        watch_every_steps=n,
+                        map_steps=tuple(n * s for s in t.map_snapshots),
+                    ),
+                )
+            )
     return runs
 
 
@@ -102,10 +122,11 @@ def run(config, workdir: str) -> dict:
     summaries = {}
     for r, ens in zip(runs, ensembles, strict=True):
         sub = os.path.join(workdir, r["name"])
-        summaries[r["name"]] = (results.read_json(os.path.join(sub, results.SUMMARY))
-                                if results.is_finished(sub)
-                                else ensemble.train_ensemble(ens, r["recipe"], sub,
-                                                             **r.get("watch", {})))
+        summaries[r["name"]] = (
+            results.read_json(os.path.join(sub, results.SUMMARY))
+            if results.is_finished(sub)
+            else ensemble.train_ensemble(ens, r["recipe"], sub, **r.get("watch", {}))
+        )
     tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2}[config.twins.experiment]
     summary = tabulate(config, runs, summaries, workdir)
     results.finish(workdir, summary)
@@ -125,28 +146,41 @@ def _table1(config, runs, summaries, workdir) -> dict:
     rows = divergence.table1(acc, config.twins.seeds, labels)
     table = _write_table(workdir, "table1", rows)
     plots.table1(acc, config.twins.seeds, labels, os.path.join(workdir, "table1.png"))
-    return {"table": table, "accuracy": acc.tolist(), "seeds": list(config.twins.seeds),
-            "labels": labels, "mean_std_over_perturbations": float(np.mean(np.std(acc, 1))),
-            "mean_std_over_seeds": float(np.mean(np.std(acc, 0)))}
+    return {
+        "table": table,
+        "accuracy": acc.tolist(),
+        "seeds": list(config.twins.seeds),
+        "labels": labels,
+        "mean_std_over_perturbations": float(np.mean(np.std(acc, 1))),
+        "mean_std_over_seeds": float(np.mean(np.std(acc, 0))),
+    }
 
 
 def _sources(config, runs, summaries, workdir) -> dict:
     rows, curves = [], {}
     for r in runs:
         name, s = r["name"].removeprefix("source_"), summaries[r["name"]]
-        rows.append({
-            "source": name,
-            "kind": ("control" if name == "none" else
-                     "rounding" if name in sources.ROUNDING_SOURCES else "stochastic"),
-            "members": len(s["members"]),
-            "final acc mean": float(np.mean([m["final_accuracy"] for m in s["members"]])),
-            "final acc std": s["final_accuracy_std"],
-            "churn": s["mean_churn"],
-            "softmax L2": s["mean_softmax_l2"],
-            "weight D": s["mean_params_rel_l1"],
-        })
-        curves[name] = _mean_over_members(os.path.join(workdir, r["name"]), "eval",
-                                          lambda rec: rec["params"]["total"]["rel_l1"])
+        rows.append(
+            {
+                "source": name,
+                "kind": (
+                    "control"
+                    if name == "none"
+                    else "rounding"
+                    if name in sources.ROUNDING_SOURCES
+                    else "stochastic"
+                ),
+                "members": len(s["members"]),
+                "final acc mean": float(np.mean([m["final_accuracy"] for m in s["members"]])),
+                "final acc std": s["final_accuracy_std"],
+                "churn": s["mean_churn"],
+                "softmax L2": s["mean_softmax_l2"],
+                "weight D": s["mean_params_rel_l1"],
+            }
+        )
+        curves[name] = _mean_over_members(
+            os.path.join(workdir, r["name"]), "eval", lambda rec: rec["params"]["total"]["rel_l1"]
+        )
     table = _write_table(workdir, "sources", rows)
     plots.sources(rows, curves, os.path.join(workdir, "sources.png"))
     return {"table": table, "rows": rows}
@@ -157,24 +191,47 @@ def _fig2(config, runs, summaries, workdir) -> dict:
     for r in runs:
         lr = r["recipe"].optimizer.lr
         sub = os.path.join(workdir, r["name"])
-        watched = [rec for rec in loop.read_metrics(sub) if rec.get("kind") == "watch"
-                   and rec["member"] == 1]
+        watched = [
+            rec
+            for rec in loop.read_metrics(sub)
+            if rec.get("kind") == "watch" and rec["member"] == 1
+        ]
         curves[lr] = ([rec["step"] * lr for rec in watched], [rec["rel_l1"] for rec in watched])
-        rows += [{"n": r["n"], "lr": lr, "snapshot": rec["step"] // r["n"],
-                  "pde_time": rec["step"] * lr, "D": rec["rel_l1"], "max_ulp": rec["max_ulp"]}
-                 for rec in watched]
+        rows += [
+            {
+                "n": r["n"],
+                "lr": lr,
+                "snapshot": rec["step"] // r["n"],
+                "pde_time": rec["step"] * lr,
+                "D": rec["rel_l1"],
+                "max_ulp": rec["max_ulp"],
+            }
+            for rec in watched
+        ]
     results.write_csv(os.path.join(workdir, "fig2.csv"), rows)
-    plots.fig2(curves, {r["recipe"].optimizer.lr: r["n"] for r in runs}, config.twins.watch,
-               os.path.join(workdir, "fig2.png"))
+    plots.fig2(
+        curves,
+        {r["recipe"].optimizer.lr: r["n"] for r in runs},
+        config.twins.watch,
+        os.path.join(workdir, "fig2.png"),
+    )
     largest_lr = min(runs, key=lambda r: r["n"])
     sub = os.path.join(workdir, largest_lr["name"])
-    maps = {s: np.load(ensemble.map_path(sub, s * largest_lr["n"]))["member1"]
-            for s in config.twins.map_snapshots}
+    maps = {
+        s: np.load(ensemble.map_path(sub, s * largest_lr["n"]))["member1"]
+        for s in config.twins.map_snapshots
+    }
     if maps:
-        plots.tensor_maps(maps, config.twins.watch, largest_lr["recipe"].optimizer.lr,
-                          os.path.join(workdir, "fig2_maps.png"))
-    final = [{"n": r["n"], "lr": lr, "final D": curves[lr][1][-1]}
-             for r, lr in ((r, r["recipe"].optimizer.lr) for r in runs)]
+        plots.tensor_maps(
+            maps,
+            config.twins.watch,
+            largest_lr["recipe"].optimizer.lr,
+            os.path.join(workdir, "fig2_maps.png"),
+        )
+    final = [
+        {"n": r["n"], "lr": lr, "final D": curves[lr][1][-1]}
+        for r, lr in ((r, r["recipe"].optimizer.lr) for r in runs)
+    ]
     return {"table": results.markdown_table(final), "final": final}
 
 
@@ -207,6 +264,7 @@ def main(argv):
 
 if __name__ == "__main__":  # flags only when run as a main: demo.py and tests import run()
     _CONFIG = config_flags.DEFINE_config_file(
-        "config", "experiments/configs/twins_embedded.py", "Recipe + twins settings.")
+        "config", "experiments/configs/twins_embedded.py", "Recipe + twins settings."
+    )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
     app.run(main)

@@ -36,8 +36,12 @@ def train(members, dataset, strategy, steps=STEPS, initial_hashes=None):
 @pytest.mark.parametrize("strategy", ensemble.STRATEGIES)
 def test_identical_members_stay_bit_identical(digits, strategy):
     initial = []
-    hashes, _ = train(sources.make_members(tiny_config(), "none", count=3), digits, strategy,
-                      initial_hashes=initial)
+    hashes, _ = train(
+        sources.make_members(tiny_config(), "none", count=3),
+        digits,
+        strategy,
+        initial_hashes=initial,
+    )
     assert len(set(hashes)) == 1
     assert hashes[0] != initial[0]  # they did train
 
@@ -90,11 +94,13 @@ def test_bad_strategy_members_edits_and_watch_settings_are_refused(digits):
     with pytest.raises(ValueError, match="no normal nonzero entry"):
         ensemble.Ensemble(members, digits, "unrolled").init()
     ens = ensemble.Ensemble(sources.make_members(tiny_config(), "update_k", count=2), digits)
-    for watch, every, maps, message in [("conv9/kernel", 1, (), "no tensor 'conv9/kernel'"),
-                                        ("conv2/kernel", 0, (), "watch_every_steps"),
-                                        ("conv2/kernel", 3, (0, 4), r"map_steps \[4\]"),
-                                        ("conv2/kernel", 3, (15,), r"map_steps \[15\]"),
-                                        (None, 0, (3,), "need a tensor")]:
+    for watch, every, maps, message in [
+        ("conv9/kernel", 1, (), "no tensor 'conv9/kernel'"),
+        ("conv2/kernel", 0, (), "watch_every_steps"),
+        ("conv2/kernel", 3, (0, 4), r"map_steps \[4\]"),
+        ("conv2/kernel", 3, (15,), r"map_steps \[15\]"),
+        (None, 0, (3,), "need a tensor"),
+    ]:
         with pytest.raises(ValueError, match=message):
             ens.check_watch(12, watch, every, maps)
 
@@ -107,9 +113,11 @@ def test_a_diverging_member_never_ends_in_a_summary(digits, tmp_path):
     wild.optimizer.lr = float("inf")
     members = [sources.Member("ok", config), sources.Member("lr inf", wild)]
     with pytest.raises(loop.TrainingDiverged, match=r"not finite for member 1 \(lr inf\)"):
-        ensemble.train_ensemble(ensemble.Ensemble(members, digits, "unrolled"), config,
-                                str(tmp_path))
+        ensemble.train_ensemble(
+            ensemble.Ensemble(members, digits, "unrolled"), config, str(tmp_path)
+        )
     assert not os.path.exists(tmp_path / "summary.json")
+    assert "member 1 (lr inf)" in results.read_json(str(tmp_path / "diverged.json"))["what"]
 
 
 @pytest.mark.parametrize("strategy", ensemble.STRATEGIES)
@@ -117,28 +125,40 @@ def test_whole_ensemble_resumes_bit_exactly(digits, tmp_path, strategy):
     config = tiny_config(num_steps=STEPS)
     members = sources.make_members(config, "ulp_init", count=3)
     run = lambda name, **kw: ensemble.train_ensemble(  # noqa: E731
-        ensemble.Ensemble(members, digits, strategy), config, str(tmp_path / name),
-        watch="conv2/kernel", watch_every_steps=3, map_steps=(0, 12), **kw)
+        ensemble.Ensemble(members, digits, strategy),
+        config,
+        str(tmp_path / name),
+        watch="conv2/kernel",
+        watch_every_steps=3,
+        map_steps=(0, 12),
+        **kw,
+    )
     whole = run("whole")
     assert run("split", stop_at_step=6)["stopped_at_step"] == 6
     other = sources.make_members(config, "ulp_init", (0, 5, 6))  # another ensemble, same recipe
     with pytest.raises(results.WorkdirError, match="different config"):
-        ensemble.train_ensemble(ensemble.Ensemble(other, digits, strategy), config,
-                                str(tmp_path / "split"))
+        ensemble.train_ensemble(
+            ensemble.Ensemble(other, digits, strategy), config, str(tmp_path / "split")
+        )
     resumed = run("split")
     assert resumed["resumed_from_step"] == 6
     assert [m["params_hash"] for m in resumed["members"]] == [
-        m["params_hash"] for m in whole["members"]]
+        m["params_hash"] for m in whole["members"]
+    ]
     metrics = [loop.read_metrics(str(tmp_path / d)) for d in ("whole", "split")]
     assert metrics[0] == metrics[1]
-    assert sorted(os.listdir(tmp_path / "split" / "maps")) == ["step_00000000.npz",
-                                                                "step_00000012.npz"]
+    assert sorted(os.listdir(tmp_path / "split" / "maps")) == [
+        "step_00000000.npz",
+        "step_00000012.npz",
+    ]
     watch0 = [r for r in metrics[0] if r["kind"] == "watch" and r["step"] == 0]
     assert [r["max_ulp"] for r in watch0] == [0, 0, 0]  # the edit is in conv1, not conv2
     edits = whole["init_edits"]
     assert edits[0] is None and edits[2]["amount"] == 2
-    assert bits.ulp_distance(np.float32(edits[2]["value_before"]),
-                             np.float32(edits[2]["value_after"])) == 2
+    assert (
+        bits.ulp_distance(np.float32(edits[2]["value_before"]), np.float32(edits[2]["value_after"]))
+        == 2
+    )
 
 
 SHARDED = textwrap.dedent("""
@@ -162,7 +182,13 @@ SHARDED = textwrap.dedent("""
 
 def test_vmap_member_axis_is_sharded_across_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True,
-                         env=env, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", SHARDED],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4", "True", "4"]

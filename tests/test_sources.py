@@ -10,8 +10,12 @@ from experiments.configs import default
 
 
 def params():
-    return {"conv1": {"kernel": np.array([[0.5, -0.25], [1e-40, 0.0]], np.float32),
-                      "bias": np.zeros(2, np.float32)}}
+    return {
+        "conv1": {
+            "kernel": np.array([[0.5, -0.25], [1e-40, 0.0]], np.float32),
+            "bias": np.zeros(2, np.float32),
+        }
+    }
 
 
 def test_every_source_builds_members_whose_reference_is_the_recipe():
@@ -33,29 +37,37 @@ def test_each_source_changes_only_its_knob():
     data = sources.make_members(config, "data_seed", (1, 2))[1].config.seeds
     assert (data.init, data.data, data.aug) == (1, 2, 1)
     assert [m.permute_seed for m in sources.make_members(config, "reduction_order", count=3)] == [
-        None, 1, 2]
+        None,
+        1,
+        2,
+    ]
     dtypes = sources.make_members(config, "dtype")
     assert [m.config.numerics.param_dtype for m in dtypes] == ["fp64", "fp32", "bf16"]
-    assert sources.needs_x64(dtypes) and not sources.needs_x64(sources.make_members(
-        config, "none", count=2))
+    assert sources.needs_x64(dtypes) and not sources.needs_x64(
+        sources.make_members(config, "none", count=2)
+    )
     flips = sources.make_members(config, "bitflip_init", count=3, tensor="conv1/kernel")
     assert flips[0].init_edit is None and flips[2].init_edit == sources.InitEdit(
-        "bit", "conv1/kernel", (), 1)
+        "bit", "conv1/kernel", (), 1
+    )
 
 
-@pytest.mark.parametrize("source, values, message", [
-    ("noise", None, "unknown source 'noise'"),
-    ("update_k", (1, 0), "k >= 1"),
-    ("update_k", (1, 2.5), "k >= 1"),
-    ("bitflip_init", (-1, 23), "mantissa"),
-    ("dtype", ("fp32", "fp16"), "unknown dtype"),
-    ("ulp_init", (0,), "at least 2 members"),
-    ("none", (0,), "at least 2 members"),
-    ("ulp_init", (0, 1.5), "ulp_init needs integers"),
-    ("bitflip_init", (-1, -2), "bit >= 0"),
-    ("reduction_order", (-1, -3), "seed >= 0"),
-    ("init_seed", (1, -1), "seed >= 0"),
-])
+@pytest.mark.parametrize(
+    "source, values, message",
+    [
+        ("noise", None, "unknown source 'noise'"),
+        ("update_k", (1, 0), "k >= 1"),
+        ("update_k", (1, 2.5), "k >= 1"),
+        ("bitflip_init", (-1, 23), "mantissa"),
+        ("dtype", ("fp32", "fp16"), "unknown dtype"),
+        ("ulp_init", (0,), "at least 2 members"),
+        ("none", (0,), "at least 2 members"),
+        ("ulp_init", (0, 1.5), "ulp_init needs integers"),
+        ("bitflip_init", (-1, -2), "bit >= 0"),
+        ("reduction_order", (-1, -3), "seed >= 0"),
+        ("init_seed", (1, -1), "seed >= 0"),
+    ],
+)
 def test_bad_values_are_refused(source, values, message):
     with pytest.raises(ValueError, match=message):
         sources.make_members(default.get_config(), source, values)
@@ -87,14 +99,17 @@ def test_ulp_edit_moves_one_entry_by_n_ulps_and_bitflip_flips_one_bit():
     assert bits.tree_hash(p) == bits.tree_hash(params())  # the input is not modified
 
 
-@pytest.mark.parametrize("edit, message", [
-    (sources.InitEdit("ulp", "conv9/kernel", (), 1), "no tensor 'conv9/kernel'.*conv1/kernel"),
-    (sources.InitEdit("ulp", "conv1/kernel", (2, 0), 1), "out of range"),
-    (sources.InitEdit("ulp", "conv1/kernel", (0,), 1), "out of range"),
-    (sources.InitEdit("ulp", "conv1/kernel", (1, 1), 1), "zero, subnormal"),
-    (sources.InitEdit("bit", "conv1/kernel", (1, 0), 3), "zero, subnormal"),  # subnormal
-    (sources.InitEdit("ulp", "conv1/bias", (), 1), "no normal nonzero entry"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (sources.InitEdit("ulp", "conv9/kernel", (), 1), "no tensor 'conv9/kernel'.*conv1/kernel"),
+        (sources.InitEdit("ulp", "conv1/kernel", (2, 0), 1), "out of range"),
+        (sources.InitEdit("ulp", "conv1/kernel", (0,), 1), "out of range"),
+        (sources.InitEdit("ulp", "conv1/kernel", (1, 1), 1), "zero, subnormal"),
+        (sources.InitEdit("bit", "conv1/kernel", (1, 0), 3), "zero, subnormal"),  # subnormal
+        (sources.InitEdit("ulp", "conv1/bias", (), 1), "no normal nonzero entry"),
+    ],
+)
 def test_bad_edit_targets_are_refused(edit, message):
     with pytest.raises(ValueError, match=message):
         edit.apply(jax.tree.map(np.asarray, params()))

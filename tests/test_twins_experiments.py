@@ -16,15 +16,28 @@ from experiments import twins
 from experiments.configs import twins_embedded, twins_paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.num_steps=8", "--config.batch_size=64", "--config.eval_every_steps=4",
-        "--config.model_kwargs.widths=(8, 16)", "--config.twins.members=2"]
+TINY = [
+    "--config.num_steps=8",
+    "--config.batch_size=64",
+    "--config.eval_every_steps=4",
+    "--config.model_kwargs.widths=(8, 16)",
+    "--config.twins.members=2",
+]
 
 
 def tiny(experiment, **overrides):
     config = twins_embedded.get_config(experiment)
-    config.update_from_flattened_dict({
-        "num_steps": 8, "batch_size": 64, "eval_every_steps": 4, "checkpoint_every_steps": 4,
-        "model_kwargs.widths": (8, 16), "twins.members": 3, **overrides})
+    config.update_from_flattened_dict(
+        {
+            "num_steps": 8,
+            "batch_size": 64,
+            "eval_every_steps": 4,
+            "checkpoint_every_steps": 4,
+            "model_kwargs.widths": (8, 16),
+            "twins.members": 3,
+            **overrides,
+        }
+    )
     return config
 
 
@@ -54,8 +67,9 @@ def test_sources_table_has_one_row_per_source_and_a_silent_control(tmp_path):
 
 
 def test_fig2_keeps_pde_time_fixed_across_learning_rates(tmp_path):
-    config = tiny("fig2", **{"twins.lr_divisors": (1, 2), "twins.snapshots": 4,
-                             "twins.map_snapshots": (0, 4)})
+    config = tiny(
+        "fig2", **{"twins.lr_divisors": (1, 2), "twins.snapshots": 4, "twins.map_snapshots": (0, 4)}
+    )
     twins.run(config, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "fig2.csv")))
     for n in ("1", "2"):
@@ -68,48 +82,74 @@ def test_fig2_keeps_pde_time_fixed_across_learning_rates(tmp_path):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "experiments.twins", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.twins", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
     config = "--config=experiments/configs/twins_embedded.py:sources"
-    ok = run_cli(config, f"--workdir={tmp_path / 'ok'}", *TINY,
-                 "--config.twins.sources=('ulp_init',)", "--config.twins.member_values=(0, 4)")
+    ok = run_cli(
+        config,
+        f"--workdir={tmp_path / 'ok'}",
+        *TINY,
+        "--config.twins.sources=('ulp_init',)",
+        "--config.twins.member_values=(0, 4)",
+    )
     assert ok.returncode == 0, ok.stderr
     assert "| ulp_init | rounding | 2 |" in ok.stdout
     edit = results.read_json(str(tmp_path / "ok" / "source_ulp_init" / "summary.json"))
     assert edit["init_edits"][1]["amount"] == 4 and edit["init_edits"][1]["index"] == [0, 0, 0, 0]
-    bad = run_cli(config, f"--workdir={tmp_path / 'bad'}", *TINY,
-                  "--config.twins.sources=('ulp_init',)", "--config.twins.index=(0, 0, 0, 99)")
+    bad = run_cli(
+        config,
+        f"--workdir={tmp_path / 'bad'}",
+        *TINY,
+        "--config.twins.sources=('ulp_init',)",
+        "--config.twins.index=(0, 0, 0, 99)",
+    )
     assert bad.returncode == 1 and "out of range" in bad.stderr, bad.stderr
     assert bad.stderr.strip().count("\n") == 0, bad.stderr
     assert not os.path.exists(tmp_path / "bad")
 
 
-@pytest.mark.parametrize("experiment, overrides, message", [
-    ("sources", {"twins.sources": ("jitter",)}, "unknown source 'jitter'"),
-    ("sources", {"twins.sources": ()}, "twins.sources must be a non-empty list"),
-    ("sources", {"twins.sources": ("none", "none")}, "without repeats"),
-    ("sources", {"twins.members": 1}, "at least 2 members"),
-    ("sources", {"twins.sources": ("ulp_init", "update_k"), "twins.member_values": (0, 1)},
-     "are for one source"),
-    ("sources", {"twins.sources": ("ulp_init",), "twins.tensor": "conv7/kernel"},
-     "no tensor 'conv7/kernel'"),
-    ("sources", {"twins.sources": ("none",), "twins.strategy": "pmap"}, "unknown strategy"),
-    ("table1", {"twins.ks": (1, 0)}, "k >= 1"),
-    ("table1", {"twins.seeds": ()}, "twins.seeds must be a non-empty list"),
-    ("table1", {"twins.seeds": (1, -2)}, "integers >= 0"),
-    ("fig2", {"twins.lr_divisors": ()}, "twins.lr_divisors must be a non-empty list"),
-    ("fig2", {"twins.lr_divisors": (1, 0)}, "integers >= 1"),
-    ("fig2", {"twins.snapshots": 0}, "twins.snapshots must be an integer >= 1"),
-    ("fig2", {"twins.map_snapshots": (0, 99)}, r"map_snapshots \(0, 99\)"),
-    ("fig2", {"twins.watch": "conv7/kernel"}, "no tensor 'conv7/kernel' to watch"),
-    ("figure3", {}, "unknown experiment 'figure3'"),
-])
+@pytest.mark.parametrize(
+    "experiment, overrides, message",
+    [
+        ("sources", {"twins.sources": ("jitter",)}, "unknown source 'jitter'"),
+        ("sources", {"twins.sources": ()}, "twins.sources must be a non-empty list"),
+        ("sources", {"twins.sources": ("none", "none")}, "without repeats"),
+        ("sources", {"twins.members": 1}, "at least 2 members"),
+        (
+            "sources",
+            {"twins.sources": ("ulp_init", "update_k"), "twins.member_values": (0, 1)},
+            "are for one source",
+        ),
+        (
+            "sources",
+            {"twins.sources": ("ulp_init",), "twins.tensor": "conv7/kernel"},
+            "no tensor 'conv7/kernel'",
+        ),
+        ("sources", {"twins.sources": ("none",), "twins.strategy": "pmap"}, "unknown strategy"),
+        ("table1", {"twins.ks": (1, 0)}, "k >= 1"),
+        ("table1", {"twins.seeds": ()}, "twins.seeds must be a non-empty list"),
+        ("table1", {"twins.seeds": (1, -2)}, "integers >= 0"),
+        ("fig2", {"twins.lr_divisors": ()}, "twins.lr_divisors must be a non-empty list"),
+        ("fig2", {"twins.lr_divisors": (1, 0)}, "integers >= 1"),
+        ("fig2", {"twins.snapshots": 0}, "twins.snapshots must be an integer >= 1"),
+        ("fig2", {"twins.map_snapshots": (0, 99)}, r"map_snapshots \(0, 99\)"),
+        ("fig2", {"twins.watch": "conv7/kernel"}, "no tensor 'conv7/kernel' to watch"),
+        ("figure3", {}, "unknown experiment 'figure3'"),
+    ],
+)
 def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, overrides, message):
-    config = tiny(experiment if experiment in twins.EXPERIMENTS else "sources",
-                  **{"twins.experiment": experiment, **overrides})
+    config = tiny(
+        experiment if experiment in twins.EXPERIMENTS else "sources",
+        **{"twins.experiment": experiment, **overrides},
+    )
     with pytest.raises(ValueError, match=message):
         twins.run(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
@@ -122,10 +162,10 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
     runs = twins.plan(config)
     assert len(runs) == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8}[experiment]
     model = loop.build_model(runs[0]["recipe"], _cifar_shaped())
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)),
-                                               train=False))["params"]
-    names = {bits.path_name(p): x.shape
-             for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False)
+    )["params"]
+    names = {bits.path_name(p): x.shape for p, x in jax.tree_util.tree_flatten_with_path(shapes)[0]}
     assert names[config.twins.tensor] == (3, 3, 3, 16)
     assert names[config.twins.watch] == (3, 3, 32, 32)  # stage 2, block 6, first conv
     if experiment == "fig2":

@@ -24,18 +24,33 @@ def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str], pa
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), width_ratios=(1, 1.2))
     for seed, row in zip(seeds, accuracy, strict=True):
         left.plot(labels, row, marker="o", label=f"seed {seed}")
-    left.set(xlabel="perturbation k", ylabel="final test accuracy (mean of last 10 evals)",
-             title="one line per seed: wiggle = rounding, spacing = seed")
+    left.set(
+        xlabel="perturbation k",
+        ylabel="final test accuracy (mean of last 10 evals)",
+        title="one line per seed: wiggle = rounding, spacing = seed",
+    )
     left.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     per_seed, per_k = np.std(accuracy, 1), np.std(accuracy, 0)
     x_seed = np.arange(len(seeds))
     x_k = len(seeds) + 1 + np.arange(len(labels))
-    right.bar(x_seed, per_seed, color="tab:blue",
-              label=f"rounding: std over perturbations, per seed (mean {per_seed.mean():.2g})")
-    right.bar(x_k, per_k, color="tab:orange",
-              label=f"seed: std over seeds, per perturbation (mean {per_k.mean():.2g})")
-    right.set_xticks(np.concatenate([x_seed, x_k]),
-                     [f"seed {s}" for s in seeds] + list(labels), rotation=45, ha="right")
+    right.bar(
+        x_seed,
+        per_seed,
+        color="tab:blue",
+        label=f"rounding: std over perturbations, per seed (mean {per_seed.mean():.2g})",
+    )
+    right.bar(
+        x_k,
+        per_k,
+        color="tab:orange",
+        label=f"seed: std over seeds, per perturbation (mean {per_k.mean():.2g})",
+    )
+    right.set_xticks(
+        np.concatenate([x_seed, x_k]),
+        [f"seed {s}" for s in seeds] + list(labels),
+        rotation=45,
+        ha="right",
+    )
     right.set(ylabel="population std of final accuracy", title="rounding spread vs seed spread")
     right.legend(fontsize=7, loc="upper left")
     _save(fig, path)
@@ -46,8 +61,10 @@ def sources(rows: list[dict], curves: dict[str, tuple], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     names = [r["source"] for r in rows]
     x = np.arange(len(names))
-    for offset, key, label in ((-0.2, "final acc std", "final accuracy std across members"),
-                               (0.2, "churn", "churn: predictions differing from member 0")):
+    for offset, key, label in (
+        (-0.2, "final acc std", "final accuracy std across members"),
+        (0.2, "churn", "churn: predictions differing from member 0"),
+    ):
         values = np.array([r[key] for r in rows])
         left.bar(x + offset, values, 0.4, label=label)
         for xi in x[values == 0]:  # an exact 0 is a result: say so rather than show nothing
@@ -61,9 +78,12 @@ def sources(rows: list[dict], curves: dict[str, tuple], path: str) -> None:
             right.semilogy(steps, d, label=name, linestyle="--" if name in _DASHED else "-")
         else:
             silent.append(name)
-    right.set(xlabel="training step", ylabel="weight D to member 0 (mean over members)",
-              title="divergence in weight space"
-              + (f"\n(D = 0 throughout, not drawn: {', '.join(silent)})" if silent else ""))
+    right.set(
+        xlabel="training step",
+        ylabel="weight D to member 0 (mean over members)",
+        title="divergence in weight space"
+        + (f"\n(D = 0 throughout, not drawn: {', '.join(silent)})" if silent else ""),
+    )
     right.legend(fontsize=7, loc="lower right")
     _save(fig, path)
 
@@ -78,8 +98,11 @@ def fig2(curves: dict[float, tuple], divisors: dict[float, int], tensor: str, pa
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for lr, (time, d) in sorted(curves.items(), reverse=True):
         ax.plot(time, d, marker=".", markersize=3, label=f"lr = {lr:.4g} (n = {divisors[lr]})")
-    ax.set(xlabel="PDE time = lr x iterations (one snapshot every n iterations)",
-           ylabel="D = 2 mean |w1-w2| / (|w1|+|w2|)", title=f"twins k=1 vs k=3: {tensor}")
+    ax.set(
+        xlabel="PDE time = lr x iterations (one snapshot every n iterations)",
+        ylabel="D = 2 mean |w1-w2| / (|w1|+|w2|)",
+        title=f"twins k=1 vs k=3: {tensor}",
+    )
     ax.set_yscale("symlog", linthresh=1e-8)  # linear below 1e-8, so that D = 0 is drawn
     ax.legend(fontsize=8)
     _save(fig, path)
@@ -89,17 +112,24 @@ def tensor_maps(maps: dict[int, np.ndarray], tensor: str, lr: float, path: str) 
     """|w1 - w2| over (output, input) channels at chosen snapshots: where divergence sits.
     One colour scale for all panels; entries where the twins are identical are grey."""
     nonzero = [m[m > 0] for m in maps.values() if np.any(m > 0)]
-    low, high = ((np.log10(min(v.min() for v in nonzero)), np.log10(max(v.max() for v in nonzero)))
-                 if nonzero else (-12.0, -11.0))
+    low, high = (
+        (np.log10(min(v.min() for v in nonzero)), np.log10(max(v.max() for v in nonzero)))
+        if nonzero
+        else (-12.0, -11.0)
+    )
     cmap = plt.get_cmap("magma").with_extremes(bad="lightgrey")
-    fig, axes = plt.subplots(1, len(maps), figsize=(2.6 * len(maps) + 1.2, 3.6), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, len(maps), figsize=(2.6 * len(maps) + 1.2, 3.6), squeeze=False, layout="constrained"
+    )
     for ax, (snapshot, m) in zip(axes[0], sorted(maps.items()), strict=True):
         shown = np.ma.masked_equal(m, 0)
         image = ax.imshow(np.ma.log10(shown), cmap=cmap, vmin=low, vmax=high)
         same = float(np.mean(m == 0))
-        ax.set(title=f"snapshot {snapshot}\n{same:.0%} identical (grey)",
-               xlabel="input channel", ylabel="output channel")
+        ax.set(
+            title=f"snapshot {snapshot}\n{same:.0%} identical (grey)",
+            xlabel="input channel",
+            ylabel="output channel",
+        )
     fig.colorbar(image, ax=axes[0].tolist(), fraction=0.03, label="log10 |w1 - w2|")
     fig.suptitle(f"{tensor}, lr = {lr:.4g}: |w1 - w2| averaged over the kernel's spatial taps")
     fig.savefig(path, dpi=120)

@@ -30,7 +30,7 @@ from eos_jax import bits, numerics, results
 from eos_jax.analysis import divergence
 from eos_jax.data import Dataset
 from eos_jax.training import loop, steps
-from eos_jax.training.checkpoint import Checkpointer
+from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 from eos_jax.training.sources import Member
 
 STRATEGIES = ("unrolled", "vmap")
@@ -61,17 +61,23 @@ class Ensemble:
     def __init__(self, members: list[Member], dataset: Dataset, strategy: str = "auto"):
         strategy = default_strategy() if strategy == "auto" else strategy
         if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; allowed: auto, "
-                             f"{', '.join(STRATEGIES)}")
+            raise ValueError(
+                f"unknown strategy {strategy!r}; allowed: auto, {', '.join(STRATEGIES)}"
+            )
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         for m in members:
+            loop.validate(m.config)
             loop.check_x64(loop.dtype_policy(m.config))
         self.members, self.dataset, self.strategy = list(members), dataset, strategy
-        streams = [loop.build_stream(m.config, dataset, permute_within_batch_seed=m.permute_seed)
-                   for m in members]
-        keys = [(s.batch_size, s.data_seed, s.aug_seed, s.augment, s.permute_within_batch_seed)
-                for s in streams]
+        streams = [
+            loop.build_stream(m.config, dataset, permute_within_batch_seed=m.permute_seed)
+            for m in members
+        ]
+        keys = [
+            (s.batch_size, s.data_seed, s.aug_seed, s.augment, s.permute_within_batch_seed)
+            for s in streams
+        ]
         distinct = list(dict.fromkeys(keys))
         self.streams = [streams[keys.index(k)] for k in distinct]
         self.stream_of = [distinct.index(k) for k in keys]  # member -> index in self.streams
@@ -92,16 +98,21 @@ class Ensemble:
             if _without(m.config, _VMAP_FREE_KEYS) != reference:
                 raise ValueError(
                     f"vmap needs members that differ only in seeds, k, init edits and data "
-                    f"order; member {m.label!r} differs in more: use strategy 'unrolled'")
+                    f"order; member {m.label!r} differs in more: use strategy 'unrolled'"
+                )
 
     def _unrolled(self):
-        train_steps = [steps.make_train_step(model, tx, m.config.loss)
-                       for model, tx, m in zip(self.models, self.txs, self.members, strict=True)]
+        train_steps = [
+            steps.make_train_step(model, tx, m.config.loss)
+            for model, tx, m in zip(self.models, self.txs, self.members, strict=True)
+        ]
         eval_steps = [steps.make_eval_step(model) for model in self.models]
 
         def step(states, batches):
-            out = [f(s, batches[j]) for f, s, j in zip(train_steps, states, self.stream_of,
-                                                       strict=True)]
+            out = [
+                f(s, batches[j])
+                for f, s, j in zip(train_steps, states, self.stream_of, strict=True)
+            ]
             return tuple(o[0] for o in out), jnp.stack([o[1]["loss"] for o in out])
 
         def evaluate(states, images):  # (batch, member, classes)
@@ -131,17 +142,22 @@ class Ensemble:
         if self._initial is None:
             shape = self.dataset.image_shape
             states = []
-            for i, (m, model, tx) in enumerate(zip(self.members, self.models, self.txs,
-                                                   strict=True)):
+            for i, (m, model, tx) in enumerate(
+                zip(self.members, self.models, self.txs, strict=True)
+            ):
                 state = steps.init_state(self.models[0], tx, m.config.seeds.init, shape)
                 params = _cast(state.params, model.param_dtype)
                 if m.init_edit is not None:
                     edited = m.init_edit.apply(params)
                     self.edits[i] = _describe_edit(m.init_edit, params, edited)
                     params = edited
-                states.append(state.replace(
-                    params=params, batch_stats=_cast(state.batch_stats, model.param_dtype),
-                    opt_state=tx.init(params)))
+                states.append(
+                    state.replace(
+                        params=params,
+                        batch_stats=_cast(state.batch_stats, model.param_dtype),
+                        opt_state=tx.init(params),
+                    )
+                )
             self._initial = self._pack(states)
         return self._initial
 
@@ -182,15 +198,24 @@ class Ensemble:
         member, its label, init edit, in-batch order and the config sections it changes.
         Saved in config.json, so that a different ensemble never resumes this one's run."""
         recipe = results.as_dict(recipe)
-        return {"strategy": self.strategy, "members": [{
-            "label": m.label,
-            "init_edit": None if m.init_edit is None else dataclasses.asdict(m.init_edit),
-            "permute_seed": m.permute_seed,
-            "config_changes": {k: v for k, v in m.config.to_dict().items() if recipe.get(k) != v},
-        } for m in self.members]}
+        return {
+            "strategy": self.strategy,
+            "members": [
+                {
+                    "label": m.label,
+                    "init_edit": None if m.init_edit is None else dataclasses.asdict(m.init_edit),
+                    "permute_seed": m.permute_seed,
+                    "config_changes": {
+                        k: v for k, v in m.config.to_dict().items() if recipe.get(k) != v
+                    },
+                }
+                for m in self.members
+            ],
+        }
 
-    def check_watch(self, num_steps: int, watch: str | None, watch_every_steps: int,
-                    map_steps) -> None:
+    def check_watch(
+        self, num_steps: int, watch: str | None, watch_every_steps: int, map_steps
+    ) -> None:
         """ValueError unless `watch` names a tensor, watch_every_steps >= 1 and every map step
         is a step where the tensor is watched (0 or a multiple of watch_every_steps)."""
         if not watch:
@@ -201,12 +226,19 @@ class Ensemble:
         if watch not in tensors:
             raise ValueError(f"no tensor {watch!r} to watch; known: {', '.join(tensors)}")
         if not isinstance(watch_every_steps, int) or watch_every_steps < 1:
-            raise ValueError(f"watch_every_steps must be an integer >= 1, got {watch_every_steps!r}")
-        bad = [s for s in map_steps if not isinstance(s, int) or not 0 <= s <= num_steps
-               or s % watch_every_steps]
+            raise ValueError(
+                f"watch_every_steps must be an integer >= 1, got {watch_every_steps!r}"
+            )
+        bad = [
+            s
+            for s in map_steps
+            if not isinstance(s, int) or not 0 <= s <= num_steps or s % watch_every_steps
+        ]
         if bad:
-            raise ValueError(f"map_steps {bad} are not watched steps (0 or multiples of "
-                             f"{watch_every_steps} up to {num_steps})")
+            raise ValueError(
+                f"map_steps {bad} are not watched steps (0 or multiples of "
+                f"{watch_every_steps} up to {num_steps})"
+            )
 
 
 def _cast(tree, dtype):
@@ -219,37 +251,53 @@ def _member_sharding(num_members: int) -> NamedSharding | None:
     if len(devices) == 1:
         return None
     if num_members % len(devices):
-        raise ValueError(f"vmap over {num_members} members on {len(devices)} devices needs the "
-                         "member count to be a multiple of the device count")
+        raise ValueError(
+            f"vmap over {num_members} members on {len(devices)} devices needs the "
+            "member count to be a multiple of the device count"
+        )
     return NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))
 
 
 def _describe_edit(edit, params, edited) -> dict:
     tensor, index = edit.resolve(params)
-    return {"kind": edit.kind, "tensor": tensor, "index": list(index), "amount": edit.amount,
-            "value_before": float(bits.named_leaves(params)[tensor][index]),
-            "value_after": float(bits.named_leaves(edited)[tensor][index])}
+    return {
+        "kind": edit.kind,
+        "tensor": tensor,
+        "index": list(index),
+        "amount": edit.amount,
+        "value_before": float(bits.named_leaves(params)[tensor][index]),
+        "value_after": float(bits.named_leaves(edited)[tensor][index]),
+    }
 
 
 def _member_record(step, i, member, **values):
     return {"step": step, "member": i, "label": member.label, **values}
 
 
-def _check_finite(ensemble: Ensemble, step: int, what: str, values, ckpt) -> None:
-    """TrainingDiverged naming the members whose `values` (one array per member) hold NaN or
-    inf: a diverged member must never end in a finished-looking summary."""
-    bad = [f"{i} ({m.label})" for i, (m, v) in enumerate(zip(ensemble.members, values,
-                                                              strict=True))
-           if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+def _check_finite(ensemble: Ensemble, step: int, what: str, values, workdir, ckpt) -> None:
+    """loop.diverged (diverged.json + TrainingDiverged) naming the members whose `values`
+    (one pytree per member) hold NaN or inf: a diverged member never ends in a summary."""
+    bad = [
+        f"{i} ({m.label})"
+        for i, (m, v) in enumerate(zip(ensemble.members, values, strict=True))
+        if not bits.tree_all_finite(v)
+    ]
     if bad:
-        raise loop.TrainingDiverged(
-            f"{what} not finite for member {', '.join(bad)} at step {step}; last good "
-            f"checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+        raise loop.diverged(
+            workdir, ckpt, f"{what} not finite for member {', '.join(bad)} at step {step}"
+        )
 
 
-def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: int | None = None,
-                   watch: str | None = None, watch_every_steps: int = 0,
-                   map_steps=()) -> dict:
+def train_ensemble(
+    ensemble: Ensemble,
+    config,
+    workdir: str,
+    *,
+    stop_at_step: int | None = None,
+    watch: str | None = None,
+    watch_every_steps: int = 0,
+    map_steps=(),
+) -> dict:
     """Trains the ensemble in lockstep on config's schedule, writing under workdir.
 
     metrics.jsonl holds, per member: the train loss (kind 'train'); at each evaluation the
@@ -262,6 +310,7 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     NaN or inf in any member raises loop.TrainingDiverged. config.json holds the recipe and
     ensemble.describe(config), so that a different ensemble is refused the workdir.
     """
+    loop.validate(config, stop_at_step)
     states = ensemble.init()
     num_steps = loop.total_steps(config, ensemble.steps_per_epoch)
     ensemble.check_watch(num_steps, watch, watch_every_steps, map_steps)
@@ -269,18 +318,28 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
     results.prepare_workdir(workdir, saved, numerics.fingerprint(policy, config))
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2))
-    start = ckpt.latest_step()
-    if start is not None:
+    start = ckpt.latest_step() or 0
+    if start:
         states = ckpt.restore(states)
-        loop.truncate_metrics(workdir, start)
-    start = start or 0
+        restored = sorted({int(m.step) for m in ensemble.unpack(states)})
+        if restored != [start]:
+            raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
+    loop.truncate_metrics(workdir, start)  # records after the restored step will be redone
     end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
     done_evals = [r for r in loop.read_metrics(workdir) if r.get("kind") == "eval"]
-    evals = [[r["test_accuracy"] for r in done_evals if r["member"] == i]
-             for i in range(len(ensemble.members))]
+    evals = [
+        [r["test_accuracy"] for r in done_evals if r["member"] == i]
+        for i in range(len(ensemble.members))
+    ]
     t0 = time.time()
-    bar = tqdm.tqdm(total=num_steps, initial=start, desc=os.path.basename(workdir) or "ensemble",
-                    unit="step", dynamic_ncols=True, disable=config.get("quiet", False))
+    bar = tqdm.tqdm(
+        total=num_steps,
+        initial=start,
+        desc=os.path.basename(workdir) or "ensemble",
+        unit="step",
+        dynamic_ncols=True,
+        disable=config.get("quiet", False),
+    )
     with results.MetricsWriter(workdir) as writer:
         if watch and start == 0:
             _watch(ensemble, states, 0, watch, writer, workdir, 0 in map_steps)
@@ -288,7 +347,7 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
             states, loss = ensemble.step(states, step)
             loss = np.asarray(loss)
             done = step + 1
-            _check_finite(ensemble, done, "train loss", loss, ckpt)
+            _check_finite(ensemble, done, "train loss", list(loss), workdir, ckpt)
             bar.update(1)
             if done % config.log_every_steps == 0:
                 for i, m in enumerate(ensemble.members):
@@ -296,7 +355,8 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
             if watch and done % watch_every_steps == 0:
                 _watch(ensemble, states, done, watch, writer, workdir, done in map_steps)
             if done % config.eval_every_steps == 0 or done == num_steps:
-                for i, record in enumerate(_evaluate(ensemble, states, config, done, ckpt)):
+                records = _evaluate(ensemble, states, config, done, workdir, ckpt)
+                for i, record in enumerate(records):
                     evals[i].append(record["test_accuracy"])
                     writer.write(record)
                 bar.set_postfix(acc=" ".join(f"{e[-1]:.3f}" for e in evals))
@@ -309,15 +369,18 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     if end < num_steps:
         return {"stopped_at_step": end, "steps": num_steps, "params_hashes": hashes}
     last = {r["member"]: r for r in loop.read_metrics(workdir) if r.get("kind") == "eval"}
-    per_member = [{
-        "label": m.label,
-        "final_accuracy": divergence.final_accuracy(evals[i]),
-        "last_test_accuracy": evals[i][-1],
-        "churn": last[i]["churn"],
-        "softmax_l2": last[i]["softmax_l2"],
-        **{f"params_{k}": v for k, v in last[i]["params"]["total"].items()},
-        "params_hash": hashes[i],
-    } for i, m in enumerate(ensemble.members)]
+    per_member = [
+        {
+            "label": m.label,
+            "final_accuracy": divergence.final_accuracy(evals[i]),
+            "last_test_accuracy": evals[i][-1],
+            "churn": last[i]["churn"],
+            "softmax_l2": last[i]["softmax_l2"],
+            **{f"params_{k}": v for k, v in last[i]["params"]["total"].items()},
+            "params_hash": hashes[i],
+        }
+        for i, m in enumerate(ensemble.members)
+    ]
     others = per_member[1:]
     summary = {
         "steps": num_steps,
@@ -335,23 +398,29 @@ def train_ensemble(ensemble: Ensemble, config, workdir: str, *, stop_at_step: in
     return summary
 
 
-def _evaluate(ensemble: Ensemble, states, config, step: int, ckpt) -> list[dict]:
+def _evaluate(ensemble: Ensemble, states, config, step: int, workdir, ckpt) -> list[dict]:
     """Per member: test accuracy, and churn, softmax L2 and state distances against member 0.
     Checks first that every member's weights and test logits are finite."""
     members = ensemble.unpack(states)
-    _check_finite(ensemble, step, "weights", [
-        np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(m.params)])
-        for m in members], ckpt)
+    _check_finite(ensemble, step, "weights", [m.params for m in members], workdir, ckpt)
     logits = ensemble.logits(states, config.eval_batch_size)
-    _check_finite(ensemble, step, "test logits", logits, ckpt)
+    _check_finite(ensemble, step, "test logits", logits, workdir, ckpt)
     labels = ensemble.dataset.test_labels
     out = []
     for i, m in enumerate(ensemble.members):
         distance = divergence.state_distance(members[0], members[i])
-        out.append(_member_record(
-            step, i, m, kind="eval", test_accuracy=loop.accuracy(logits[i], labels),
-            churn=divergence.churn(logits[0], logits[i]),
-            softmax_l2=divergence.softmax_l2(logits[0], logits[i]), **distance))
+        out.append(
+            _member_record(
+                step,
+                i,
+                m,
+                kind="eval",
+                test_accuracy=loop.accuracy(logits[i], labels),
+                churn=divergence.churn(logits[0], logits[i]),
+                softmax_l2=divergence.softmax_l2(logits[0], logits[i]),
+                **distance,
+            )
+        )
     return out
 
 
@@ -367,12 +436,12 @@ def _watch(ensemble, states, step, tensor, writer, workdir, save_map: bool) -> N
     maps = {}
     for i, m in enumerate(ensemble.members):
         other = leaves[i][tensor].astype(ref.dtype)
-        writer.write(_member_record(step, i, m, kind="watch", tensor=tensor,
-                                    **bits.diff_stats(ref, other)))
+        writer.write(
+            _member_record(step, i, m, kind="watch", tensor=tensor, **bits.diff_stats(ref, other))
+        )
         maps[f"member{i}"] = divergence.tensor_map(ref, other)
     if save_map:
         path = map_path(workdir, step)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         np.savez(path + ".tmp.npz", **maps)
         os.replace(path + ".tmp.npz", path)
-

@@ -36,8 +36,12 @@ STOCHASTIC_SOURCES = ("init_seed", "data_seed", "aug_seed", "seed")
 SOURCES = ROUNDING_SOURCES + STOCHASTIC_SOURCES
 UNCHANGED = -1  # the value of bitflip_init / reduction_order that leaves the recipe alone
 EDIT_KINDS = ("ulp", "bit")
-_SEED_KEYS = {"init_seed": ("init",), "data_seed": ("data",), "aug_seed": ("aug",),
-              "seed": ("init", "data", "aug")}
+_SEED_KEYS = {
+    "init_seed": ("init",),
+    "data_seed": ("data",),
+    "aug_seed": ("aug",),
+    "seed": ("init", "data", "aug"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +56,14 @@ class InitEdit:
 
     def __post_init__(self):
         if self.kind not in EDIT_KINDS:
-            raise ValueError(f"unknown init edit kind {self.kind!r}; allowed: {', '.join(EDIT_KINDS)}")
+            raise ValueError(
+                f"unknown init edit kind {self.kind!r}; allowed: {', '.join(EDIT_KINDS)}"
+            )
         if not all(_is_int(i) for i in self.index):
-            raise ValueError(f"init edit index {self.index!r} must be integers (or () = first "
-                             "normal nonzero entry)")
+            raise ValueError(
+                f"init edit index {self.index!r} must be integers (or () = first "
+                "normal nonzero entry)"
+            )
 
     def resolve(self, params) -> tuple[str, tuple[int, ...]]:
         """(tensor path, entry index) this edit changes in `params`; bad input: ValueError."""
@@ -77,8 +85,11 @@ class InitEdit:
             if bits.path_name(path) != tensor:
                 return x
             x = np.asarray(x)
-            changed = (bits.ulp_step(x, index, self.amount) if self.kind == "ulp"
-                       else bits.flip_bit(x, index, self.amount))
+            changed = (
+                bits.ulp_step(x, index, self.amount)
+                if self.kind == "ulp"
+                else bits.flip_bit(x, index, self.amount)
+            )
             return jax.numpy.asarray(changed)
 
         return jax.tree_util.tree_map_with_path(edit, params)
@@ -113,8 +124,10 @@ def default_values(source: str, count: int, config) -> tuple:
     if source in _SEED_KEYS:
         recipe_seeds = {config.seeds[key] for key in _SEED_KEYS[source]}
         if len(recipe_seeds) > 1:  # member 0 would not be the recipe
-            raise ValueError(f"source 'seed' sets the init, data and aug seeds together, but the "
-                             f"recipe's differ ({sorted(recipe_seeds)}): give the values")
+            raise ValueError(
+                f"source 'seed' sets the init, data and aug seeds together, but the "
+                f"recipe's differ ({sorted(recipe_seeds)}): give the values"
+            )
         base = recipe_seeds.pop()
         return tuple(range(base, base + count))
     return (0,) * count  # none
@@ -136,8 +149,14 @@ def _check_int(source: str, value, minimum: int, meaning: str) -> int:
     return int(value)
 
 
-def make_members(config, source: str, values=None, count: int = 6, tensor: str = "conv1/kernel",
-                 index: tuple[int, ...] = ()) -> list[Member]:
+def make_members(
+    config,
+    source: str,
+    values=None,
+    count: int = 6,
+    tensor: str = "conv1/kernel",
+    index: tuple[int, ...] = (),
+) -> list[Member]:
     """Members that differ from `config` by `source` alone (member 0 is the reference).
 
     values: one per member (None or empty: default_values); tensor / index: the entry the
@@ -188,5 +207,9 @@ def _member(config, source, value, tensor, index) -> Member:
 
 def needs_x64(members: list[Member]) -> bool:
     """Whether any member computes in fp64 (then x64 must be on for the whole process)."""
-    return any(numerics.DtypePolicy(m.config.numerics.param_dtype,
-                                    m.config.numerics.compute_dtype).needs_x64 for m in members)
+    return any(
+        numerics.DtypePolicy(
+            m.config.numerics.param_dtype, m.config.numerics.compute_dtype
+        ).needs_x64
+        for m in members
+    )
