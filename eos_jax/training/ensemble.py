@@ -23,7 +23,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from eos_jax import bits, numerics, results
@@ -332,14 +331,7 @@ def train_ensemble(
         for i in range(len(ensemble.members))
     ]
     t0 = time.time()
-    bar = tqdm.tqdm(
-        total=num_steps,
-        initial=start,
-        desc=os.path.basename(workdir) or "ensemble",
-        unit="step",
-        dynamic_ncols=True,
-        disable=config.get("quiet", False),
-    )
+    bar = loop.progress_bar(config, workdir, num_steps, start)
     with results.MetricsWriter(workdir) as writer:
         if watch and start == 0:
             _watch(ensemble, states, 0, watch, writer, workdir, 0 in map_steps)

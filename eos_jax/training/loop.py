@@ -154,18 +154,11 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         if int(state.step) != start:
             raise CheckpointError(f"checkpoint {start} holds the state of step {int(state.step)}")
     truncate_metrics(workdir, start)  # records after the restored step will be redone
-    end = num_steps if stop_at_step is None else min(stop_at_step, num_steps)
+    end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
     writer = results.MetricsWriter(workdir)
     evals: list[float] = [r["test_accuracy"] for r in read_metrics(workdir) if "test_accuracy" in r]
     t0 = time.time()
-    bar = tqdm.tqdm(
-        total=num_steps,
-        initial=start,
-        desc=os.path.basename(workdir) or "train",
-        unit="step",
-        dynamic_ncols=True,
-        disable=config.get("quiet", False),
-    )
+    bar = progress_bar(config, workdir, num_steps, start)
     with writer:
         for step in range(start, end):
             state, metrics = train_step(state, stream.batch(step))
@@ -209,6 +202,18 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     }
     results.finish(workdir, summary)
     return summary
+
+
+def progress_bar(config, workdir: str, num_steps: int, start: int) -> tqdm.tqdm:
+    """A step progress bar named after the work directory (off with config.quiet)."""
+    return tqdm.tqdm(
+        total=num_steps,
+        initial=start,
+        desc=os.path.basename(os.path.normpath(workdir)),
+        unit="step",
+        dynamic_ncols=True,
+        disable=config.get("quiet", False),
+    )
 
 
 def diverged(workdir: str, ckpt: Checkpointer, what: str) -> TrainingDiverged:
