@@ -1,4 +1,4 @@
-"""How far apart lockstep members are: in weights, momentum, predictions, and accuracy.
+"""How far apart lockstep members are: in weights, momentum, predictions, and accuracy spread.
 
 Weight distances are bits.diff_stats / bits.tree_diff (the paper's relative L1
 D = 2*mean(|w1-w2|/(|w1|+|w2|)), L2, max abs, ulps, fraction of differing entries); this
@@ -71,11 +71,6 @@ def softmax_l2(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     """Mean over examples of the L2 distance between the two members' class probabilities."""
     diff = _probabilities(logits_a) - _probabilities(logits_b)
     return float(np.mean(np.linalg.norm(diff, axis=-1)))
-
-
-def final_accuracy(evals: Sequence[float], last: int = 10) -> float:
-    """The paper's final accuracy: the mean of the last `last` test evaluations."""
-    return float(np.mean(list(evals)[-last:]))
 
 
 def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str]) -> list[dict]:

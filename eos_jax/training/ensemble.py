@@ -353,6 +353,8 @@ def train_ensemble(
                     writer.write(record)
                 bar.set_postfix(acc=" ".join(f"{e[-1]:.3f}" for e in evals))
             if done % config.checkpoint_every_steps == 0 or done in (end, num_steps):
+                params = [m.params for m in ensemble.unpack(states)]
+                _check_finite(ensemble, done, "weights", params, workdir, ckpt)  # as loop.py
                 ckpt.save(done, states)
     bar.close()
     ckpt.close()
@@ -364,7 +366,7 @@ def train_ensemble(
     per_member = [
         {
             "label": m.label,
-            "final_accuracy": divergence.final_accuracy(evals[i]),
+            "final_accuracy": loop.final_accuracy(evals[i]),
             "last_test_accuracy": evals[i][-1],
             "churn": last[i]["churn"],
             "softmax_l2": last[i]["softmax_l2"],

@@ -118,6 +118,11 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(steps.predictions(logits)) == labels))
 
 
+def final_accuracy(evals, last: int = 10) -> float:
+    """The paper's final accuracy: the mean of the last `last` test evaluations."""
+    return float(np.mean(list(evals)[-last:]))
+
+
 def check_x64(policy: numerics.DtypePolicy) -> None:
     if policy.needs_x64 and not jax.config.jax_enable_x64:
         raise numerics.NumericsError(
@@ -195,7 +200,7 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
         "status": "finished",
         "steps": num_steps,
         "final_test_accuracy": evals[-1] if evals else None,
-        "mean_last_10_test_accuracy": float(np.mean(evals[-10:])) if evals else None,
+        "mean_last_10_test_accuracy": final_accuracy(evals) if evals else None,
         "params_hash": bits.tree_hash(state.params),
         "seconds_this_session": time.time() - t0,
         "resumed_from_step": start,
