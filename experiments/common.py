@@ -8,7 +8,8 @@ import sys
 from absl import flags, logging
 
 from eos_jax import numerics, results
-from eos_jax.training import checkpoint, loop
+from eos_jax import config as recipe_config
+from eos_jax.training import checkpoint, trainer
 
 # Failures a user can cause and fix; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (
@@ -16,14 +17,14 @@ EXPECTED_ERRORS = (
     FileNotFoundError,  # e.g. a dataset that is not prepared
     results.WorkdirError,
     checkpoint.CheckpointError,
-    loop.TrainingDiverged,
+    trainer.TrainingDiverged,
 )
 
 
 def configure_numerics(config) -> numerics.DtypePolicy:
     """Applies config.numerics before any array exists; returns the dtype policy."""
     n = config.numerics
-    policy = loop.dtype_policy(config)
+    policy = recipe_config.dtype_policy(config)
     numerics.configure(
         policy, n.matmul_precision, n.get("cpu_threads"), n.deterministic, tuple(n.xla_flags)
     )

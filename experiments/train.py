@@ -12,7 +12,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from eos_jax.training import loop
+from eos_jax.training import trainer
 from experiments import common
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Recipe.")
@@ -28,7 +28,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     common.configure_numerics(config)
-    summary = loop.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
+    summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
     print(json.dumps(summary, indent=2))
     print(f"results: {_WORKDIR.value}")
 

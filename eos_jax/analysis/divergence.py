@@ -2,11 +2,14 @@
 
 Weight distances are bits.diff_stats / bits.tree_diff (the paper's relative L1
 D = 2*mean(|w1-w2|/(|w1|+|w2|)), L2, max abs, ulps, fraction of differing entries); this
-module applies them to members and adds what lives in output space.
+module applies them to members, adds what lives in output space, and provides the trainer's
+observers that record them: MemberDistance (every member against member 0) and WatchTensor
+(one tensor, with maps of where it differs).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -16,12 +19,12 @@ import scipy.special
 
 from eos_jax import bits
 from eos_jax.training import steps
+from eos_jax.training.observers import Observer, last_by_member, member_records
 
 
 def momentum(opt_state):
-    """The momentum buffers of an optim.sgd state (optax.trace), or None without momentum."""
-    found = [s.trace for s in opt_state if isinstance(s, optax.TraceState)]
-    return found[0] if found else None
+    """The momentum buffers of an optim.sgd state (optax.trace's, found by name), or None."""
+    return optax.tree_utils.tree_get(opt_state, "trace")
 
 
 def _as_dtype_of(reference, tree):
@@ -93,3 +96,89 @@ def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str]) ->
         }
     )
     return rows
+
+
+class MemberDistance(Observer):
+    """Per member against member 0: churn, softmax L2 and the distances of params and
+    momentum (kind 'divergence'); the summary adds the last values and their means."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+
+    def __call__(self, run) -> None:
+        logits, members = run.test_logits(), run.members()
+        member_records(
+            run,
+            "divergence",
+            [
+                {
+                    "churn": churn(logits[0], x),
+                    "softmax_l2": softmax_l2(logits[0], x),
+                    **state_distance(members[0], m),
+                }
+                for x, m in zip(logits, members, strict=True)
+            ],
+        )
+
+    def summarize(self, records, summary) -> None:
+        last = last_by_member(records, "divergence")
+        for i, member in enumerate(summary["members"]):
+            member.update(
+                churn=last[i]["churn"],
+                softmax_l2=last[i]["softmax_l2"],
+                **{f"params_{k}": v for k, v in last[i]["params"]["total"].items()},
+            )
+        others = summary["members"][1:]
+        for key in ("churn", "softmax_l2", "params_rel_l1"):
+            summary[f"mean_{key}"] = float(np.mean([m[key] for m in others])) if others else 0.0
+
+
+def map_path(workdir: str, step: int) -> str:
+    """Where WatchTensor saves the watched tensor's maps at `step` (arrays 'member<i>')."""
+    return os.path.join(workdir, "maps", f"step_{step:08d}.npz")
+
+
+class WatchTensor(Observer):
+    """One tensor of each member against member 0's, from step 0 on (kind 'watch', with
+    bits.diff_stats); at map_steps its tensor_map per member goes to maps/step_<s>.npz."""
+
+    at_start = True
+
+    def __init__(self, tensor: str, every_steps: int, map_steps=()):
+        self.tensor, self.every_steps, self.map_steps = tensor, every_steps, tuple(map_steps)
+
+    def setup(self, ensemble, num_steps: int) -> None:
+        """ValueError unless the tensor exists, every_steps >= 1 and every map step is a
+        watched step (0 or a multiple of every_steps, up to num_steps)."""
+        tensors = bits.named_leaves(ensemble.unpack(ensemble.init())[0].params)
+        if self.tensor not in tensors:
+            raise ValueError(f"no tensor {self.tensor!r} to watch; known: {', '.join(tensors)}")
+        if not isinstance(self.every_steps, int) or self.every_steps < 1:
+            raise ValueError(f"watch every_steps must be an integer >= 1, got {self.every_steps!r}")
+        bad = [
+            s
+            for s in self.map_steps
+            if not isinstance(s, int) or not 0 <= s <= num_steps or s % self.every_steps
+        ]
+        if bad:
+            raise ValueError(
+                f"map_steps {bad} are not watched steps (0 or multiples of "
+                f"{self.every_steps} up to {num_steps})"
+            )
+
+    def due(self, step: int, run) -> bool:
+        return step % self.every_steps == 0
+
+    def __call__(self, run) -> None:
+        leaves = [bits.named_leaves(m.params)[self.tensor] for m in run.members()]
+        ref = leaves[0]
+        others = [x.astype(ref.dtype) for x in leaves]
+        member_records(
+            run, "watch", [{"tensor": self.tensor, **bits.diff_stats(ref, x)} for x in others]
+        )
+        if run.step in self.map_steps:
+            path = map_path(run.trainer.workdir, run.step)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            maps = {f"member{i}": tensor_map(ref, x) for i, x in enumerate(others)}
+            np.savez(path + ".tmp.npz", **maps)
+            os.replace(path + ".tmp.npz", path)

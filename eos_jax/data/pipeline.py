@@ -7,9 +7,12 @@ decide what a step sees, so each source of randomness can be switched on by itse
 - `data_seed`: the order of examples; epoch e is the permutation drawn by
   `np.random.default_rng((data_seed, e))`.
 - `aug_seed`: the crop offsets and flips of step s, drawn by `np.random.default_rng((aug_seed, s))`.
-- `permute_within_batch_seed`: if set, the examples of step s are shuffled inside the batch
-  by `np.random.default_rng((permute_within_batch_seed, s))`: the same examples, hence the
-  same gradient in exact arithmetic, summed in a different floating-point order.
+- `reduction_order`: if set (a seed), the examples of step s are shuffled inside the batch
+  by `np.random.default_rng((reduction_order, s))`: the same examples, hence the same
+  gradient in exact arithmetic, summed in a different floating-point order.
+
+With `reshuffle=False` every epoch uses epoch 0's order: full-batch gradient descent then
+sums the examples in one fixed order every step.
 
 No JAX here, so the bits of every batch are the same on every platform.
 """
@@ -79,7 +82,8 @@ class BatchStream:
         augment: bool,
         drop_last: bool = True,
         crop_padding: int = 4,
-        permute_within_batch_seed: int | None = None,
+        reshuffle: bool = True,
+        reduction_order: int | None = None,
     ):
         if not 1 <= batch_size <= dataset.num_train:
             raise ValueError(f"batch_size={batch_size} not in [1, {dataset.num_train}]")
@@ -90,12 +94,14 @@ class BatchStream:
         self.augment = augment
         self.drop_last = drop_last
         self.crop_padding = crop_padding
-        self.permute_within_batch_seed = permute_within_batch_seed
+        self.reshuffle = reshuffle
+        self.reduction_order = reduction_order
         num_batches, remainder = divmod(dataset.num_train, batch_size)
         self.steps_per_epoch = num_batches + (0 if drop_last or not remainder else 1)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """The permutation of training examples used in `epoch`."""
+        """The permutation of training examples used in `epoch` (epoch 0's without reshuffle)."""
+        epoch = epoch if self.reshuffle else 0
         return np.random.default_rng((self.data_seed, epoch)).permutation(self.dataset.num_train)
 
     def example_indices(self, step: int) -> np.ndarray:
@@ -125,9 +131,9 @@ class BatchStream:
         return self.epoch_order(epoch)[start : start + self.batch_size]
 
     def _within_batch_order(self, step: int, size: int) -> np.ndarray:
-        if self.permute_within_batch_seed is None:
+        if self.reduction_order is None:
             return np.arange(size)
-        return np.random.default_rng((self.permute_within_batch_seed, step)).permutation(size)
+        return np.random.default_rng((self.reduction_order, step)).permutation(size)
 
 
 def eval_batches(

@@ -1,28 +1,28 @@
-"""Named sources of difference between lockstep members: each changes exactly one thing.
+"""Sources of difference between lockstep members: a registry, one object per source.
 
-A source turns one recipe (an ml_collections config) and a list of values into members;
-member 0 is the reference. With the default values (default_values) member 0 is the recipe
-itself for every source but `dtype` (whose reference is fp64).
+A source turns one recipe (an ml_collections config) and a value per member into members
+that differ from the recipe in exactly one thing; member 0 is the reference. With the
+default values member 0 is the recipe itself for every source but `dtype` (reference: fp64).
 
-    source            value of a member                    what differs
-    none              ignored                              nothing (the control)
-    update_k          k >= 1                               w <- w - (lr*k)*(d/k)
-    ulp_init          n (ulps; 0 = unchanged)              one entry of one initial tensor
-    bitflip_init      mantissa bit (-1 = unchanged)        one entry of one initial tensor
-    reduction_order   seed (-1 = stored order)             order of examples inside each batch
-    dtype             'bf16' | 'fp32' | 'fp64'             arithmetic precision
-    init_seed         seed                                 initial weights
-    data_seed         seed                                 order of examples
-    aug_seed          seed                                 crops and flips
-    seed              seed                                 all three seeds (the paper's "seed")
+    source            kind        value of a member                 what differs
+    none              control     ignored                           nothing
+    update_k          rounding    k >= 1                            w <- w - (lr*k)*(d/k)
+    ulp_init          rounding    n (ulps; 0 = unchanged)           one entry of one initial tensor
+    bitflip_init      rounding    mantissa bit (-1 = unchanged)     one entry of one initial tensor
+    reduction_order   rounding    seed (-1 = stored order)          order of examples inside a batch
+    dtype             rounding    'bf16' | 'fp32' | 'fp64'          arithmetic precision
+    init_seed         stochastic  seed                              initial weights
+    data_seed         stochastic  seed                              order of examples
+    aug_seed          stochastic  seed                              crops and flips
+    seed              stochastic  seed                              all three seeds (the paper's)
 
-The first five are rounding-induced (the same computation in exact arithmetic, except the
-init edits, which are one rounding of the weights); the last four are stochastic.
+Adding a source is one `register(Source(...))` and its test.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -31,17 +31,9 @@ import numpy as np
 
 from eos_jax import bits, numerics
 
-ROUNDING_SOURCES = ("none", "update_k", "ulp_init", "bitflip_init", "reduction_order", "dtype")
-STOCHASTIC_SOURCES = ("init_seed", "data_seed", "aug_seed", "seed")
-SOURCES = ROUNDING_SOURCES + STOCHASTIC_SOURCES
+KINDS = ("control", "rounding", "stochastic")
 UNCHANGED = -1  # the value of bitflip_init / reduction_order that leaves the recipe alone
 EDIT_KINDS = ("ulp", "bit")
-_SEED_KEYS = {
-    "init_seed": ("init",),
-    "data_seed": ("data",),
-    "aug_seed": ("aug",),
-    "seed": ("init", "data", "aug"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,48 +86,68 @@ class InitEdit:
 
         return jax.tree_util.tree_map_with_path(edit, params)
 
+    def describe(self, params) -> dict:
+        """What the edit changes in `params`: tensor, entry, and the value before and after."""
+        tensor, index = self.resolve(params)
+        return {
+            "kind": self.kind,
+            "tensor": tensor,
+            "index": list(index),
+            "amount": self.amount,
+            "value_before": float(bits.named_leaves(params)[tensor][index]),
+            "value_after": float(bits.named_leaves(self.apply(params))[tensor][index]),
+        }
+
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One member of a lockstep ensemble: its own recipe, plus what the recipe cannot say."""
+    """One member of a lockstep run: its own recipe, plus what the recipe cannot say."""
 
     label: str
     config: Any  # ml_collections.ConfigDict: seeds, optimizer.k and numerics may differ
+    source: str = "none"
     init_edit: InitEdit | None = None
-    permute_seed: int | None = None  # BatchStream's permute_within_batch_seed
+    reduction_order: int | None = None  # seed of the order of examples inside each batch
 
 
-def default_values(source: str, count: int, config) -> tuple:
-    """The values of `count` members when a config gives none (dtype: always 3 members);
-    member 0's value leaves the recipe unchanged (dtype: fp64 is the reference)."""
-    check_source(source)
-    if not _is_int(count) or count < 2:
-        raise ValueError(f"a twins ensemble needs at least 2 members, got count={count!r}")
-    if source == "update_k":
-        return tuple(range(1, 2 * count, 2))  # 1, 3, 5, ...: the paper's odd k
-    if source == "ulp_init":
-        return tuple(range(count))
-    if source == "bitflip_init":
-        return (UNCHANGED,) + tuple(range(count - 1))  # mantissa bits 0, 1, ...
-    if source == "reduction_order":
-        return (UNCHANGED,) + tuple(range(1, count))
-    if source == "dtype":
-        return ("fp64", "fp32", "bf16")
-    if source in _SEED_KEYS:
-        recipe_seeds = {config.seeds[key] for key in _SEED_KEYS[source]}
-        if len(recipe_seeds) > 1:  # member 0 would not be the recipe
-            raise ValueError(
-                f"source 'seed' sets the init, data and aug seeds together, but the "
-                f"recipe's differ ({sorted(recipe_seeds)}): give the values"
-            )
-        base = recipe_seeds.pop()
-        return tuple(range(base, base + count))
-    return (0,) * count  # none
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One source of difference.
+
+    default_values(count, config): the values of `count` members (member 0: the reference).
+    member(config, value, edit_at): the Member for one value (config is a private copy);
+        edit_at = (tensor, index), the entry that init edits change.
+    vmappable: members differ only in what a vmapped step can batch (state, batches).
+    not_applicable(config): why the source cannot differ under this recipe, or None.
+    """
+
+    name: str
+    kind: str
+    default_values: Callable[[int, Any], tuple]
+    member: Callable[[Any, Any, tuple], Member]
+    vmappable: bool = True
+    not_applicable: Callable[[Any], str | None] = lambda config: None
 
 
-def check_source(source: str) -> None:
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; known: {', '.join(SOURCES)}")
+SOURCES: dict[str, Source] = {}
+
+
+def register(source: Source) -> Source:
+    if source.kind not in KINDS:
+        raise ValueError(f"source kind {source.kind!r}; allowed: {', '.join(KINDS)}")
+    SOURCES[source.name] = source
+    return source
+
+
+def get(name: str) -> Source:
+    if name not in SOURCES:
+        raise ValueError(f"unknown source {name!r}; known: {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
+def names(kind: str | None = None) -> tuple[str, ...]:
+    """Registered source names, all or of one kind, in registration order."""
+    return tuple(n for n, s in SOURCES.items() if kind is None or s.kind == kind)
 
 
 def _is_int(value) -> bool:
@@ -159,50 +171,27 @@ def make_members(
 ) -> list[Member]:
     """Members that differ from `config` by `source` alone (member 0 is the reference).
 
-    values: one per member (None or empty: default_values); tensor / index: the entry the
-    init sources edit. Errors in the values (unknown source, fewer than 2 members, k < 1, a
-    bit outside the mantissa, a negative seed) are a ValueError here; a bad tensor or entry
-    is one when the edit meets the params (Ensemble.init).
+    values: one per member (None or empty: the source's default values for `count` members);
+    tensor / index: the entry the init sources edit. Bad values (unknown source, fewer than 2
+    members, k < 1, a bit outside the mantissa, a negative seed, a source that does not apply
+    to the recipe) are a ValueError here; a bad tensor or entry when the edit meets the params.
     """
-    check_source(source)
-    values = tuple(values) if values else default_values(source, count, config)
+    src = get(source)
+    reason = src.not_applicable(config)
+    if reason:
+        raise ValueError(f"source {source!r} does not apply to this recipe: {reason}")
+    if not values:
+        if not _is_int(count) or count < 2:
+            raise ValueError(f"a twins ensemble needs at least 2 members, got count={count!r}")
+        values = src.default_values(count, config)
+    values = tuple(values)
     if len(values) < 2:
         raise ValueError(f"source {source!r} needs at least 2 members, got values {values}")
-    return [_member(config, source, v, tensor, tuple(index)) for v in values]
-
-
-def _member(config, source, value, tensor, index) -> Member:
-    config = config.copy_and_resolve_references()
-    if source == "none":
-        return Member("copy", config)
-    if source == "update_k":
-        config.optimizer.k = _check_int(source, value, 1, "k >= 1")
-        return Member(f"k={config.optimizer.k}", config)
-    if source == "ulp_init":
-        n = _check_int(source, value, -(2**31), "n (ulps)")
-        edit = InitEdit("ulp", tensor, index, n) if n else None
-        return Member(f"ulp{n:+d}", config, init_edit=edit)
-    if source == "bitflip_init":
-        bit = _check_int(source, value, UNCHANGED, "bit >= 0 (-1 = unchanged)")
-        if bit == UNCHANGED:
-            return Member("no flip", config)
-        mantissa_bits = ml_dtypes.finfo(numerics.dtype_from_name(config.numerics.param_dtype)).nmant
-        if bit >= mantissa_bits:
-            raise ValueError(f"bitflip_init bit {bit} not in [0, {mantissa_bits}) (mantissa)")
-        return Member(f"bit {bit}", config, init_edit=InitEdit("bit", tensor, index, bit))
-    if source == "reduction_order":
-        seed = _check_int(source, value, UNCHANGED, "seed >= 0 (-1 = stored order)")
-        if seed == UNCHANGED:
-            return Member("stored order", config)
-        return Member(f"perm {seed}", config, permute_seed=seed)
-    if source == "dtype":
-        numerics.dtype_from_name(str(value))
-        config.numerics.param_dtype = config.numerics.compute_dtype = str(value)
-        return Member(str(value), config)
-    seed = _check_int(source, value, 0, "seed >= 0")
-    for key in _SEED_KEYS[source]:
-        config.seeds[key] = seed
-    return Member(f"{source}={seed}", config)
+    edit_at = (tensor, tuple(index))
+    return [
+        dataclasses.replace(src.member(config.copy_and_resolve_references(), v, edit_at), source=source)
+        for v in values
+    ]
 
 
 def needs_x64(members: list[Member]) -> bool:
@@ -213,3 +202,91 @@ def needs_x64(members: list[Member]) -> bool:
         ).needs_x64
         for m in members
     )
+
+
+# --- the registered sources ---------------------------------------------------------------
+
+
+def _update_k(config, value, edit_at) -> Member:
+    config.optimizer.k = _check_int("update_k", value, 1, "k >= 1")
+    return Member(f"k={config.optimizer.k}", config)
+
+
+def _ulp_init(config, value, edit_at) -> Member:
+    n = _check_int("ulp_init", value, -(2**31), "n (ulps)")
+    edit = InitEdit("ulp", *edit_at, n) if n else None
+    return Member(f"ulp{n:+d}", config, init_edit=edit)
+
+
+def _bitflip_init(config, value, edit_at) -> Member:
+    bit = _check_int("bitflip_init", value, UNCHANGED, "bit >= 0 (-1 = unchanged)")
+    if bit == UNCHANGED:
+        return Member("no flip", config)
+    mantissa_bits = ml_dtypes.finfo(numerics.dtype_from_name(config.numerics.param_dtype)).nmant
+    if bit >= mantissa_bits:
+        raise ValueError(f"bitflip_init bit {bit} not in [0, {mantissa_bits}) (mantissa)")
+    return Member(f"bit {bit}", config, init_edit=InitEdit("bit", *edit_at, bit))
+
+
+def _reduction_order(config, value, edit_at) -> Member:
+    seed = _check_int("reduction_order", value, UNCHANGED, "seed >= 0 (-1 = stored order)")
+    if seed == UNCHANGED:
+        return Member("stored order", config)
+    return Member(f"perm {seed}", config, reduction_order=seed)
+
+
+def _dtype(config, value, edit_at) -> Member:
+    numerics.dtype_from_name(str(value))
+    config.numerics.param_dtype = config.numerics.compute_dtype = str(value)
+    return Member(str(value), config)
+
+
+def _seed_source(name: str, keys: tuple[str, ...], not_applicable=lambda config: None) -> Source:
+    """A stochastic source that sets the recipe's seeds `keys` to the member's value."""
+
+    def default_values(count, config):
+        recipe_seeds = {config.seeds[key] for key in keys}
+        if len(recipe_seeds) > 1:  # member 0 would not be the recipe
+            raise ValueError(
+                f"source {name!r} sets the {', '.join(keys)} seeds together, but the "
+                f"recipe's differ ({sorted(recipe_seeds)}): give the values"
+            )
+        base = recipe_seeds.pop()
+        return tuple(range(base, base + count))
+
+    def member(config, value, edit_at):
+        seed = _check_int(name, value, 0, "seed >= 0")
+        for key in keys:
+            config.seeds[key] = seed
+        return Member(f"{name}={seed}", config)
+
+    return Source(name, "stochastic", default_values, member, not_applicable=not_applicable)
+
+
+def _no_augmentation(config) -> str | None:
+    return None if config.augment else "the recipe has no augmentation (config.augment=False)"
+
+
+register(Source("none", "control", lambda count, c: (0,) * count, lambda c, v, e: Member("copy", c)))
+register(Source("update_k", "rounding", lambda count, c: tuple(range(1, 2 * count, 2)), _update_k))
+register(Source("ulp_init", "rounding", lambda count, c: tuple(range(count)), _ulp_init))
+register(
+    Source(
+        "bitflip_init",
+        "rounding",
+        lambda count, c: (UNCHANGED, *range(count - 1)),  # mantissa bits 0, 1, ...
+        _bitflip_init,
+    )
+)
+register(
+    Source(
+        "reduction_order", "rounding", lambda count, c: (UNCHANGED, *range(1, count)), _reduction_order
+    )
+)
+register(
+    Source("dtype", "rounding", lambda count, c: ("fp64", "fp32", "bf16"), _dtype, vmappable=False)
+)
+register(_seed_source("init_seed", ("init",)))
+register(_seed_source("data_seed", ("data",)))
+register(_seed_source("aug_seed", ("aug",), not_applicable=_no_augmentation))
+register(_seed_source("seed", ("init", "data", "aug")))

@@ -16,8 +16,9 @@ def get_config():
     c.model_kwargs = ml_collections.ConfigDict(dict(activation="relu"))
     c.dataset = "cifar10"
     c.augment = True
+    c.drop_last_batch = False  # the authors' DataLoader keeps the last batch: 391 steps
     c.num_epochs = 200
     c.optimizer.decay_epochs = (40, 80, 120, 160)
-    c.eval_every_steps = 390  # about once an epoch (50,000 // 128 steps)
-    c.checkpoint_every_steps = 1950
+    c.eval_every_steps = 391  # once an epoch (ceil(50,000 / 128) steps)
+    c.checkpoint_every_steps = 1955
     return c

@@ -8,13 +8,13 @@ sources: every source alone on the table1 recipe, 6 members each.
   python -m experiments.twins --config=experiments/configs/twins_paper.py:table1 --workdir=...
 """
 
-from experiments.configs import resnet56_cifar10, twins_embedded
+from eos_jax.experiments import twins
+from experiments.configs import resnet56_cifar10
 
 
 def get_config(experiment: str = "table1"):
     c = resnet56_cifar10.get_config()
-    c.quiet = False
-    c.twins = twins_embedded.twins_settings(experiment)
+    c.twins = twins.default_settings(experiment)
     c.twins.tensor = "stem_conv/kernel"  # the first conv
     c.twins.watch = "stage2_block6/conv1/kernel"
     c.twins.lr_divisors = (2, 4, 8, 16, 32, 320, 3200, 32000)

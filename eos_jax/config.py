@@ -1,0 +1,123 @@
+"""The training recipe: its fields, their defaults, and the checks run before anything is built.
+
+A recipe is an ml_collections ConfigDict. `default_recipe()` defines every field the library
+reads; the files in experiments/configs/ start from it and change what differs, so library
+code and tests never import `experiments`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import ml_collections
+
+from eos_jax import numerics
+
+LOSSES = ("cross_entropy", "mse")
+DATA_ORDERS = ("auto", "reshuffle", "fixed")
+
+
+def default_recipe() -> ml_collections.ConfigDict:
+    """The small CNN on the embedded digits data (no download, seconds on a CPU)."""
+    placeholder = ml_collections.config_dict.placeholder
+    c = ml_collections.ConfigDict()
+    c.model = "small_cnn"
+    c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64, 64)))  # the model's options
+    c.dataset = "digits"
+    c.data_dir = placeholder(str)
+    c.train_subset = placeholder(int)
+    c.augment = False
+    c.batch_size = 128
+    # True: an epoch is floor(N / batch) full batches; False: the last, smaller batch is kept
+    # (PyTorch's DataLoader default, which the paper's authors used: 391 CIFAR-10 steps).
+    c.drop_last_batch = True
+    # Order of examples across epochs: 'reshuffle' draws a new permutation every epoch,
+    # 'fixed' keeps epoch 0's. 'auto' is 'fixed' for full-batch runs (batch = training set),
+    # where a new order each step would only change the summation order: a rounding source.
+    c.data_order = "auto"
+    c.eval_batch_size = 256
+    c.loss = "cross_entropy"
+    c.num_epochs = 30
+    c.num_steps = placeholder(int)  # overrides num_epochs when set
+
+    # Separate seeds per source of randomness, so that each can be varied alone.
+    c.seeds = ml_collections.ConfigDict(dict(init=1, data=1, aug=1, subset=0))
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 0.1
+    c.optimizer.momentum = 0.9
+    c.optimizer.nesterov = True
+    c.optimizer.weight_decay = 5e-4
+    c.optimizer.decay_epochs = (20,)
+    c.optimizer.decay_factor = 0.1
+    c.optimizer.k = 1  # the paper's perturbed update w <- w - (lr*k)*(d/k)
+
+    c.numerics = ml_collections.ConfigDict()
+    c.numerics.param_dtype = "fp32"
+    c.numerics.compute_dtype = "fp32"
+    c.numerics.matmul_precision = "highest"
+    c.numerics.cpu_threads = placeholder(int)  # None: all available
+    c.numerics.deterministic = True
+    c.numerics.xla_flags = ()  # extra XLA flags, e.g. ("--xla_cpu_max_isa=AVX",) for no FMA
+
+    # Observers: each runs every so many steps (and at the last step).
+    c.log_every_steps = 10
+    c.eval_every_steps = 50
+    c.checkpoint_every_steps = 200
+    c.max_checkpoints = 2
+    c.quiet = False
+    return c
+
+
+def dtype_policy(config) -> numerics.DtypePolicy:
+    return numerics.DtypePolicy(config.numerics.param_dtype, config.numerics.compute_dtype)
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+    """config.num_steps if set, else config.num_epochs whole epochs."""
+    if config.get("num_steps") is not None:
+        return int(config.num_steps)
+    return int(config.num_epochs) * steps_per_epoch
+
+
+def _get(config, name: str):
+    value = config
+    for part in name.split("."):
+        value = value[part]
+    return value
+
+
+def validate(config, stop_at_step: int | None = None) -> None:
+    """ValueError naming the first bad plain value of a recipe, before anything is built."""
+    positive_ints = ["batch_size", "eval_batch_size", "log_every_steps", "eval_every_steps"]
+    positive_ints += ["checkpoint_every_steps", "max_checkpoints"]
+    positive_ints.append("num_steps" if config.get("num_steps") is not None else "num_epochs")
+    for name in positive_ints:
+        value = _get(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config.{name}={value!r} must be an integer >= 1")
+    lr = config.optimizer.lr
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"config.optimizer.lr={lr!r} must be a finite number > 0")
+    for name in ("optimizer.momentum", "optimizer.weight_decay"):
+        value = _get(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"config.{name}={value!r} must be a finite number >= 0")
+    if config.loss not in LOSSES:
+        raise ValueError(f"unknown loss {config.loss!r}; allowed: {', '.join(LOSSES)}")
+    if config.get("data_order", "auto") not in DATA_ORDERS:
+        raise ValueError(
+            f"config.data_order={config.data_order!r}; allowed: {', '.join(DATA_ORDERS)}"
+        )
+    if stop_at_step is not None and stop_at_step < 1:
+        raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
+
+
+def check_x64(policy: numerics.DtypePolicy) -> None:
+    """NumericsError unless x64 is on for a policy that needs it (it must be set up front)."""
+    if policy.needs_x64 and not jax.config.jax_enable_x64:
+        raise numerics.NumericsError(
+            "this config asks for fp64 but x64 is off: call numerics.configure(policy) before "
+            "creating arrays (the experiment mains do)"
+        )

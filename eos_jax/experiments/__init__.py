@@ -1,0 +1,1 @@
+"""What the experiments are (plans, runs, tables, verdicts), callable without flags."""

@@ -1,0 +1,298 @@
+"""Lockstep twin experiments: rounding-induced vs stochastic divergence.
+
+- table1: per seed, one ensemble of perturbations k (paper Table 1): final accuracy, the
+  population std across perturbations per seed and across seeds per perturbation.
+- fig2: twins k = 1 and 3, plain SGD at lr / n for n steps per snapshot (same PDE time
+  lr x steps for every n); the paper's D of one tensor against PDE time (paper Figure 2).
+- sources: every registered source of difference alone, same recipe, same member count.
+
+`run(config, workdir)` trains each ensemble in its own sub-directory of workdir, resuming
+from its checkpoints and skipping finished ones, then writes tables and figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+
+from eos_jax import numerics, results
+from eos_jax import config as recipe_config
+from eos_jax.analysis import divergence, plots
+from eos_jax.training import recipe, sources, trainer
+from eos_jax.training.ensemble import Ensemble
+
+EXPERIMENTS = ("table1", "fig2", "sources")
+
+
+def default_settings(experiment: str) -> ml_collections.ConfigDict:
+    """The twins knobs (config.twins) shared by every twins config; recipes add what differs."""
+    t = ml_collections.ConfigDict()
+    t.experiment = experiment
+    t.strategy = "auto"  # auto | unrolled | vmap (auto: ensemble.default_strategy)
+    t.members = 6  # per ensemble (dtype always has 3: fp64, fp32, bf16)
+    t.tensor = "conv1/kernel"  # the entry that ulp_init / bitflip_init change ...
+    t.index = ()  # ... () = its first normal nonzero entry (reported in summary.json)
+    # Member-vs-member distances (churn, softmax L2, weights) every so many steps
+    # (None: at every evaluation).
+    t.divergence_every_steps = ml_collections.config_dict.placeholder(int)
+    # table1: one ensemble per seed (init, data and augmentation seeds together), members k.
+    t.seeds = (1, 2, 3, 4, 5, 6)
+    t.ks = (1, 3, 5, 7, 9, 11)
+    # sources: one ensemble per source; member_values: one value per member when a single
+    # source is run (() = the source's default values).
+    t.sources = sources.names()
+    t.member_values = ()
+    # fig2: twins k = 1, 3 with plain SGD at lr / n for n in lr_divisors, n * snapshots steps,
+    # the watched tensor recorded every n steps; its |difference| map at map_snapshots.
+    t.lr_divisors = (1, 2, 4, 8)
+    t.snapshots = 100
+    t.watch = "conv1/kernel"
+    t.map_snapshots = (0, 10, 25, 50, 100)
+    return t
+
+
+def _check_list(name: str, values, minimum: int | None = None) -> None:
+    """ValueError unless `values` is a non-empty list without repeats (of ints >= minimum)."""
+    values = tuple(values)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"twins.{name} must be a non-empty list without repeats, got {values}")
+    if minimum is not None and not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ):
+        raise ValueError(f"twins.{name} must hold integers >= {minimum}, got {values}")
+
+
+def plan(config) -> list[dict]:
+    """The ensembles an experiment trains: name, recipe, members and extra observers' settings.
+    A source that does not apply to the recipe is kept as {'name', 'not_applicable': why}.
+    Every bad setting is a ValueError here (bad tensors / entries: when an Ensemble inits)."""
+    t = config.twins
+    if t.experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {t.experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    recipe_config.validate(config)
+    runs = []
+    if t.experiment == "table1":
+        _check_list("seeds", t.seeds, 0)
+        _check_list("ks", t.ks)  # values: sources.make_members checks k >= 1
+        for seed in t.seeds:
+            r = config.copy_and_resolve_references()
+            r.seeds.init = r.seeds.data = r.seeds.aug = int(seed)
+            members = sources.make_members(r, "update_k", t.ks)
+            runs.append(dict(name=f"seed_{seed}", recipe=r, members=members))
+    elif t.experiment == "sources":
+        _check_list("sources", t.sources)
+        if t.member_values and len(t.sources) > 1:
+            raise ValueError(
+                f"twins.member_values {tuple(t.member_values)} are for one source; "
+                f"got {len(t.sources)} sources"
+            )
+        for name in t.sources:
+            reason = sources.get(name).not_applicable(config)
+            if reason:
+                runs.append(dict(name=f"source_{name}", not_applicable=reason))
+                continue
+            members = sources.make_members(
+                config, name, tuple(t.member_values), t.members, t.tensor, t.index
+            )
+            runs.append(dict(name=f"source_{name}", recipe=config, members=members))
+    else:
+        _check_list("lr_divisors", t.lr_divisors, 1)
+        if not isinstance(t.snapshots, int) or t.snapshots < 1:
+            raise ValueError(f"twins.snapshots must be an integer >= 1, got {t.snapshots!r}")
+        if not all(isinstance(s, int) and 0 <= s <= t.snapshots for s in t.map_snapshots):
+            raise ValueError(
+                f"twins.map_snapshots {tuple(t.map_snapshots)} must be integers in "
+                f"[0, twins.snapshots = {t.snapshots}]"
+            )
+        for n in t.lr_divisors:
+            r = config.copy_and_resolve_references()
+            r.optimizer.update(
+                lr=config.optimizer.lr / n, momentum=0.0, nesterov=False, decay_epochs=()
+            )
+            r.num_steps = r.eval_every_steps = n * t.snapshots
+            r.log_every_steps = r.checkpoint_every_steps = max(n * t.snapshots // 10, 1)
+            runs.append(
+                dict(
+                    name=f"lr_div_{n}",
+                    recipe=r,
+                    n=n,
+                    members=sources.make_members(r, "update_k", (1, 3)),
+                    watch=(t.watch, n, tuple(n * s for s in t.map_snapshots)),
+                )
+            )
+    return runs
+
+
+def needs_x64(config) -> bool:
+    """Whether any member of any ensemble of the experiment computes in fp64."""
+    return any(sources.needs_x64(r["members"]) for r in plan(config) if "members" in r)
+
+
+def _trainer(config, r: dict, dataset, workdir: str) -> trainer.Trainer:
+    """The Trainer of one planned ensemble, with the member-distance (and watch) observers."""
+    ens = Ensemble(r["members"], dataset, config.twins.strategy)
+    recipe_ = r["recipe"]
+    every = config.twins.get("divergence_every_steps") or recipe_.eval_every_steps
+    extra = [divergence.MemberDistance(every)]
+    if "watch" in r:
+        extra.append(divergence.WatchTensor(*r["watch"]))
+    return trainer.Trainer(ens, recipe_, os.path.join(workdir, r["name"]), extra)
+
+
+def run(config, workdir: str) -> dict:
+    """Trains every ensemble of the experiment (resuming), writes tables and figures."""
+    runs = plan(config)
+    dataset = recipe.dataset(config)
+    trainers = {}
+    for r in runs:  # builds and checks everything first: bad input fails before disk
+        if "members" in r:
+            t = trainers[r["name"]] = _trainer(config, r, dataset, workdir)
+            t.ensemble.init()  # applies the init edits: bad tensor or entry -> ValueError
+            num_steps = recipe_config.total_steps(r["recipe"], t.ensemble.steps_per_epoch)
+            for o in t.observers:
+                o.setup(t.ensemble, num_steps)
+    fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
+    results.prepare_workdir(workdir, config, fingerprint)
+    summaries = {}
+    for name, t in trainers.items():
+        done = results.is_finished(t.workdir)
+        summaries[name] = results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
+    tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2}[config.twins.experiment]
+    summary = tabulate(config, runs, summaries, workdir)
+    results.finish(workdir, summary)
+    return summary
+
+
+def _write_table(workdir: str, name: str, rows: list[dict]) -> str:
+    results.write_csv(os.path.join(workdir, f"{name}.csv"), rows)
+    table = results.markdown_table(rows)
+    results.atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
+    return table
+
+
+def table1_rows(accuracy: np.ndarray, seeds, labels) -> tuple[list[dict], dict]:
+    """Paper Table 1 from accuracy[seed, perturbation]: one row per seed with its population
+    std across perturbations, and (separately) the std across seeds per perturbation."""
+    accuracy = np.asarray(accuracy, np.float64)
+    rows = [
+        {
+            "seed": int(s),
+            **{lab: float(a) for lab, a in zip(labels, row, strict=True)},
+            "std over perturbations": float(np.std(row)),
+        }
+        for s, row in zip(seeds, accuracy, strict=True)
+    ]
+    over_seeds = {lab: float(v) for lab, v in zip(labels, np.std(accuracy, 0), strict=True)}
+    return rows, over_seeds
+
+
+def _table1(config, runs, summaries, workdir) -> dict:
+    labels = [m["label"] for m in summaries[runs[0]["name"]]["members"]]
+    acc = np.array([[m["final_accuracy"] for m in summaries[r["name"]]["members"]] for r in runs])
+    rows, over_seeds = table1_rows(acc, config.twins.seeds, labels)
+    results.write_csv(os.path.join(workdir, "table1.csv"), rows)
+    results.write_csv(os.path.join(workdir, "table1_std_over_seeds.csv"), [over_seeds])
+    table = results.markdown_table(
+        [{**r, "seed": str(r["seed"])} for r in rows]
+        + [{"seed": "std over seeds", **over_seeds, "std over perturbations": ""}]
+    )
+    results.atomic_write_text(os.path.join(workdir, "table1.md"), table)
+    plots.table1(acc, config.twins.seeds, labels, os.path.join(workdir, "table1.png"))
+    return {
+        "table": table,
+        "accuracy": acc.tolist(),
+        "seeds": list(config.twins.seeds),
+        "labels": labels,
+        "mean_std_over_perturbations": float(np.mean(np.std(acc, 1))),
+        "mean_std_over_seeds": float(np.mean(np.std(acc, 0))),
+    }
+
+
+def _sources(config, runs, summaries, workdir) -> dict:
+    rows, curves = [], {}
+    for r in runs:
+        name = r["name"].removeprefix("source_")
+        kind = sources.get(name).kind
+        if "not_applicable" in r:
+            rows.append({"source": name, "kind": kind, "members": 0, "note": r["not_applicable"]})
+            continue
+        s = summaries[r["name"]]
+        rows.append(
+            {
+                "source": name,
+                "kind": kind,
+                "members": len(s["members"]),
+                "final acc mean": float(np.mean([m["final_accuracy"] for m in s["members"]])),
+                "final acc std": s["final_accuracy_std"],
+                "churn": s["mean_churn"],
+                "softmax L2": s["mean_softmax_l2"],
+                "weight D": s["mean_params_rel_l1"],
+                "note": "",
+            }
+        )
+        curves[name] = _mean_over_members(
+            os.path.join(workdir, r["name"]), "divergence", lambda rec: rec["params"]["total"]["rel_l1"]
+        )
+    table = _write_table(workdir, "sources", rows)
+    plots.sources([r for r in rows if r["members"]], curves, os.path.join(workdir, "sources.png"))
+    return {"table": table, "rows": rows}
+
+
+def _fig2(config, runs, summaries, workdir) -> dict:
+    rows, curves = [], {}
+    for r in runs:
+        lr = r["recipe"].optimizer.lr
+        sub = os.path.join(workdir, r["name"])
+        watched = [
+            rec
+            for rec in trainer.read_metrics(sub)
+            if rec.get("kind") == "watch" and rec["member"] == 1
+        ]
+        curves[lr] = ([rec["step"] * lr for rec in watched], [rec["rel_l1"] for rec in watched])
+        rows += [
+            {
+                "n": r["n"],
+                "lr": lr,
+                "snapshot": rec["step"] // r["n"],
+                "pde_time": rec["step"] * lr,
+                "D": rec["rel_l1"],
+                "max_ulp": rec["max_ulp"],
+            }
+            for rec in watched
+        ]
+    results.write_csv(os.path.join(workdir, "fig2.csv"), rows)
+    plots.fig2(
+        curves,
+        {r["recipe"].optimizer.lr: r["n"] for r in runs},
+        config.twins.watch,
+        os.path.join(workdir, "fig2.png"),
+    )
+    largest_lr = min(runs, key=lambda r: r["n"])
+    sub = os.path.join(workdir, largest_lr["name"])
+    maps = {
+        s: np.load(divergence.map_path(sub, s * largest_lr["n"]))["member1"]
+        for s in config.twins.map_snapshots
+    }
+    if maps:
+        plots.tensor_maps(
+            maps,
+            config.twins.watch,
+            largest_lr["recipe"].optimizer.lr,
+            os.path.join(workdir, "fig2_maps.png"),
+        )
+    final = [
+        {"n": r["n"], "lr": lr, "final D": curves[lr][1][-1]}
+        for r, lr in ((r, r["recipe"].optimizer.lr) for r in runs)
+    ]
+    return {"table": results.markdown_table(final), "final": final}
+
+
+def _mean_over_members(sub: str, kind: str, value) -> tuple[list[int], list[float]]:
+    """(steps, mean over members 1.. of value(record)) from a run's metrics.jsonl."""
+    by_step: dict[int, list[float]] = {}
+    for rec in trainer.read_metrics(sub):
+        if rec.get("kind") == kind and rec["member"] > 0:
+            by_step.setdefault(rec["step"], []).append(value(rec))
+    return list(by_step), [float(np.mean(v)) for v in by_step.values()]

@@ -1,0 +1,116 @@
+"""Periodic observers of a training run: logging, evaluation and checkpointing.
+
+An observer runs every `every_steps` steps and at the last step (at step 0 too if
+`at_start`), reads the run through `Run` (device values are fetched only then), and writes
+records to metrics.jsonl. `summarize` derives its part of summary.json from the records,
+so a resumed run needs no observer state. Measurements that compare members live in
+eos_jax.analysis (they import this module, never the other way round).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from eos_jax import bits
+from eos_jax.training import steps
+
+
+class Observer:
+    """Base class: override `__call__(run)` and, if it adds to the summary, `summarize`."""
+
+    every_steps: int = 1
+    at_start: bool = False
+
+    def setup(self, ensemble, num_steps: int) -> None:
+        """Checks the observer's settings against the run before anything is written."""
+
+    def due(self, step: int, run) -> bool:
+        if step == 0:
+            return self.at_start
+        return step % self.every_steps == 0 or step == run.num_steps
+
+    def __call__(self, run) -> None:
+        raise NotImplementedError
+
+    def summarize(self, records: list[dict], summary: dict) -> None:
+        """Adds to summary (its 'members' list holds one dict per member) from the records."""
+
+
+def member_records(run, kind: str, values: list[dict]) -> None:
+    """One record per member of `kind` at the run's step."""
+    for i, (m, v) in enumerate(zip(run.ensemble.members, values, strict=True)):
+        run.write({"step": run.step, "member": i, "label": m.label, "kind": kind, **v})
+
+
+def last_by_member(records: list[dict], kind: str) -> dict[int, dict]:
+    return {r["member"]: r for r in records if r.get("kind") == kind}
+
+
+class TrainLog(Observer):
+    """Each member's loss and accuracy on the batch of the logged step (not running means,
+    so that a resumed run writes exactly the records of an uninterrupted one)."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+
+    def __call__(self, run) -> None:
+        metrics = {k: np.asarray(v) for k, v in run.metrics.items()}
+        member_records(
+            run,
+            "train",
+            [
+                {"train_loss": metrics["loss"][i], "train_accuracy": metrics["accuracy"][i]}
+                for i in range(len(run.ensemble))
+            ],
+        )
+
+
+def final_accuracy(evals, last: int = 10) -> float:
+    """The paper's final accuracy: the mean of the last `last` test evaluations."""
+    return float(np.mean(list(evals)[-last:]))
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(np.asarray(steps.predictions(logits)) == labels))
+
+
+class Evaluate(Observer):
+    """Each member's test accuracy; weights and test logits must be finite."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+
+    def __call__(self, run) -> None:
+        run.check_finite("weights", [m.params for m in run.members()])
+        logits = run.test_logits()
+        run.check_finite("test logits", logits)
+        labels = run.ensemble.dataset.test_labels
+        member_records(run, "eval", [{"test_accuracy": accuracy(x, labels)} for x in logits])
+        run.progress(acc=" ".join(f"{accuracy(x, labels):.3f}" for x in logits))
+
+    def summarize(self, records, summary) -> None:
+        for i, member in enumerate(summary["members"]):
+            evals = [r["test_accuracy"] for r in records if r.get("kind") == "eval" and r["member"] == i]
+            member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=evals[-1])
+        summary["final_accuracy_std"] = float(
+            np.std([m["final_accuracy"] for m in summary["members"]])
+        )
+
+
+class Checkpoint(Observer):
+    """Saves the whole state (weights checked finite first, so a damaged state is never the
+    'last good' checkpoint); also at the step where a run stops early."""
+
+    def __init__(self, checkpointer, every_steps: int):
+        self.checkpointer, self.every_steps = checkpointer, every_steps
+
+    def due(self, step: int, run) -> bool:
+        return step > 0 and (super().due(step, run) or step == run.end)
+
+    def __call__(self, run) -> None:
+        run.check_finite("weights", [m.params for m in run.members()])
+        self.checkpointer.save(run.step, run.states)
+
+
+def params_hashes(members) -> list[str]:
+    return [bits.tree_hash(m.params) for m in members]

@@ -1,0 +1,60 @@
+"""What a recipe builds: its dataset, batch stream, model and optimiser."""
+
+from __future__ import annotations
+
+from eos_jax import config as recipe_config
+from eos_jax.data import BatchStream, Dataset, load_dataset
+from eos_jax.models import create_model
+from eos_jax.training import optim
+
+
+def dataset(config) -> Dataset:
+    return load_dataset(
+        config.dataset,
+        data_dir=config.get("data_dir"),
+        train_subset=config.get("train_subset"),
+        subset_seed=config.seeds.get("subset", 0),
+    )
+
+
+def stream(config, data: Dataset, reduction_order: int | None = None) -> BatchStream:
+    """The recipe's training batches; reduction_order shuffles examples inside each batch."""
+    order = config.get("data_order", "auto")
+    if order == "auto":
+        order = "fixed" if config.batch_size >= data.num_train else "reshuffle"
+    return BatchStream(
+        data,
+        config.batch_size,
+        data_seed=config.seeds.data,
+        aug_seed=config.seeds.aug,
+        augment=config.augment,
+        drop_last=config.get("drop_last_batch", True),
+        reshuffle=order == "reshuffle",
+        reduction_order=reduction_order,
+    )
+
+
+def model(config, data: Dataset):
+    policy = recipe_config.dtype_policy(config)
+    return create_model(
+        config.model,
+        num_classes=data.num_classes,
+        dtype=policy.compute_dtype,
+        param_dtype=policy.param_dtype,
+        **config.get("model_kwargs", {}),
+    )
+
+
+def optimizer(config, steps_per_epoch: int):
+    """The recipe's SGD: step decay at epoch boundaries, momentum, weight decay, perturbation k."""
+    opt = config.optimizer
+    schedule = optim.step_decay(
+        opt.lr, [int(e) * steps_per_epoch for e in opt.decay_epochs], opt.decay_factor
+    )
+    return optim.sgd(
+        schedule,
+        momentum=opt.momentum,
+        nesterov=opt.nesterov,
+        weight_decay=opt.weight_decay,
+        k=opt.k,
+    )

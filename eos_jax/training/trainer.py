@@ -1,0 +1,245 @@
+"""The one training loop: K >= 1 lockstep members, periodic observers, bit-exact resume.
+
+    Trainer(ensemble, config, workdir, observers).run(stop_at_step) -> summary
+
+validates, prepares the work directory, restores the latest checkpoint, then for each step
+runs the jitted step of all members and every observer that is due. The host does not wait
+for the device between steps: batches are drawn ahead on a thread, and losses are read back
+(and checked finite) only when an observer runs. Resume is bit-exact: the state is
+checkpointed whole and the batch of step s is a pure function of (seeds, s).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from eos_jax import bits, numerics, results
+from eos_jax import config as recipe_config
+from eos_jax.training import observers as obs
+from eos_jax.training import recipe
+from eos_jax.training.checkpoint import Checkpointer, CheckpointError
+from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.sources import Member
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss, weight or test logit became NaN or inf; the last good checkpoint is kept."""
+
+
+def prefetch(produce, items, depth: int = 2):
+    """produce(item) for each item, computed `depth` ahead on a worker thread, in order."""
+    items = iter(items)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        queue = collections.deque(pool.submit(produce, i) for i in itertools.islice(items, depth))
+        while queue:
+            value = queue.popleft().result()
+            queue.extend(pool.submit(produce, i) for i in itertools.islice(items, 1))
+            yield value
+
+
+class Run:
+    """What observers see of a run at its current step (device values fetched on demand)."""
+
+    def __init__(self, trainer, writer, num_steps: int, end: int, bar):
+        self.trainer, self.ensemble = trainer, trainer.ensemble
+        self.writer, self.num_steps, self.end, self.bar = writer, num_steps, end, bar
+        self.step, self.states, self.metrics = 0, None, {}
+        self._members = self._logits = None
+
+    def at(self, step: int, states, metrics) -> None:
+        self.step, self.states, self.metrics = step, states, metrics
+        self._members = self._logits = None
+
+    def write(self, record: dict) -> None:
+        self.writer.write(record)
+
+    def members(self):
+        """The member states (TrainState each), unpacked once per step."""
+        if self._members is None:
+            self._members = self.ensemble.unpack(self.states)
+        return self._members
+
+    def test_logits(self) -> list[np.ndarray]:
+        """Each member's test-set logits at this step, computed once per step."""
+        if self._logits is None:
+            self._logits = self.ensemble.logits(self.states, self.trainer.config.eval_batch_size)
+        return self._logits
+
+    def check_finite(self, what: str, values) -> None:
+        """TrainingDiverged naming the members whose `values` (one pytree each) hold NaN/inf."""
+        bad = [
+            f"{i} ({m.label})"
+            for i, (m, v) in enumerate(zip(self.ensemble.members, values, strict=True))
+            if not bits.tree_all_finite(v)
+        ]
+        if bad:
+            raise self.trainer.diverged(
+                f"{what} not finite for member {', '.join(bad)} at step {self.step}"
+            )
+
+    def progress(self, **values) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(**values)
+
+
+class Trainer:
+    """Trains an Ensemble (K >= 1 members) on config's schedule, writing under workdir.
+
+    metrics.jsonl holds one record per member per observation, with 'step', 'member',
+    'label' and 'kind' (train, eval, and whatever extra observers write). config.json holds
+    the recipe and ensemble.describe(config), so that a different ensemble is refused the
+    workdir; a loss, weight or test logit that is NaN or inf raises TrainingDiverged after
+    writing diverged.json.
+    """
+
+    def __init__(self, ensemble: Ensemble, config, workdir: str, observers=()):
+        self.ensemble, self.config, self.workdir = ensemble, config, workdir
+        self.observers = [
+            obs.TrainLog(config.log_every_steps),
+            obs.Evaluate(config.eval_every_steps),
+            *observers,
+        ]
+        self.checkpointer: Checkpointer | None = None
+
+    def diverged(self, what: str) -> TrainingDiverged:
+        """Records a divergence in diverged.json (the run stays unfinished); returns the error."""
+        last = self.checkpointer.latest_step()
+        where = f"last good checkpoint: step {last}" if last else "no checkpoint was saved yet"
+        results.write_json(
+            os.path.join(self.workdir, "diverged.json"),
+            {"status": "diverged", "what": what, "last_checkpoint": last},
+        )
+        return TrainingDiverged(f"{what}; {where} in {self.checkpointer.directory}")
+
+    def run(self, stop_at_step: int | None = None) -> dict:
+        """Trains to the end (or to stop_at_step, checkpointed: run again to continue),
+        resuming from the latest checkpoint in workdir. Returns the summary."""
+        config, ensemble, workdir = self.config, self.ensemble, self.workdir
+        recipe_config.validate(config, stop_at_step)
+        states = ensemble.init()
+        num_steps = recipe_config.total_steps(config, ensemble.steps_per_epoch)
+        for o in self.observers:
+            o.setup(ensemble, num_steps)
+        # Only now that everything is validated and builds does anything go to disk.
+        policy = recipe_config.dtype_policy(ensemble.members[0].config)
+        saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
+        results.prepare_workdir(workdir, saved, numerics.fingerprint(policy, config))
+        self.checkpointer = Checkpointer(
+            os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2)
+        )
+        start = self.checkpointer.latest_step() or 0
+        if start:
+            states = self.checkpointer.restore(states)
+            restored = sorted({int(m.step) for m in ensemble.unpack(states)})
+            if restored != [start]:
+                raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
+        truncate_metrics(workdir, start)  # records after the restored step will be redone
+        end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
+        observers = [*self.observers, obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps)]
+        t0 = time.time()
+        with results.MetricsWriter(workdir) as writer:
+            run = Run(self, writer, num_steps, end, bar=None)
+            run.at(start, states, {})
+            if start == 0:
+                for o in observers:
+                    if o.due(0, run):
+                        o(run)
+            losses = []  # device arrays, read back when an observer runs
+            for step, batch in enumerate(prefetch(ensemble.batches, range(start, end)), start):
+                states, metrics = ensemble.step(states, batch)
+                losses.append(metrics["loss"])
+                done = step + 1
+                if run.bar is None:  # the first step compiles: the ETA starts after it
+                    jax.block_until_ready(metrics)
+                    run.bar = progress_bar(config, workdir, num_steps, done)
+                else:
+                    run.bar.update(1)
+                run.at(done, states, metrics)
+                due = [o for o in observers if o.due(done, run)]
+                if due:
+                    self._check_losses(losses, done)
+                    losses = []
+                    for o in due:
+                        o(run)
+            if run.bar is not None:
+                run.bar.close()
+        self.checkpointer.close()
+        members = ensemble.unpack(states)
+        if end < num_steps:
+            return {
+                "stopped_at_step": end,
+                "steps": num_steps,
+                "params_hashes": obs.params_hashes(members),
+            }
+        summary = {
+            "status": "finished",
+            "steps": num_steps,
+            "strategy": ensemble.strategy,
+            "members": [
+                {"label": m.label, "params_hash": h}
+                for m, h in zip(ensemble.members, obs.params_hashes(members), strict=True)
+            ],
+            "init_edits": ensemble.init_edits(),
+            "seconds_this_session": time.time() - t0,
+            "resumed_from_step": start,
+        }
+        records = read_metrics(workdir)
+        for o in observers:
+            o.summarize(records, summary)
+        results.finish(workdir, summary)
+        return summary
+
+    def _check_losses(self, losses: list, done: int) -> None:
+        """TrainingDiverged at the first step (of those since the last check) whose loss is
+        not finite in some member."""
+        values = np.asarray(jnp.stack(losses))  # (steps, members)
+        bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+        if bad.size:
+            step = done - len(losses) + 1 + int(bad[0])
+            members = np.flatnonzero(~np.isfinite(values[bad[0]]))
+            raise self.diverged(
+                f"loss is {values[bad[0], members[0]]} for member "
+                f"{', '.join(f'{i} ({self.ensemble.members[i].label})' for i in members)} "
+                f"at step {step}"
+            )
+
+
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+    """Trains one recipe (K = 1) with the default observers; see Trainer.run."""
+    member = Member("recipe", config)
+    ensemble = Ensemble([member], recipe.dataset(config), strategy="unrolled")
+    return Trainer(ensemble, config, workdir).run(stop_at_step)
+
+
+def progress_bar(config, workdir: str, num_steps: int, initial: int) -> tqdm.tqdm:
+    """A step progress bar named after the work directory (off with config.quiet)."""
+    return tqdm.tqdm(
+        total=num_steps,
+        initial=initial,
+        desc=os.path.basename(os.path.normpath(workdir)),
+        unit="step",
+        dynamic_ncols=True,
+        disable=config.get("quiet", False),
+    )
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    return results.read_jsonl(path) if os.path.exists(path) else []
+
+
+def truncate_metrics(workdir: str, step: int) -> None:
+    """Drops records logged after the checkpoint we resume from (they will be redone)."""
+    if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+        return
+    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+    results.write_jsonl(os.path.join(workdir, "metrics.jsonl"), kept)
