@@ -17,7 +17,7 @@ from absl import app, flags
 
 from eos_jax import numerics, results
 from eos_jax.data import Dataset, load_dataset
-from eos_jax.training import ensemble, loop, sources, steps
+from eos_jax.training import ensemble, sources
 from experiments.configs import twins_embedded
 
 _RECIPES = flags.DEFINE_list("recipes", ["embedded", "resnet20"], "embedded and/or resnet20.")
@@ -26,7 +26,7 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).
 _STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strategies.")
 
 
-def recipe(name: str):
+def benchmark_recipe(name: str):
     """(config, dataset) of a benchmark recipe."""
     config = twins_embedded.get_config()
     if name == "embedded":
@@ -60,13 +60,9 @@ def seconds_per_step(step_fn, state, num_steps: int) -> float:
     return (time.perf_counter() - t0) / num_steps
 
 
-def single_run(config, dataset, num_steps: int) -> float:
-    stream = loop.build_stream(config, dataset)
-    model = loop.build_model(config, dataset)
-    tx = loop.make_optimizer(config, stream.steps_per_epoch)
-    train_step = jax.jit(steps.make_train_step(model, tx, config.loss))
-    state = steps.init_state(model, tx, config.seeds.init, dataset.image_shape)
-    return seconds_per_step(lambda st, s: train_step(st, stream.batch(s)), state, num_steps)
+def ensemble_seconds_per_step(members, dataset, strategy: str, num_steps: int) -> float:
+    ens = ensemble.Ensemble(members, dataset, strategy)
+    return seconds_per_step(lambda st, s: ens.step(st, ens.batches(s)), ens.init(), num_steps)
 
 
 def main(argv):
@@ -74,13 +70,14 @@ def main(argv):
     numerics.configure(numerics.DtypePolicy("fp32", "fp32"), matmul_precision="highest")
     rows = []
     for name in _RECIPES.value:
-        config, dataset = recipe(name)
-        one = single_run(config, dataset, _STEPS.value)
+        config, dataset = benchmark_recipe(name)
+        one = ensemble_seconds_per_step(
+            [sources.Member("one run", config)], dataset, "unrolled", _STEPS.value
+        )
         for k in map(int, _KS.value):
             for strategy in _STRATEGIES.value:
                 members = sources.make_members(config, "update_k", count=k)
-                ens = ensemble.Ensemble(members, dataset, strategy)
-                t = seconds_per_step(ens.step, ens.init(), _STEPS.value)
+                t = ensemble_seconds_per_step(members, dataset, strategy, _STEPS.value)
                 rows.append(
                     {
                         "recipe": name,

@@ -69,7 +69,7 @@ def main(argv):
         summary = train_in_fresh_process(
             os.path.join(workdir, name.replace("=", "_")), extra, overrides
         )
-        rows.append({"variant": name, "params_hash": summary["params_hash"][:16]})
+        rows.append({"variant": name, "params_hash": summary["members"][0]["params_hash"][:16]})
     reference = rows[0]["params_hash"]
     for row in rows:
         row["identical_to_reference"] = row["params_hash"] == reference

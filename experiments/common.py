@@ -7,8 +7,8 @@ import sys
 
 from absl import flags, logging
 
-from eos_jax import numerics, results
 from eos_jax import config as recipe_config
+from eos_jax import numerics, results
 from eos_jax.training import checkpoint, trainer
 
 # Failures a user can cause and fix; anything else is a bug and keeps its traceback.

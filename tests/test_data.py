@@ -280,9 +280,7 @@ def sorted_examples(batch) -> list[bytes]:
 
 def test_permute_within_batch_keeps_the_examples_and_changes_their_order(digits):
     plain = BatchStream(digits, 64, data_seed=1, aug_seed=2, augment=True)
-    permuted = BatchStream(
-        digits, 64, data_seed=1, aug_seed=2, augment=True, permute_within_batch_seed=9
-    )
+    permuted = BatchStream(digits, 64, data_seed=1, aug_seed=2, augment=True, reduction_order=9)
     for step in (0, 1, 30):
         batch, shuffled = plain.batch(step), permuted.batch(step)
         assert not np.array_equal(shuffled["label"], batch["label"])
@@ -303,3 +301,36 @@ def test_eval_batches_cover_the_split_in_order(digits):
         normalize(digits.test_images, digits.mean, digits.std),
     )
     assert sum(len(b["label"]) for b in eval_batches(digits, "train")) == digits.num_train
+
+
+def test_full_batch_gradient_descent_sums_in_one_fixed_order(digits):
+    """batch = training set: every step is an epoch. 'auto' keeps epoch 0's order, so the
+    gradient is summed identically each step; 'reshuffle' would reorder it every step."""
+    from eos_jax import config as recipe_config
+    from eos_jax.training import recipe
+
+    config = recipe_config.default_recipe()
+    config.batch_size = digits.num_train
+    fixed = recipe.stream(config, digits)
+    assert fixed.steps_per_epoch == 1
+    for step in (1, 2, 7):
+        np.testing.assert_array_equal(fixed.batch(step)["image"], fixed.batch(0)["image"])
+    config.data_order = "reshuffle"
+    reshuffled = recipe.stream(config, digits)
+    assert not np.array_equal(reshuffled.example_indices(1), reshuffled.example_indices(0))
+    np.testing.assert_array_equal(
+        np.sort(reshuffled.example_indices(1)), np.arange(digits.num_train)
+    )
+
+
+def test_the_paper_recipe_keeps_the_last_partial_batch(digits):
+    """The authors' DataLoader keeps the last, smaller batch (391 CIFAR-10 steps an epoch)."""
+    from eos_jax import config as recipe_config
+    from eos_jax.training import recipe
+    from experiments.configs import resnet56_cifar10
+
+    paper = resnet56_cifar10.get_config()
+    assert paper.drop_last_batch is False
+    stream = recipe.stream(paper, digits)  # 1,497 images, batch 128: 11 full + 89
+    assert stream.steps_per_epoch == 12 and len(stream.batch(11)["label"]) == 1497 - 11 * 128
+    assert recipe.stream(recipe_config.default_recipe(), digits).steps_per_epoch == 11

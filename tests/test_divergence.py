@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from eos_jax.analysis import divergence
-from eos_jax.training import loop, optim, steps
+from eos_jax.training import observers, optim, steps
 
 
 def test_churn_and_softmax_l2():
@@ -52,4 +52,4 @@ def test_table1_spreads_are_population_std():
     rows = divergence.table1(acc, [1, 2, 3], ["k=1", "k=3"])
     assert [r["std over perturbations"] for r in rows[:3]] == pytest.approx([0.05] * 3)
     assert rows[3]["k=1"] == pytest.approx(np.std([0.9, 0.7, 0.5]))
-    assert loop.final_accuracy(list(range(20))) == 14.5
+    assert observers.final_accuracy(list(range(20))) == 14.5

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from eos_jax import bits
+from eos_jax import config as recipe_config
 from eos_jax.training import sources
-from experiments.configs import default
 
 
 def params():
@@ -19,28 +19,26 @@ def params():
 
 
 def test_every_source_builds_members_whose_reference_is_the_recipe():
-    config = default.get_config()
-    for name in sources.SOURCES:
+    config = recipe_config.default_recipe()
+    config.augment = True  # every source applies
+    for name in sources.names():
         members = sources.make_members(config, name, count=4)
         assert len(members) == (3 if name == "dtype" else 4)
         if name != "dtype":
             assert members[0].config.to_dict() == config.to_dict(), name
-            assert members[0].init_edit is None and members[0].permute_seed is None
+            assert members[0].init_edit is None and members[0].reduction_order is None
 
 
 def test_each_source_changes_only_its_knob():
-    config = default.get_config()
+    config = recipe_config.default_recipe()
     ks = [m.config.optimizer.k for m in sources.make_members(config, "update_k", count=6)]
     assert ks == [1, 3, 5, 7, 9, 11]
     seeds = sources.make_members(config, "seed", (4, 5))[1].config.seeds
     assert (seeds.init, seeds.data, seeds.aug) == (5, 5, 5)
     data = sources.make_members(config, "data_seed", (1, 2))[1].config.seeds
     assert (data.init, data.data, data.aug) == (1, 2, 1)
-    assert [m.permute_seed for m in sources.make_members(config, "reduction_order", count=3)] == [
-        None,
-        1,
-        2,
-    ]
+    orders = sources.make_members(config, "reduction_order", count=3)
+    assert [m.reduction_order for m in orders] == [None, 1, 2]
     dtypes = sources.make_members(config, "dtype")
     assert [m.config.numerics.param_dtype for m in dtypes] == ["fp64", "fp32", "bf16"]
     assert sources.needs_x64(dtypes) and not sources.needs_x64(
@@ -70,11 +68,11 @@ def test_each_source_changes_only_its_knob():
 )
 def test_bad_values_are_refused(source, values, message):
     with pytest.raises(ValueError, match=message):
-        sources.make_members(default.get_config(), source, values)
+        sources.make_members(recipe_config.default_recipe(), source, values)
 
 
 def test_bad_member_counts_and_edits_are_refused():
-    config = default.get_config()
+    config = recipe_config.default_recipe()
     for count in (0, 1):
         with pytest.raises(ValueError, match=f"at least 2 members, got count={count}"):
             sources.make_members(config, "update_k", count=count)
@@ -113,3 +111,24 @@ def test_ulp_edit_moves_one_entry_by_n_ulps_and_bitflip_flips_one_bit():
 def test_bad_edit_targets_are_refused(edit, message):
     with pytest.raises(ValueError, match=message):
         edit.apply(jax.tree.map(np.asarray, params()))
+
+
+def test_registry_has_one_object_per_source_with_its_kind():
+    kinds = {name: sources.get(name).kind for name in sources.names()}
+    assert kinds["none"] == "control" and kinds["update_k"] == "rounding"
+    assert set(sources.names("stochastic")) == {"init_seed", "data_seed", "aug_seed", "seed"}
+    assert not sources.get("dtype").vmappable and sources.get("ulp_init").vmappable
+    with pytest.raises(ValueError, match="source kind 'random'; allowed: control"):
+        sources.register(sources.Source("jitter", "random", lambda n, c: (), lambda c, v, e: None))
+
+
+def test_a_source_that_cannot_differ_under_the_recipe_is_refused():
+    config = recipe_config.default_recipe()
+    assert not config.augment
+    with pytest.raises(ValueError, match="'aug_seed' does not apply.*no augmentation"):
+        sources.make_members(config, "aug_seed", count=2)
+    config.augment = True
+    assert [m.label for m in sources.make_members(config, "aug_seed", count=2)] == [
+        "aug_seed=1",
+        "aug_seed=2",
+    ]

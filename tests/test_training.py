@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from eos_jax import bits, results
+from eos_jax import config as recipe_config
 from eos_jax.data import load_dataset
-from eos_jax.training import loop, steps
+from eos_jax.training import recipe, steps, trainer
 from eos_jax.training.checkpoint import CheckpointError
-from experiments.configs import default
 
 
 def tiny_config(**overrides):
-    config = default.get_config()
+    config = recipe_config.default_recipe()
     config.num_steps = 12
     config.batch_size = 64
     config.eval_every_steps = 4
@@ -33,9 +33,9 @@ def tiny_config(**overrides):
 def digits_setup():
     config = tiny_config()
     dataset = load_dataset("digits")
-    stream = loop.build_stream(config, dataset)
-    model = loop.build_model(config, dataset)
-    tx = loop.make_optimizer(config, stream.steps_per_epoch)
+    stream = recipe.stream(config, dataset)
+    model = recipe.model(config, dataset)
+    tx = recipe.optimizer(config, stream.steps_per_epoch)
     state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
     return model, tx, state, stream
 
@@ -64,9 +64,9 @@ def test_train_step_linearises_with_jvp():
     with jax.enable_x64(True):
         config = tiny_config(**{"numerics.param_dtype": "fp64", "numerics.compute_dtype": "fp64"})
         dataset = load_dataset("digits")
-        stream = loop.build_stream(config, dataset)
-        model = loop.build_model(config, dataset)
-        tx = loop.make_optimizer(config, stream.steps_per_epoch)
+        stream = recipe.stream(config, dataset)
+        model = recipe.model(config, dataset)
+        tx = recipe.optimizer(config, stream.steps_per_epoch)
         state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
         train_step = steps.make_train_step(model, tx)
         batch = stream.batch(0)
@@ -102,52 +102,55 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path):
         eval_every_steps=3,
         **{"optimizer.decay_epochs": (1,)},  # 23 steps per epoch: lr decays at step 23
     )
-    whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
+    whole = trainer.train_and_evaluate(config, str(tmp_path / "whole"))
     split_dir = tmp_path / "split"
-    partial = loop.train_and_evaluate(config, str(split_dir), stop_at_step=14)
+    partial = trainer.train_and_evaluate(config, str(split_dir), stop_at_step=14)
     assert partial["stopped_at_step"] == 14 and not results.is_finished(str(split_dir))
     shutil.rmtree(split_dir / "checkpoints" / "14")  # the crash: back to step 10
-    assert max(r["step"] for r in loop.read_metrics(str(split_dir))) == 12
-    resumed = loop.train_and_evaluate(config, str(split_dir))
+    assert max(r["step"] for r in trainer.read_metrics(str(split_dir))) == 12
+    resumed = trainer.train_and_evaluate(config, str(split_dir))
     assert resumed["resumed_from_step"] == 10
-    assert resumed["params_hash"] == whole["params_hash"]
-    assert loop.read_metrics(str(split_dir)) == loop.read_metrics(str(tmp_path / "whole"))
+    assert resumed["members"] == whole["members"]
+    assert trainer.read_metrics(str(split_dir)) == trainer.read_metrics(str(tmp_path / "whole"))
 
 
 def test_resume_refuses_a_changed_config_and_a_damaged_checkpoint(tmp_path):
     config = tiny_config()
-    loop.train_and_evaluate(config, str(tmp_path), stop_at_step=4)
+    trainer.train_and_evaluate(config, str(tmp_path), stop_at_step=4)
     with pytest.raises(results.WorkdirError, match=r"different config \(changed: optimizer.k\)"):
-        loop.train_and_evaluate(tiny_config(**{"optimizer.k": 3}), str(tmp_path))
+        trainer.train_and_evaluate(tiny_config(**{"optimizer.k": 3}), str(tmp_path))
     step_dir = tmp_path / "checkpoints" / "4"
     biggest = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data = bytearray(biggest.read_bytes())
     data[len(data) // 2] ^= 0x01
     biggest.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="checkpoint step 4"):
-        loop.train_and_evaluate(config, str(tmp_path))
+        trainer.train_and_evaluate(config, str(tmp_path))
     assert not results.is_finished(str(tmp_path))
 
 
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"num_steps": 0}, "config.num_steps=0 must be positive"),
-        ({"eval_every_steps": 0}, "config.eval_every_steps=0 must be positive"),
+        ({"num_steps": 0}, r"config.num_steps=0 must be an integer >= 1"),
+        ({"eval_every_steps": 0}, r"config.eval_every_steps=0 must be an integer >= 1"),
         ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"optimizer.lr": float("inf")}, r"config.optimizer.lr=inf must be a finite number > 0"),
+        ({"optimizer.lr": float("nan")}, r"config.optimizer.lr=nan must be a finite number > 0"),
+        ({"data_order": "random"}, r"config.data_order='random'; allowed: auto, reshuffle, fixed"),
     ],
 )
 def test_bad_recipe_values_fail_before_anything_is_written(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
-        loop.train_and_evaluate(tiny_config(**override), str(tmp_path / "run"))
+        trainer.train_and_evaluate(tiny_config(**override), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
 def test_finished_workdir_is_not_overwritten(tmp_path):
     config = tiny_config(num_steps=2)
-    loop.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
     with pytest.raises(results.WorkdirError, match="already holds a finished run"):
-        loop.train_and_evaluate(config, str(tmp_path))
+        trainer.train_and_evaluate(config, str(tmp_path))
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
@@ -160,8 +163,8 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
             "num_steps": 50,
         }
     )
-    with pytest.raises(loop.TrainingDiverged, match="last good checkpoint: step") as err:
-        loop.train_and_evaluate(config, str(tmp_path))
+    with pytest.raises(trainer.TrainingDiverged, match="last good checkpoint: step") as err:
+        trainer.train_and_evaluate(config, str(tmp_path))
     assert results.read_json(str(tmp_path / "diverged.json"))["status"] == "diverged"
     bad_step = int(str(err.value).split(" at step ")[1].split(";")[0])
     saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())

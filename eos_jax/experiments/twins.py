@@ -17,8 +17,8 @@ import os
 import ml_collections
 import numpy as np
 
-from eos_jax import numerics, results
 from eos_jax import config as recipe_config
+from eos_jax import numerics, results
 from eos_jax.analysis import divergence, plots
 from eos_jax.training import recipe, sources, trainer
 from eos_jax.training.ensemble import Ensemble
@@ -158,7 +158,9 @@ def run(config, workdir: str) -> dict:
     summaries = {}
     for name, t in trainers.items():
         done = results.is_finished(t.workdir)
-        summaries[name] = results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
+        summaries[name] = (
+            results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
+        )
     tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2}[config.twins.experiment]
     summary = tabulate(config, runs, summaries, workdir)
     results.finish(workdir, summary)
@@ -233,7 +235,9 @@ def _sources(config, runs, summaries, workdir) -> dict:
             }
         )
         curves[name] = _mean_over_members(
-            os.path.join(workdir, r["name"]), "divergence", lambda rec: rec["params"]["total"]["rel_l1"]
+            os.path.join(workdir, r["name"]),
+            "divergence",
+            lambda rec: rec["params"]["total"]["rel_l1"],
         )
     table = _write_table(workdir, "sources", rows)
     plots.sources([r for r in rows if r["members"]], curves, os.path.join(workdir, "sources.png"))

@@ -112,7 +112,8 @@ class Ensemble:
 
         def step(states, batches):
             out = [
-                f(s, batches[j]) for f, s, j in zip(train_steps, states, self.stream_of, strict=True)
+                f(s, batches[j])
+                for f, s, j in zip(train_steps, states, self.stream_of, strict=True)
             ]
             metrics = {k: jnp.stack([o[1][k] for o in out]) for k in out[0][1]}
             return tuple(o[0] for o in out), metrics
@@ -157,9 +158,7 @@ class Ensemble:
             self.models[0], self.txs[0], self.members[0].config.seeds.init, self.dataset.image_shape
         ).params
         return [
-            None
-            if m.init_edit is None
-            else m.init_edit.describe(_cast(params, model.param_dtype))
+            None if m.init_edit is None else m.init_edit.describe(_cast(params, model.param_dtype))
             for m, model in zip(self.members, self.models, strict=True)
         ]
 

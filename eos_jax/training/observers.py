@@ -90,7 +90,9 @@ class Evaluate(Observer):
 
     def summarize(self, records, summary) -> None:
         for i, member in enumerate(summary["members"]):
-            evals = [r["test_accuracy"] for r in records if r.get("kind") == "eval" and r["member"] == i]
+            evals = [
+                r["test_accuracy"] for r in records if r.get("kind") == "eval" and r["member"] == i
+            ]
             member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=evals[-1])
         summary["final_accuracy_std"] = float(
             np.std([m["final_accuracy"] for m in summary["members"]])

@@ -189,7 +189,9 @@ def make_members(
         raise ValueError(f"source {source!r} needs at least 2 members, got values {values}")
     edit_at = (tensor, tuple(index))
     return [
-        dataclasses.replace(src.member(config.copy_and_resolve_references(), v, edit_at), source=source)
+        dataclasses.replace(
+            src.member(config.copy_and_resolve_references(), v, edit_at), source=source
+        )
         for v in values
     ]
 
@@ -267,7 +269,9 @@ def _no_augmentation(config) -> str | None:
     return None if config.augment else "the recipe has no augmentation (config.augment=False)"
 
 
-register(Source("none", "control", lambda count, c: (0,) * count, lambda c, v, e: Member("copy", c)))
+register(
+    Source("none", "control", lambda count, c: (0,) * count, lambda c, v, e: Member("copy", c))
+)
 register(Source("update_k", "rounding", lambda count, c: tuple(range(1, 2 * count, 2)), _update_k))
 register(Source("ulp_init", "rounding", lambda count, c: tuple(range(count)), _ulp_init))
 register(
@@ -280,7 +284,10 @@ register(
 )
 register(
     Source(
-        "reduction_order", "rounding", lambda count, c: (UNCHANGED, *range(1, count)), _reduction_order
+        "reduction_order",
+        "rounding",
+        lambda count, c: (UNCHANGED, *range(1, count)),
+        _reduction_order,
     )
 )
 register(

@@ -144,7 +144,10 @@ class Trainer:
                 raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
         truncate_metrics(workdir, start)  # records after the restored step will be redone
         end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
-        observers = [*self.observers, obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps)]
+        observers = [
+            *self.observers,
+            obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps),
+        ]
         t0 = time.time()
         with results.MetricsWriter(workdir) as writer:
             run = Run(self, writer, num_steps, end, bar=None)
