@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 5e-4
     c.optimizer.decay_epochs = (20,)
     c.optimizer.decay_factor = 0.1
+    c.optimizer.decay_divisor = ml_collections.config_dict.placeholder(float)  # lr / it
+    c.optimizer.arithmetic = "as_written"  # or "torch_cpu", "authors_cuda" (optim.sgd)
     c.optimizer.k = 1  # the paper's perturbed update w <- w - (lr*k)*(d/k)
 
     c.numerics = ml_collections.ConfigDict()
