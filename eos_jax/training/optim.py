@@ -195,7 +195,7 @@ def torch_sgd(
             # q materialised: a * q must not be reassociated with the factors of q
             return a * jax.lax.optimization_barrier(q), buf
 
-        out = jax.tree.map(leaf, updates, params, bufs, is_leaf=lambda x: x is None)
+        out = jax.tree.map(leaf, updates, params, bufs)
         new_updates = jax.tree.map(lambda _, o: o[0], updates, out)
         new_lr_state = lr_state._replace(count=optax.safe_increment(lr_state.count))
         if not momentum:
