@@ -209,3 +209,31 @@ def test_state_dtypes_are_fixed_from_initialisation(name, param_dtype, dtype):
         stats_dtype = jnp.promote_types(param_dtype, jnp.float32)
         assert {leaf.dtype for leaf in jax.tree.leaves(before[1])} == {stats_dtype}
         assert jax.tree.map(lambda a: a.dtype, after) == jax.tree.map(lambda a: a.dtype, before)
+
+
+def test_fp64_bn_model_resumes_bit_exactly(tmp_path):
+    """Stop and resume a float64 ResNet: the checkpoint restores into the initial state's
+    template, which holds float64 batch_stats from the start."""
+    from eos_jax.training import loop
+    from experiments.configs import default
+
+    config = default.get_config()
+    config.model = "resnet20"
+    config.model_kwargs = {}
+    config.update_from_flattened_dict(
+        {
+            "num_steps": 4,
+            "batch_size": 16,
+            "eval_every_steps": 4,
+            "checkpoint_every_steps": 2,
+            "quiet": True,
+            "numerics.param_dtype": "fp64",
+            "numerics.compute_dtype": "fp64",
+        }
+    )
+    with jax.enable_x64(True):
+        whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
+        loop.train_and_evaluate(config, str(tmp_path / "split"), stop_at_step=2)
+        resumed = loop.train_and_evaluate(config, str(tmp_path / "split"))
+    assert resumed["resumed_from_step"] == 2
+    assert resumed["params_hash"] == whole["params_hash"]
