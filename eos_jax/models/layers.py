@@ -16,7 +16,6 @@ from collections.abc import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from eos_jax.models.one_layer import swish
 
@@ -104,7 +103,7 @@ class PyTorchBatchNorm(nn.Module):
         else:
             xs = x.astype(jnp.promote_types(self.dtype, jnp.float32))
             mean = xs.mean(axes)
-            var = lax.square(xs - jnp.expand_dims(mean, axes)).mean(axes)
+            var = jax.lax.square(xs - jnp.expand_dims(mean, axes)).mean(axes)
             if not self.is_initializing():
                 m = x.size // features
                 if m < 2:
@@ -114,7 +113,7 @@ class PyTorchBatchNorm(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
         y = x - jnp.expand_dims(mean, axes)
-        mul = lax.rsqrt(jnp.expand_dims(var, axes) + self.epsilon) * scale
+        mul = jax.lax.rsqrt(jnp.expand_dims(var, axes) + self.epsilon) * scale
         return jnp.asarray(y * mul + bias, self.dtype)
 
     def _average(self, running: jax.Array, batch: jax.Array) -> jax.Array:
