@@ -2,7 +2,8 @@
 
 - conv kernels ~ N(0, 2 / (k*k*C_out)) (He fan-out, untruncated), padding k // 2 on each
   side as PyTorch's padding=1 for 3x3 (Flax's 'SAME' pads stride-2 convs asymmetrically);
-- BN scale 1, bias 0, running-average momentum 0.9 in Flax terms (PyTorch 0.1), eps 1e-5;
+- BN scale 1, bias 0, eps 1e-5, running statistics updated as PyTorch's BatchNorm2d does
+  (momentum 0.1, unbiased running variance), stored in the parameter dtype (at least fp32);
 - dense weight and bias ~ U(+-1/sqrt(fan_in)), PyTorch's nn.Linear default.
 """
 
@@ -73,22 +74,57 @@ def conv(
     )
 
 
-def batch_norm(train: bool, *, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.BatchNorm:
-    """PyTorch BatchNorm2d defaults; batch statistics in train mode, running ones otherwise.
+class PyTorchBatchNorm(nn.Module):
+    """BatchNorm over the last axis whose running statistics follow torch.nn.BatchNorm2d.
 
-    The variance is computed as mean((x - mean)^2) (two passes) rather than
-    E[x^2] - E[x]^2, which loses digits in float32. Flax keeps the biased batch variance
-    as running variance where PyTorch keeps the unbiased one: a factor m / (m - 1) with
-    m = N*H*W values per channel, negligible at CIFAR batch sizes.
+    Train mode normalises with the biased batch variance, in the same operations as
+    nn.BatchNorm(use_fast_variance=False) (so outputs and gradients keep their bits), and
+    updates running = (1 - momentum) * running + momentum * batch_stat with the unbiased
+    variance (factor m / (m - 1), m values per channel). Eval mode uses the running ones.
+    Variables as nn.BatchNorm's: params 'scale', 'bias'; batch_stats 'mean', 'var', the
+    latter kept in the parameter dtype promoted to at least float32 from initialisation on.
     """
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=0.9,
-        epsilon=1e-5,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        name=name,
+
+    use_running_average: bool
+    dtype: Dtype
+    param_dtype: Dtype
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        axes = tuple(range(x.ndim - 1))
+        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            xs = x.astype(jnp.promote_types(self.dtype, jnp.float32))
+            mean = xs.mean(axes)
+            var = jax.lax.square(xs - jnp.expand_dims(mean, axes)).mean(axes)
+            if not self.is_initializing():
+                m = x.size // features
+                if m < 2:
+                    raise ValueError("BatchNorm needs more than 1 value per channel to train")
+                running_mean.value = self._average(running_mean.value, mean)
+                running_var.value = self._average(running_var.value, var * (m / (m - 1)))
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        y = x - jnp.expand_dims(mean, axes)
+        mul = jax.lax.rsqrt(jnp.expand_dims(var, axes) + self.epsilon) * scale
+        return jnp.asarray(y * mul + bias, self.dtype)
+
+    def _average(self, running: jax.Array, batch: jax.Array) -> jax.Array:
+        """PyTorch's update, kept in the running statistic's own dtype."""
+        return ((1 - self.momentum) * running + self.momentum * batch).astype(running.dtype)
+
+
+def batch_norm(train: bool, *, dtype: Dtype, param_dtype: Dtype, name: str) -> PyTorchBatchNorm:
+    """PyTorch BatchNorm2d defaults; batch statistics in train mode, running ones otherwise."""
+    return PyTorchBatchNorm(
+        use_running_average=not train, dtype=dtype, param_dtype=param_dtype, name=name
     )
 
 
