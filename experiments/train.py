@@ -10,12 +10,11 @@ never overwritten.
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from eos_jax.training import loop
 from experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Recipe.")
+_CONFIG = common.define_config("experiments/configs/default.py", "Recipe.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 _STOP_AT = flags.DEFINE_integer(
     "stop_at_step", None, "Checkpoint and exit at this step without finishing; rerun to resume."
@@ -34,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

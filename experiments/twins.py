@@ -22,7 +22,6 @@ import os
 
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from eos_jax import numerics, results
 from eos_jax.analysis import divergence, plots
@@ -263,8 +262,8 @@ def main(argv):
 
 
 if __name__ == "__main__":  # flags only when run as a main: demo.py and tests import run()
-    _CONFIG = config_flags.DEFINE_config_file(
-        "config", "experiments/configs/twins_embedded.py", "Recipe + twins settings."
+    _CONFIG = common.define_config(
+        "experiments/configs/twins_embedded.py", "Recipe + twins settings."
     )
     _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
-    app.run(main)
+    common.run(main)
