@@ -50,7 +50,12 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.optimizer.nesterov = True
     c.optimizer.weight_decay = 5e-4
     c.optimizer.decay_epochs = (20,)
-    c.optimizer.decay_factor = 0.1
+    c.optimizer.decay_factor = 0.1  # lr *= factor at each decay epoch (PyTorch MultiStepLR) ...
+    c.optimizer.decay_divisor = placeholder(float)  # ... or lr /= divisor (set factor to None)
+    # How the update rounds: 'as_written' computes -(lr*k)*(d/k) op by op in the parameter
+    # dtype; 'torch_cpu' / 'authors_cuda' reproduce PyTorch's roundings on CPU / on CUDA
+    # (where the paper's authors ran): optim.sgd.
+    c.optimizer.arithmetic = "as_written"
     c.optimizer.k = 1  # the paper's perturbed update w <- w - (lr*k)*(d/k)
 
     c.numerics = ml_collections.ConfigDict()
@@ -112,6 +117,17 @@ def validate(config, stop_at_step: int | None = None) -> None:
         )
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
+
+
+def configure_numerics(config) -> numerics.DtypePolicy:
+    """Applies config.numerics before any array exists (x64, XLA flags, threads, matmul
+    precision); returns the dtype policy. Entry points call it first."""
+    n = config.numerics
+    policy = dtype_policy(config)
+    numerics.configure(
+        policy, n.matmul_precision, n.get("cpu_threads"), n.deterministic, tuple(n.xla_flags)
+    )
+    return policy
 
 
 def check_x64(policy: numerics.DtypePolicy) -> None:

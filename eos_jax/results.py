@@ -6,6 +6,7 @@ Layout of a work directory::
     fingerprint.json   eos_jax.numerics.fingerprint(): what decided the bits
     metrics.jsonl      one JSON object per logged step (appended, flushed)
     summary.json       written last, atomically: its presence means "finished"
+    lock               flock-ed by the process using the directory; holds its pid
     *.csv, *.md, *.png tables and figures
     checkpoints/       orbax checkpoints (training runs)
 """
@@ -13,6 +14,7 @@ Layout of a work directory::
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import math
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 SUMMARY = "summary.json"
+LOCK = "lock"
 
 
 # Fingerprint fields that decide a run's bits: a resumed run must match them.
@@ -177,8 +180,59 @@ def _changed_fields(old: dict[str, Any], new: dict[str, Any], ignore=()) -> list
     return [k for k in keys if k not in ignore and old.get(k) != new.get(k)]
 
 
+# Lock files this process holds open: real path of the work directory -> file descriptor.
+_held_locks: dict[str, int] = {}
+
+
+def lock_workdir(workdir: str) -> None:
+    """Creates workdir and locks it for the rest of this process (or until finish()).
+
+    Another process that holds the lock makes this a WorkdirError naming it; the same process
+    may call this again (resume in-process). The lock is an flock on workdir/lock, so the
+    operating system releases it when the holder dies, even when it is killed.
+    """
+    key, lock_path = os.path.realpath(workdir), os.path.join(workdir, LOCK)
+    if key in _held_locks:
+        if _same_file(_held_locks[key], lock_path):
+            return
+        os.close(_held_locks.pop(key))  # the directory was deleted and made again
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir!r} is not a directory")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise WorkdirError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from e
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode().strip() or "unknown"
+        os.close(fd)
+        raise WorkdirError(
+            f"workdir {workdir!r} is in use by another process (pid {holder}); "
+            "wait for it to end or choose another --workdir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held_locks[key] = fd
+
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def unlock_workdir(workdir: str) -> None:
+    """Releases this process's lock on workdir, if it holds one."""
+    fd = _held_locks.pop(os.path.realpath(workdir), None)
+    if fd is not None:
+        os.close(fd)
+
+
 def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> None:
-    """Creates workdir and writes config.json + fingerprint.json.
+    """Creates and locks workdir (lock_workdir) and writes config.json + fingerprint.json.
 
     A directory that already holds a finished run (summary.json) is never reused silently:
     that is an error naming the directory. An unfinished one is reused (resume) only with
@@ -186,6 +240,7 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
     """
     if not workdir:
         raise WorkdirError("--workdir is required")
+    lock_workdir(workdir)
     if is_finished(workdir):
         raise WorkdirError(
             f"workdir {workdir!r} already holds a finished run ({SUMMARY}); "
@@ -212,11 +267,14 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
                 f"{', '.join(changed[:5])}); resuming would not be bit-exact"
             )
         return
-    os.makedirs(workdir, exist_ok=True)
-    write_json(config_path, as_dict(config))
-    write_json(fingerprint_path, fingerprint)
+    try:
+        write_json(config_path, as_dict(config))
+        write_json(fingerprint_path, fingerprint)
+    except OSError as e:
+        raise WorkdirError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from e
 
 
 def finish(workdir: str, summary: dict[str, Any]) -> None:
-    """Marks a run finished by writing summary.json last."""
+    """Marks a run finished by writing summary.json last, and releases its lock."""
     write_json(os.path.join(workdir, SUMMARY), summary)
+    unlock_workdir(workdir)

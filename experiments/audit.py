@@ -5,6 +5,7 @@ r"""Is training bit-reproducible here? Trains a few steps in fresh processes and
 Runs the recipe twice with identical settings (the reproducibility claim), then once per
 variant that should change the bits (one CPU thread; no FMA contraction), each in a fresh
 process, and reports which final parameter hashes agree, with the fingerprint of the first.
+Exits with status 2 (common.EXIT_NOT_REPRODUCIBLE) when the repeat is not bit-identical.
 """
 
 import os
@@ -47,10 +48,10 @@ def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str])
         *extra,
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
+    if out.returncode != 0:  # the run's own exit status, e.g. common.EXIT_DIVERGED
         last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         print(f"error: audit run {run_dir} failed: {last}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(out.returncode if out.returncode > 0 else common.EXIT_ERROR)
     return results.read_json(os.path.join(run_dir, results.SUMMARY))
 
 
@@ -59,10 +60,11 @@ def main(argv):
     overrides = [a for a in argv[1:] if a.startswith("--config.")]
     if len(overrides) != len(argv) - 1:
         raise app.UsageError(f"unexpected arguments: {[a for a in argv[1:] if a not in overrides]}")
+    common.check_config(_CONFIG.value, argv)
     workdir = _WORKDIR.value
-    if os.path.exists(workdir) and os.listdir(workdir):
+    if os.path.isdir(workdir) and os.listdir(workdir):
         raise results.WorkdirError(f"workdir {workdir!r} is not empty; an audit needs a new one")
-    os.makedirs(workdir, exist_ok=True)
+    results.lock_workdir(workdir)
     rows = []
     for name, extra in variants().items():
         print(f"audit: training {_STEPS.value} steps in a fresh process: {name}", flush=True)
@@ -87,13 +89,8 @@ def main(argv):
         workdir, {"reproducible": reproducible, "runs": rows, "fingerprint": fingerprint}
     )
     if not reproducible:
-        sys.exit(2)
+        sys.exit(common.EXIT_NOT_REPRODUCIBLE)
 
 
-def parse_flags_keeping_config_overrides(argv):
-    """--config.* overrides are not this program's flags: pass them through to the runs."""
-    return flags.FLAGS(argv, known_only=True)
-
-
-if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags_keeping_config_overrides)
+if __name__ == "__main__":  # --config.* overrides are not flags here: they go to the runs
+    common.run(main, known_only=True)

@@ -1,39 +1,124 @@
-"""What every experiment main shares: numerics from the config, and one-line errors."""
+"""What every experiment main shares: flag parsing, one-line errors, exit statuses.
+
+A main is `@entry_point def main(argv)` started by `run(main)`, with its recipe flag from
+`define_config(...)`. Exit statuses, the same for every main, so that sweeps can tell them
+apart:
+
+  0  finished (or stopped at --stop_at_step, to be resumed)
+  1  error that the user can fix: bad flags, config file or values, data, work directory
+     (finished, locked by another process, not writable) or a damaged checkpoint; one line
+     on stderr starting "error:". A bug also exits 1, but with a Python traceback.
+  2  experiments.audit only: the runs were not bit-identical
+  3  training diverged (a loss or weight not finite); the run stays unfinished and
+     diverged.json in its work directory says where
+"""
 
 from __future__ import annotations
 
+import difflib
 import functools
+import os
+import re
 import sys
 
-from absl import flags, logging
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from eos_jax import config as recipe_config
-from eos_jax import numerics, results
+from eos_jax import results
 from eos_jax.training import checkpoint, trainer
+
+EXIT_ERROR = 1
+EXIT_NOT_REPRODUCIBLE = 2
+EXIT_DIVERGED = 3
 
 # Failures a user can cause and fix; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (
     ValueError,  # bad config values, unknown names (numerics.NumericsError included)
     FileNotFoundError,  # e.g. a dataset that is not prepared
+    app.UsageError,
     results.WorkdirError,
     checkpoint.CheckpointError,
     trainer.TrainingDiverged,
 )
 
+# Config file flags defined by define_config -> their default file.
+_config_defaults: dict[str, str] = {}
 
-def configure_numerics(config) -> numerics.DtypePolicy:
-    """Applies config.numerics before any array exists; returns the dtype policy."""
-    n = config.numerics
-    policy = recipe_config.dtype_policy(config)
-    numerics.configure(
-        policy, n.matmul_precision, n.get("cpu_threads"), n.deterministic, tuple(n.xla_flags)
-    )
-    return policy
+
+def define_config(default: str, help_string: str, name: str = "config"):
+    """config_flags.DEFINE_config_file whose default file is loaded while run() parses flags,
+    not at import (where a misspelt --config.* override would be a traceback)."""
+    _config_defaults[name] = default
+    return config_flags.DEFINE_config_file(name, None, f"{help_string} Default: {default}")
+
+
+def check_config(path: str, argv: list[str], name: str = "config") -> None:
+    """Raises app.UsageError for a config file that does not load, or for a --{name}.*
+    override in argv of a field that the config lacks (naming the closest one it has)."""
+    file = path.split(":", 1)[0]
+    if not os.path.isfile(file):
+        raise app.UsageError(f"config file {file!r} does not exist")
+    config = ConfigFileFlagParser(name).parse(path)
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise app.UsageError(f"config file {file!r} does not give a ConfigDict")
+    known = list(_field_paths(config))
+    for arg in argv[1:]:
+        field = re.match(rf"--?(?:no)?{re.escape(name)}\.([^=\[]+)", arg)
+        if field and field[1] not in known:
+            close = difflib.get_close_matches(field[1], known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise app.UsageError(f"unknown config field '{field[1]}'{hint}")
+
+
+def _field_paths(config: ml_collections.ConfigDict, prefix: str = ""):
+    for key, value in config.items():
+        yield prefix + key
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _field_paths(value, f"{prefix}{key}.")
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The last value given to --name in argv (as --name=v or --name v), else None."""
+    value = None
+    for i, arg in enumerate(argv[1:], 1):
+        if re.fullmatch(rf"--?{re.escape(name)}", arg) and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif given := re.fullmatch(rf"--?{re.escape(name)}=(.*)", arg):
+            value = given[1]
+    return value
+
+
+def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
+    """absl flag parsing with the config checked first; errors exit as one line."""
+    defaults = [f"--{n}={d}" for n, d in _config_defaults.items() if _flag_value(argv, n) is None]
+    argv = [argv[0], *defaults, *argv[1:]]
+    try:
+        for name in list(flags.FLAGS):
+            if isinstance(flags.FLAGS[name].parser, ConfigFileFlagParser):
+                path = _flag_value(argv, name)
+                if path is not None:
+                    check_config(path, argv, name)
+        return flags.FLAGS(argv, known_only=known_only)
+    except (flags.Error, app.UsageError) as e:
+        _fail(e, EXIT_ERROR)
+
+
+def run(main, known_only: bool = False) -> None:
+    """app.run(main), with flag errors (unknown flag or config field, missing config file,
+    missing required flag) as one line on stderr. known_only passes unknown flags to main."""
+    app.run(main, flags_parser=functools.partial(parse_flags, known_only=known_only))
+
+
+def _fail(error: BaseException, status: int):
+    print(f"error: {results.first_line(error)}", file=sys.stderr)
+    sys.exit(status)
 
 
 def entry_point(main):
-    """Wraps an absl main: quiet library logs, and expected failures (bad input, finished
-    workdir, divergence) become one line on stderr and exit status 1."""
+    """Wraps an absl main: quiet library logs, and expected failures (bad input, unusable
+    workdir, divergence) become one line on stderr and the exit statuses above."""
 
     @functools.wraps(main)
     def wrapped(argv):
@@ -43,7 +128,6 @@ def entry_point(main):
             return main(argv)
         except EXPECTED_ERRORS as e:
             logging.debug("full traceback", exc_info=True)
-            print(f"error: {results.first_line(e)}", file=sys.stderr)
-            sys.exit(1)
+            _fail(e, EXIT_DIVERGED if isinstance(e, trainer.TrainingDiverged) else EXIT_ERROR)
 
     return wrapped

@@ -18,7 +18,6 @@ from absl import app, flags
 
 from eos_jax.experiments import twins
 from experiments import common
-from experiments import twins as twins_main
 from experiments.configs import twins_embedded
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent folder of the demo's runs.")
@@ -37,7 +36,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     configs = demo_configs()
-    twins_main.configure(configs["sources"])  # the widest numerics: the dtype source needs fp64
+    twins.configure_numerics(configs["sources"])  # the widest numerics: the dtype source needs fp64
     jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     root = os.path.join(_WORKDIR.value, time.strftime("%Y%m%d-%H%M%S"))
@@ -51,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -10,12 +10,12 @@ never overwritten.
 import json
 
 from absl import app, flags
-from ml_collections import config_flags
 
+from eos_jax import config as recipe_config
 from eos_jax.training import trainer
 from experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py", "Recipe.")
+_CONFIG = common.define_config("experiments/configs/default.py", "Recipe.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 _STOP_AT = flags.DEFINE_integer(
     "stop_at_step", None, "Checkpoint and exit at this step without finishing; rerun to resume."
@@ -27,11 +27,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
-    common.configure_numerics(config)
+    recipe_config.configure_numerics(config)
     summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
     print(json.dumps(summary, indent=2))
     print(f"results: {_WORKDIR.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

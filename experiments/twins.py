@@ -10,34 +10,23 @@ Rerunning after a crash continues where it stopped and skips finished ensembles.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
-from eos_jax import numerics
 from eos_jax.experiments import twins
 from experiments import common
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/twins_embedded.py", "Recipe + twins settings."
-)
+_CONFIG = common.define_config("experiments/configs/twins_embedded.py", "Recipe + twins settings.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
-
-
-def configure(config) -> None:
-    """The config's numerics, with x64 on when any member of any ensemble computes in fp64."""
-    common.configure_numerics(config)
-    if twins.needs_x64(config):
-        numerics.enable_x64()
 
 
 @common.entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    configure(_CONFIG.value)
+    twins.configure_numerics(_CONFIG.value)
     summary = twins.run(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])
     print(f"results: {_WORKDIR.value}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

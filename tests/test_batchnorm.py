@@ -214,10 +214,10 @@ def test_state_dtypes_are_fixed_from_initialisation(name, param_dtype, dtype):
 def test_fp64_bn_model_resumes_bit_exactly(tmp_path):
     """Stop and resume a float64 ResNet: the checkpoint restores into the initial state's
     template, which holds float64 batch_stats from the start."""
-    from eos_jax.training import loop
-    from experiments.configs import default
+    from eos_jax import config as recipe_config
+    from eos_jax.training import trainer
 
-    config = default.get_config()
+    config = recipe_config.default_recipe()
     config.model = "resnet20"
     config.model_kwargs = {}
     config.update_from_flattened_dict(
@@ -232,8 +232,8 @@ def test_fp64_bn_model_resumes_bit_exactly(tmp_path):
         }
     )
     with jax.enable_x64(True):
-        whole = loop.train_and_evaluate(config, str(tmp_path / "whole"))
-        loop.train_and_evaluate(config, str(tmp_path / "split"), stop_at_step=2)
-        resumed = loop.train_and_evaluate(config, str(tmp_path / "split"))
+        whole = trainer.train_and_evaluate(config, str(tmp_path / "whole"))
+        trainer.train_and_evaluate(config, str(tmp_path / "split"), stop_at_step=2)
+        resumed = trainer.train_and_evaluate(config, str(tmp_path / "split"))
     assert resumed["resumed_from_step"] == 2
-    assert resumed["params_hash"] == whole["params_hash"]
+    assert resumed["members"] == whole["members"]

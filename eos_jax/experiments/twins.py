@@ -125,9 +125,11 @@ def plan(config) -> list[dict]:
     return runs
 
 
-def needs_x64(config) -> bool:
-    """Whether any member of any ensemble of the experiment computes in fp64."""
-    return any(sources.needs_x64(r["members"]) for r in plan(config) if "members" in r)
+def configure_numerics(config) -> None:
+    """The config's numerics, with x64 on when any member of any ensemble computes in fp64."""
+    recipe_config.configure_numerics(config)
+    if any(sources.needs_x64(r["members"]) for r in plan(config) if "members" in r):
+        numerics.enable_x64()
 
 
 def _trainer(config, r: dict, dataset, workdir: str) -> trainer.Trainer:

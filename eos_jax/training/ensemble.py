@@ -146,7 +146,10 @@ class Ensemble:
             states.append(
                 state.replace(
                     params=params,
-                    batch_stats=_cast(state.batch_stats, model.param_dtype),
+                    # as the model's own init: running statistics in at least float32
+                    batch_stats=_cast(
+                        state.batch_stats, jnp.promote_types(model.param_dtype, jnp.float32)
+                    ),
                     opt_state=tx.init(params),
                 )
             )

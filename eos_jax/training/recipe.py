@@ -48,8 +48,18 @@ def model(config, data: Dataset):
 def optimizer(config, steps_per_epoch: int):
     """The recipe's SGD: step decay at epoch boundaries, momentum, weight decay, perturbation k."""
     opt = config.optimizer
+    arithmetic = opt.get("arithmetic", "as_written")
+    if arithmetic != "as_written" and not optim.xla_fuses_multiply_add():
+        raise ValueError(
+            f"config.optimizer.arithmetic={arithmetic!r} reproduces PyTorch's fused multiply-"
+            "adds, but XLA does not fuse them on this backend (no FMA, or --xla_cpu_max_isa="
+            "AVX): use 'as_written'"
+        )
     schedule = optim.step_decay(
-        opt.lr, [int(e) * steps_per_epoch for e in opt.decay_epochs], opt.decay_factor
+        opt.lr,
+        [int(e) * steps_per_epoch for e in opt.decay_epochs],
+        opt.decay_factor,
+        opt.get("decay_divisor"),
     )
     return optim.sgd(
         schedule,
@@ -57,4 +67,5 @@ def optimizer(config, steps_per_epoch: int):
         nesterov=opt.nesterov,
         weight_decay=opt.weight_decay,
         k=opt.k,
+        arithmetic=arithmetic,
     )

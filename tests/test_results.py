@@ -1,0 +1,58 @@
+"""Work directories: one process at a time, and clear errors for unusable ones."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from eos_jax import results
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOLD = """
+import sys, time
+from eos_jax import results
+results.prepare_workdir(sys.argv[1], {"a": 1}, {})
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_process_is_refused_until_the_holder_dies(tmp_path):
+    workdir = str(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, workdir], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(results.WorkdirError, match="in use by another process") as err:
+            results.prepare_workdir(workdir, {"a": 1}, {})
+        assert workdir in str(err.value) and f"pid {holder.pid}" in str(err.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    results.prepare_workdir(workdir, {"a": 1}, {})
+    results.prepare_workdir(workdir, {"a": 1}, {})  # the same process may resume
+    results.finish(workdir, {})  # releases the lock
+    take = "import sys; from eos_jax import results; results.lock_workdir(sys.argv[1])"
+    assert subprocess.run([sys.executable, "-c", take, workdir], cwd=ROOT).returncode == 0
+
+
+def test_a_deleted_and_remade_workdir_is_locked_again(tmp_path):
+    workdir = str(tmp_path / "run")
+    results.prepare_workdir(workdir, {"a": 1}, {})
+    os.remove(os.path.join(workdir, results.LOCK))
+    results.prepare_workdir(workdir, {"a": 1}, {})
+    assert os.path.exists(os.path.join(workdir, results.LOCK))
+    results.unlock_workdir(workdir)
+
+
+def test_a_file_or_unwritable_path_is_a_one_line_error(tmp_path):
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    with pytest.raises(results.WorkdirError, match="is not a directory"):
+        results.prepare_workdir(str(a_file), {}, {})
+    with pytest.raises(results.WorkdirError, match="cannot write to workdir") as err:
+        results.prepare_workdir(str(a_file / "run"), {}, {})
+    assert str(a_file / "run") in str(err.value) and "\n" not in str(err.value)
