@@ -2,8 +2,8 @@
 
 Nesterov SGD, momentum 0.9, coupled L2 weight decay 5e-4, lr 0.1 divided by 10 at epochs
 40, 80, 120 and 160; batch 128 with the last partial batch kept (391 steps an epoch), crop +
-flip augmentation; float32; the update rounded as the authors' code rounds it on CUDA. Needs cifar10 prepared
-for tensorflow-datasets (see docs/data.md).
+flip augmentation; float32; the update rounded as the authors' code rounds it on CUDA.
+Needs cifar10 prepared for tensorflow-datasets (see docs/data.md).
 """
 
 import ml_collections
