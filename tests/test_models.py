@@ -101,6 +101,12 @@ PARAM_COUNTS = {
     ),
     "mlp": (DIGITS, 55_210, dense_params(64, 200) + dense_params(200, 200) + dense_params(200, 10)),
     "one_layer_conv": ((2, 40, 40, 1), 1024, 32 * 32),
+    # 1-D kernels (5, C_in, C_out) with bias; lengths 40 -> 40 -> 20 -> 10, flattened.
+    "cnn1d": (
+        (2, 40, 1),
+        13_706,
+        (5 * 1 * 32 + 32) + 2 * (5 * 32 * 32 + 32) + dense_params(32 * 10, 10),
+    ),
 }
 
 

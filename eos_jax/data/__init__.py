@@ -11,6 +11,7 @@ from eos_jax.data.datasets import (
     prepare_command,
     subset_indices,
 )
+from eos_jax.data.mnist1d import DatasetCacheError, default_cache_dir, load_mnist1d
 from eos_jax.data.pipeline import (
     BatchStream,
     crop_and_flip,
@@ -26,12 +27,15 @@ __all__ = [
     "KNOWN_NAMES",
     "BatchStream",
     "Dataset",
+    "DatasetCacheError",
     "DatasetNotPreparedError",
     "channel_mean_std",
     "crop_and_flip",
+    "default_cache_dir",
     "draw_crop_and_flip",
     "eval_batches",
     "load_dataset",
+    "load_mnist1d",
     "normalize",
     "prepare_command",
     "subset_indices",

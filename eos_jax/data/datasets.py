@@ -6,6 +6,8 @@ shareable batch streams.
 
 - 'digits': scikit-learn's bundled 8x8 handwritten digits; no download, the default for
   tests and quick runs.
+- 'mnist1d': 40-sample 1-D signals generated offline by the `mnist1d` package and cached
+  on disk (mnist1d.py); its options (`num_samples`, `seed`) come in `dataset_kwargs`.
 - 'cifar10', 'cifar100', 'mnist', 'fashion_mnist': read from a tensorflow-datasets
   data_dir prepared beforehand in array_record format (random access without TensorFlow).
   Loading never downloads: a dataset that is not prepared is a `DatasetNotPreparedError`
@@ -15,6 +17,9 @@ shareable batch streams.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +32,7 @@ DIGITS_SPLIT_SEED = 0
 DIGITS_NUM_TEST = 300
 
 TFDS_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist")
-KNOWN_NAMES = ("digits",) + TFDS_NAMES
+KNOWN_NAMES = ("digits",) + TFDS_NAMES + ("mnist1d",)
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -38,8 +43,9 @@ class DatasetNotPreparedError(FileNotFoundError):
 class Dataset:
     """Train and test splits as read-only host arrays, plus what normalisation needs.
 
-    Images are NHWC, either uint8 (0..255) or float32 in [0, 1]; labels are int32.
-    `mean` and `std` are per channel, for images scaled to [0, 1]. The constructor marks
+    Images are NHWC, either uint8 (0..255) or float32 in [0, 1]; 1-D signals (mnist1d) are
+    NLC float32, already standardised. Labels are int32. `mean` and `std` are per channel,
+    for images scaled to [0, 1] (mnist1d: 0 and 1). The constructor marks
     the given arrays read-only, so no batch can alter the data behind a stream.
     """
 
@@ -57,7 +63,7 @@ class Dataset:
             array.setflags(write=False)
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
+    def image_shape(self) -> tuple[int, ...]:
         return tuple(self.train_images.shape[1:])
 
     @property
@@ -77,16 +83,24 @@ def load_dataset(
     data_dir: str | None = None,
     train_subset: int | None = None,
     subset_seed: int = 0,
+    dataset_kwargs: Mapping[str, Any] | None = None,
 ) -> Dataset:
     """Loads a dataset by name; `train_subset` keeps a fixed random subset of the train split.
 
     The subset (Cohen et al. use 5,000 CIFAR-10 examples) is drawn without replacement by
     `subset_seed` and kept in the original order; normalisation constants stay those of the
     full dataset. `data_dir` is the tensorflow-datasets data directory (None: tfds's
-    default, $TFDS_DATA_DIR or ~/tensorflow_datasets); 'digits' ignores it.
+    default, $TFDS_DATA_DIR or ~/tensorflow_datasets); 'mnist1d' caches in its mnist1d/
+    folder (None: mnist1d.default_cache_dir()); 'digits' ignores it. `dataset_kwargs` are
+    options of the dataset itself (mnist1d: num_samples, seed); the others take none.
     """
+    dataset_kwargs = dict(dataset_kwargs or {})
+    if dataset_kwargs and name != "mnist1d":
+        raise ValueError(f"dataset {name!r} takes no dataset_kwargs, got {sorted(dataset_kwargs)}")
     if name == "digits":
         dataset = _load_digits()
+    elif name == "mnist1d":
+        dataset = _load_mnist1d(data_dir, dataset_kwargs)
     elif name in TFDS_NAMES:
         dataset = _load_tfds(name, data_dir)
     else:
@@ -143,6 +157,17 @@ def _load_digits() -> Dataset:
         mean=mean,
         std=std,
     )
+
+
+def _load_mnist1d(data_dir: str | None, options: dict[str, Any]) -> Dataset:
+    """MNIST-1D, cached in `data_dir`/mnist1d (None: the default cache folder)."""
+    from eos_jax.data import mnist1d
+
+    unknown = sorted(set(options) - {"num_samples", "seed"})
+    if unknown:
+        raise ValueError(f"mnist1d has no option(s) {unknown}; its options: num_samples, seed")
+    cache_dir = None if data_dir is None else Path(data_dir) / "mnist1d"
+    return mnist1d.load_mnist1d(cache_dir=cache_dir, **options)
 
 
 def prepare_command(name: str, data_dir: str) -> str:

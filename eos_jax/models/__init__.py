@@ -1,8 +1,9 @@
 """The model zoo: every model by name, built with `create_model(name, ...)`.
 
 All models are Flax linen modules called as `model.apply(variables, x, train=...)` on NHWC
-float images and return logits (N, num_classes); `one_layer_conv` returns one logit (N,)
-and ignores num_classes. Models with BN keep running statistics in 'batch_stats'.
+float images and return logits (N, num_classes); `cnn1d` takes 1-D signals (N, L, C)
+instead (`mlp` takes either); `one_layer_conv` returns one logit (N,) and ignores
+num_classes. Models with BN keep running statistics in 'batch_stats'.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from eos_jax.models.cnn1d import CNN1D
 from eos_jax.models.one_layer import OneLayerConv
 from eos_jax.models.resnet import CifarResNet
 from eos_jax.models.small import MLP, SmallCNN
@@ -28,6 +30,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16_bn": functools.partial(VGG, depth=16, use_batch_norm=True),
     "small_cnn": SmallCNN,
     "mlp": MLP,
+    "cnn1d": CNN1D,
     "one_layer_conv": OneLayerConv,
 }
 

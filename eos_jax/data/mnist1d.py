@@ -1,0 +1,162 @@
+"""MNIST-1D (Greydanus 2020), generated offline by the `mnist1d` package and cached on disk.
+
+The package's `make_dataset` draws every signal from NumPy's global generator seeded by
+its `seed` argument; nothing here calls its `get_dataset`, which tries the network and
+writes a pickle into the current directory. Generation of 10,000 signals takes ~1 s; the
+result is cached as an .npz named by a hash of the generator's arguments and checked
+against the sha256 of its arrays on every load.
+
+Normalisation is the package's own: `make_dataset` centres and scales all signals (train
+and test together) by one scalar mean and std, so the arrays come out with mean ~0 and
+std ~1 and the Dataset's mean/std are (0.0,)/(1.0,), an exact identity in the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from eos_jax.data.datasets import Dataset
+
+DEFAULT_NUM_SAMPLES = 10_000  # 8,000 train / 2,000 test with the package's 0.8 split
+DEFAULT_SEED = 42  # the package's default
+CACHE_ENV = "EOS_JAX_CACHE"
+SIGNAL_LENGTH = 40
+NUM_CLASSES = 10
+ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+class DatasetCacheError(RuntimeError):
+    """A cached dataset file that cannot be read or fails its content check."""
+
+
+def default_cache_dir() -> Path:
+    """$EOS_JAX_CACHE/mnist1d if set, else ~/.cache/eos_jax/mnist1d."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "eos_jax"
+    return Path(root) / "mnist1d"
+
+
+def generator_args(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = DEFAULT_SEED) -> dict:
+    """The package's default generator arguments with `num_samples` and `seed` replaced."""
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise ValueError(f"num_samples={num_samples!r} must be an int")
+    if num_samples < NUM_CLASSES or num_samples % NUM_CLASSES:
+        raise ValueError(f"num_samples={num_samples} must be a positive multiple of 10")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed!r} must be an int in [0, 2**32)")
+    from mnist1d.data import get_dataset_args
+
+    args = get_dataset_args(as_dict=True)
+    del args["url"]  # only get_dataset's download uses it
+    args.update(num_samples=num_samples, seed=seed)
+    return args
+
+
+def cache_path(cache_dir: str | os.PathLike, args: dict) -> Path:
+    """The cache file of these generator arguments (and this version of the package)."""
+    from importlib.metadata import version
+
+    key = json.dumps({"args": args, "mnist1d": version("mnist1d")}, sort_keys=True)
+    return Path(cache_dir) / f"mnist1d-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+
+
+def content_sha256(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the name, dtype, shape and bytes of each array, in ARRAY_NAMES order."""
+    digest = hashlib.sha256()
+    for name in ARRAY_NAMES:
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def generate(args: dict) -> dict[str, np.ndarray]:
+    """Runs the package's generator: float32 (N, 40, 1) signals and int32 labels.
+
+    The generator seeds NumPy's and Python's global generators; their states are restored
+    afterwards, so loading the data changes no other random stream.
+    """
+    from mnist1d.data import make_dataset
+    from mnist1d.utils import ObjectView
+
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(ObjectView(dict(args)))
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+    return {
+        "train_images": data["x"].astype(np.float32)[..., None],
+        "train_labels": data["y"].astype(np.int32),
+        "test_images": data["x_test"].astype(np.float32)[..., None],
+        "test_labels": data["y_test"].astype(np.int32),
+    }
+
+
+def load_mnist1d(
+    *,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    seed: int = DEFAULT_SEED,
+    cache_dir: str | os.PathLike | None = None,
+) -> Dataset:
+    """MNIST-1D as a Dataset of (N, 40, 1) float32 signals, from the cache or generated.
+
+    A missing cache file is generated and written atomically; a cache file that cannot be
+    read, was written for other arguments or fails its sha256 raises DatasetCacheError
+    naming the file (delete it to regenerate).
+    """
+    args = generator_args(num_samples, seed)
+    path = cache_path(default_cache_dir() if cache_dir is None else cache_dir, args)
+    if path.exists():
+        arrays = _read_cache(path, args)
+    else:
+        arrays = generate(args)
+        _write_cache(path, args, arrays)
+    return Dataset(
+        **arrays,
+        num_classes=NUM_CLASSES,
+        name="mnist1d",
+        mean=(0.0,),
+        std=(1.0,),
+    )
+
+
+def _write_cache(path: Path, args: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Writes to a temporary file in the same folder, then renames: readers never see half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
+        np.savez(
+            handle,
+            **arrays,
+            args=np.array(json.dumps(args, sort_keys=True)),
+            sha256=np.array(content_sha256(arrays)),
+        )
+    os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600
+    os.replace(handle.name, path)
+
+
+def _read_cache(path: Path, args: dict) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in ARRAY_NAMES}
+            stored_args, stored_sha = str(stored["args"]), str(stored["sha256"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise DatasetCacheError(
+            f"MNIST-1D cache {path} is unreadable ({error}); delete it to regenerate"
+        ) from error
+    if stored_args != json.dumps(args, sort_keys=True):
+        raise DatasetCacheError(
+            f"MNIST-1D cache {path} holds arguments {stored_args}, not {args}; delete it"
+        )
+    if content_sha256(arrays) != stored_sha:
+        raise DatasetCacheError(
+            f"MNIST-1D cache {path} fails its sha256 check (corrupt); delete it to regenerate"
+        )
+    return arrays
