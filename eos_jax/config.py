@@ -25,6 +25,7 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.model = "small_cnn"
     c.model_kwargs = ml_collections.ConfigDict(dict(widths=(32, 64, 64)))  # the model's options
     c.dataset = "digits"
+    c.dataset_kwargs = ml_collections.ConfigDict()  # its options (mnist1d: num_samples, seed)
     c.data_dir = placeholder(str)
     c.train_subset = placeholder(int)
     c.augment = False

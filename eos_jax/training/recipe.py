@@ -14,6 +14,7 @@ def dataset(config) -> Dataset:
         data_dir=config.get("data_dir"),
         train_subset=config.get("train_subset"),
         subset_seed=config.seeds.get("subset", 0),
+        dataset_kwargs=config.get("dataset_kwargs"),
     )
 
 
