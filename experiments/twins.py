@@ -25,6 +25,8 @@ def main(argv):
     twins.configure_numerics(_CONFIG.value)
     summary = twins.run(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])
+    if summary.get("verdict"):
+        print(summary["verdict"])
     print(f"results: {_WORKDIR.value}")
 
 

@@ -134,3 +134,66 @@ def tensor_maps(maps: dict[int, np.ndarray], tensor: str, lr: float, path: str) 
     fig.suptitle(f"{tensor}, lr = {lr:.4g}: |w1 - w2| averaged over the kernel's spatial taps")
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def onset(curves: dict[str, tuple[str, dict]], path: str) -> None:
+    """When rounding starts to matter: per source (curves maps name -> (kind, onset curves of
+    eos_jax.experiments.twins.onset_curves)), the spread across members along training.
+    Rounding sources are solid, stochastic ones dashed."""
+    panels = (
+        ("accuracy std", "std of test accuracy across members", "linear"),
+        ("churn", "churn: test predictions differing from member 0", "linear"),
+        ("weight D", "weight D to member 0", "log"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    colours = plt.get_cmap("tab10")
+    for i, (name, (kind, c)) in enumerate(curves.items()):
+        style = dict(
+            color=colours(i % 10),
+            linestyle="-" if kind == "rounding" else "--",
+            label=f"{name} ({kind})",
+        )
+        for ax, (key, _, scale) in zip(axes, panels, strict=True):
+            steps, values = c[key]
+            if scale == "log":  # D = 0 (identical members) cannot be drawn on a log axis
+                keep = np.asarray(values) > 0
+                steps, values = np.asarray(steps)[keep], np.asarray(values)[keep]
+            ax.plot(steps, values, **style)
+    for ax, (_, ylabel, scale) in zip(axes, panels, strict=True):
+        ax.set(xlabel="training step", ylabel=ylabel, yscale=scale)
+    axes[0].set_title("accuracy spread: rounding (solid) vs stochastic (dashed)")
+    axes[1].set_title("where the members disagree")
+    axes[2].set_title("distance in weight space")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right center", fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, path: str) -> None:
+    """Left: the final-accuracy std ratio (rounding / stochastic) against the learning rate,
+    with its 95% interval; 1 means rounding spreads results as much as the seed. Right: the
+    same ratio of the per-evaluation accuracy std along training, one line per lr."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
+    lrs = np.array([r["lr"] for r in rows])
+    ratio = np.array([r["ratio"] for r in rows])
+    low, high = np.array([r["ratio low"] for r in rows]), np.array([r["ratio high"] for r in rows])
+    left.errorbar(lrs, ratio, yerr=[ratio - low, high - ratio], marker="o", capsize=4)
+    left.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    left.set(
+        xscale="log",
+        xlabel="learning rate",
+        ylabel=f"accuracy-std ratio {ratio_name}",
+        title="rounding spread / seed spread of final accuracy (95% CI)",
+    )
+    for lr, (steps, values) in sorted(ratio_curves.items()):
+        right.plot(steps, values, label=f"lr = {lr:g}")
+    right.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    right.set(
+        xlabel="training step",
+        ylabel=f"accuracy-std ratio {ratio_name}",
+        title="the same ratio along training",
+    )
+    right.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -4,7 +4,10 @@
   population std across perturbations per seed and across seeds per perturbation.
 - fig2: twins k = 1 and 3, plain SGD at lr / n for n steps per snapshot (same PDE time
   lr x steps for every n); the paper's D of one tensor against PDE time (paper Figure 2).
-- sources: every registered source of difference alone, same recipe, same member count.
+- sources: every registered source of difference alone, same recipe, same member count,
+  with confidence intervals, the test-set noise floor and the rounding/seed verdict.
+- sweep: the verdict's two sources (twins.compare) at each learning rate of twins.sweep_lrs:
+  how the rounding/seed ratio depends on the learning rate and on training time.
 
 `run(config, workdir)` trains each ensemble in its own sub-directory of workdir, resuming
 from its checkpoints and skipping finished ones, then writes tables and figures.
@@ -19,11 +22,11 @@ import numpy as np
 
 from eos_jax import config as recipe_config
 from eos_jax import numerics, results
-from eos_jax.analysis import divergence, plots
-from eos_jax.training import recipe, sources, trainer
+from eos_jax.analysis import divergence, plots, statistics
+from eos_jax.training import observers, recipe, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 
-EXPERIMENTS = ("table1", "fig2", "sources")
+EXPERIMENTS = ("table1", "fig2", "sources", "sweep")
 
 
 def default_settings(experiment: str) -> ml_collections.ConfigDict:
@@ -44,6 +47,11 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     # source is run (() = the source's default values).
     t.sources = sources.names()
     t.member_values = ()
+    # The verdict: accuracy-std ratio of a rounding source to a stochastic one (sources and
+    # sweep experiments), with a 95% interval (statistics.std_ratio_interval, normal theory).
+    t.compare = ("update_k", "seed")
+    # sweep: the two compared sources at each of these learning rates.
+    t.sweep_lrs = (0.025, 0.05, 0.1)
     # fig2: twins k = 1, 3 with plain SGD at lr / n for n in lr_divisors, n * snapshots steps,
     # the watched tensor recorded every n steps; its |difference| map at map_snapshots.
     t.lr_divisors = (1, 2, 4, 8)
@@ -83,6 +91,7 @@ def plan(config) -> list[dict]:
             runs.append(dict(name=f"seed_{seed}", recipe=r, members=members))
     elif t.experiment == "sources":
         _check_list("sources", t.sources)
+        _check_compare(t.compare)
         if t.member_values and len(t.sources) > 1:
             raise ValueError(
                 f"twins.member_values {tuple(t.member_values)} are for one source; "
@@ -97,6 +106,17 @@ def plan(config) -> list[dict]:
                 config, name, tuple(t.member_values), t.members, t.tensor, t.index
             )
             runs.append(dict(name=f"source_{name}", recipe=config, members=members))
+    elif t.experiment == "sweep":
+        _check_compare(t.compare)
+        _check_list("sweep_lrs", t.sweep_lrs)
+        for lr in t.sweep_lrs:
+            if not (isinstance(lr, (int, float)) and lr > 0):
+                raise ValueError(f"twins.sweep_lrs must hold numbers > 0, got {tuple(t.sweep_lrs)}")
+            r = config.copy_and_resolve_references()
+            r.optimizer.lr = float(lr)
+            for name in t.compare:
+                members = sources.make_members(r, name, (), t.members, t.tensor, t.index)
+                runs.append(dict(name=f"lr_{lr:g}_{name}", recipe=r, lr=float(lr), members=members))
     else:
         _check_list("lr_divisors", t.lr_divisors, 1)
         if not isinstance(t.snapshots, int) or t.snapshots < 1:
@@ -123,6 +143,16 @@ def plan(config) -> list[dict]:
                 )
             )
     return runs
+
+
+def _check_compare(compare) -> None:
+    """ValueError unless `compare` is (a rounding source, a stochastic source)."""
+    compare = tuple(compare)
+    kinds = tuple(sources.get(name).kind for name in compare)  # unknown names: ValueError
+    if kinds != ("rounding", "stochastic"):
+        raise ValueError(
+            f"twins.compare={compare} must name a rounding source, then a stochastic one"
+        )
 
 
 def configure_numerics(config) -> None:
@@ -163,7 +193,9 @@ def run(config, workdir: str) -> dict:
         summaries[name] = (
             results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
         )
-    tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2}[config.twins.experiment]
+    tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2, "sweep": _sweep}[
+        config.twins.experiment
+    ]
     summary = tabulate(config, runs, summaries, workdir)
     results.finish(workdir, summary)
     return summary
@@ -214,6 +246,49 @@ def _table1(config, runs, summaries, workdir) -> dict:
     }
 
 
+def source_statistics(sub: str, summary: dict) -> dict:
+    """One ensemble's spread with 95% intervals (normal theory: statistics.std_interval,
+    mean_interval), and the accuracy std that independent per-example errors would give on
+    this test set (statistics.independent_errors_std, from the final predictions)."""
+    final = [m["final_accuracy"] for m in summary["members"]]
+    others = summary["members"][1:]
+    predicted, labels = observers.read_predictions(sub)
+    row = {"members": len(final), "final acc mean": float(np.mean(final))}
+    for key, estimate in (
+        ("final acc std", statistics.std_interval(final)),
+        ("churn", statistics.mean_interval([m["churn"] for m in others])),
+        ("softmax L2", statistics.mean_interval([m["softmax_l2"] for m in others])),
+    ):
+        row.update({key: estimate.value, f"{key} low": estimate.low, f"{key} high": estimate.high})
+    row["test-set noise std"] = statistics.independent_errors_std(predicted == labels)
+    row["weight D"] = summary["mean_params_rel_l1"]
+    return row
+
+
+def verdict(config, summaries: dict, prefix: str = "source_") -> str:
+    """The rounding/seed accuracy-std ratio line for twins.compare (empty if one is missing)."""
+    rounding, seed = (summaries.get(prefix + name) for name in config.twins.compare)
+    if rounding is None or seed is None:
+        return ""
+    accuracies = [[m["final_accuracy"] for m in s["members"]] for s in (rounding, seed)]
+    return statistics.ratio_verdict(*accuracies)
+
+
+def onset_curves(sub: str) -> dict[str, tuple[list[int], list[float]]]:
+    """Along training: the std of test accuracy across members, and the mean over members
+    1.. of churn and weight D against member 0."""
+    records = trainer.read_metrics(sub)
+    by_step: dict[int, list[float]] = {}
+    for r in records:
+        if r.get("kind") == "eval":
+            by_step.setdefault(r["step"], []).append(r["test_accuracy"])
+    return {
+        "accuracy std": (list(by_step), [float(np.std(v)) for v in by_step.values()]),
+        "churn": _mean_over_members(sub, "divergence", lambda r: r["churn"]),
+        "weight D": _mean_over_members(sub, "divergence", lambda r: r["params"]["total"]["rel_l1"]),
+    }
+
+
 def _sources(config, runs, summaries, workdir) -> dict:
     rows, curves = [], {}
     for r in runs:
@@ -222,27 +297,63 @@ def _sources(config, runs, summaries, workdir) -> dict:
         if "not_applicable" in r:
             rows.append({"source": name, "kind": kind, "members": 0, "note": r["not_applicable"]})
             continue
-        s = summaries[r["name"]]
+        sub = os.path.join(workdir, r["name"])
+        rows.append({"source": name, "kind": kind, **source_statistics(sub, summaries[r["name"]])})
+        curves[name] = (kind, onset_curves(sub))
+    results.write_csv(os.path.join(workdir, "sources.csv"), rows)
+    table = results.markdown_table([_with_intervals(row) for row in rows])
+    results.atomic_write_text(os.path.join(workdir, "sources.md"), table)
+    plots.sources(
+        [r for r in rows if r["members"]],
+        {name: c["weight D"] for name, (_, c) in curves.items()},
+        os.path.join(workdir, "sources.png"),
+    )
+    plots.onset(curves, os.path.join(workdir, "onset.png"))
+    line = verdict(config, summaries)
+    return {"table": table, "rows": rows, "verdict": line}
+
+
+def _with_intervals(row: dict) -> dict:
+    """A sources row for reading: estimates as 'value [low, high]' (95% CI)."""
+    shown = {k: row.get(k, "") for k in ("source", "kind", "members", "final acc mean")}
+    for key in ("final acc std", "test-set noise std", "churn", "softmax L2", "weight D"):
+        if key not in row:
+            shown[key] = ""
+        elif f"{key} low" in row:
+            shown[key] = f"{row[key]:.2g} [{row[key + ' low']:.2g}, {row[key + ' high']:.2g}]"
+        else:
+            shown[key] = row[key]
+    return {**shown, "note": row.get("note", "")}
+
+
+def _sweep(config, runs, summaries, workdir) -> dict:
+    rounding, seed = config.twins.compare
+    rows, ratio_curves = [], {}
+    for lr in config.twins.sweep_lrs:
+        names = [f"lr_{lr:g}_{name}" for name in (rounding, seed)]
+        accuracies = [[m["final_accuracy"] for m in summaries[n]["members"]] for n in names]
+        ratio = statistics.std_ratio_interval(*accuracies)
+        stats = [source_statistics(os.path.join(workdir, n), summaries[n]) for n in names]
         rows.append(
             {
-                "source": name,
-                "kind": kind,
-                "members": len(s["members"]),
-                "final acc mean": float(np.mean([m["final_accuracy"] for m in s["members"]])),
-                "final acc std": s["final_accuracy_std"],
-                "churn": s["mean_churn"],
-                "softmax L2": s["mean_softmax_l2"],
-                "weight D": s["mean_params_rel_l1"],
-                "note": "",
+                "lr": float(lr),
+                "ratio": ratio.value,
+                "ratio low": ratio.low,
+                "ratio high": ratio.high,
+                f"{rounding} acc std": stats[0]["final acc std"],
+                f"{seed} acc std": stats[1]["final acc std"],
+                f"{rounding} churn": stats[0]["churn"],
+                f"{seed} churn": stats[1]["churn"],
+                "test-set noise std": stats[1]["test-set noise std"],
             }
         )
-        curves[name] = _mean_over_members(
-            os.path.join(workdir, r["name"]),
-            "divergence",
-            lambda rec: rec["params"]["total"]["rel_l1"],
+        (steps, num), (_, den) = (
+            onset_curves(os.path.join(workdir, n))["accuracy std"] for n in names
         )
-    table = _write_table(workdir, "sources", rows)
-    plots.sources([r for r in rows if r["members"]], curves, os.path.join(workdir, "sources.png"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio_curves[float(lr)] = (steps, list(np.divide(num, den)))
+    table = _write_table(workdir, "sweep", rows)
+    plots.sweep(rows, ratio_curves, f"{rounding}/{seed}", os.path.join(workdir, "sweep.png"))
     return {"table": table, "rows": rows}
 
 

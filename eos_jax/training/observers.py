@@ -9,6 +9,8 @@ eos_jax.analysis (they import this module, never the other way round).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from eos_jax import bits
@@ -65,6 +67,13 @@ class TrainLog(Observer):
         )
 
 
+def read_predictions(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (members, examples), labels) saved by Evaluate at a run's last step."""
+    with np.load(os.path.join(workdir, PREDICTIONS)) as saved:
+        members = sorted((k for k in saved if k.startswith("member")), key=lambda k: int(k[6:]))
+        return np.stack([saved[k] for k in members]), saved["labels"]
+
+
 def final_accuracy(evals, last: int = 10) -> float:
     """The paper's final accuracy: the mean of the last `last` test evaluations."""
     return float(np.mean(list(evals)[-last:]))
@@ -74,8 +83,13 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.asarray(steps.predictions(logits)) == labels))
 
 
+PREDICTIONS = "predictions.npz"
+
+
 class Evaluate(Observer):
-    """Each member's test accuracy; weights and test logits must be finite."""
+    """Each member's test accuracy; weights and test logits must be finite. At the last step
+    the members' test predictions go to predictions.npz ('member<i>', and 'labels'), for
+    per-example statistics (e.g. how much of the accuracy spread is test-set noise)."""
 
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
@@ -87,6 +101,13 @@ class Evaluate(Observer):
         labels = run.ensemble.dataset.test_labels
         member_records(run, "eval", [{"test_accuracy": accuracy(x, labels)} for x in logits])
         run.progress(acc=" ".join(f"{accuracy(x, labels):.3f}" for x in logits))
+        if run.step == run.num_steps:
+            predicted = {
+                f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)
+            }
+            path = os.path.join(run.trainer.workdir, PREDICTIONS)
+            np.savez(path + ".tmp.npz", labels=labels, **predicted)
+            os.replace(path + ".tmp.npz", path)
 
     def summarize(self, records, summary) -> None:
         for i, member in enumerate(summary["members"]):
