@@ -163,7 +163,10 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
     """The paper recipes are too long to run here: check their plans and tensor names."""
     config = twins_paper.get_config(experiment)
     runs = twins.plan(config)
-    assert len(runs) == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8}[experiment]
+    assert (
+        len(runs)
+        == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6}[experiment]
+    )
     model = recipe.model(runs[0]["recipe"], _cifar_shaped())
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False)
@@ -178,3 +181,61 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
 def _cifar_shaped():
     images, labels = np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)
     return Dataset(images, labels, images, labels, 10, "cifar-shaped", (0.5,) * 3, (0.25,) * 3)
+
+
+def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
+    config = tiny("sources", **{"twins.sources": ("update_k", "seed"), "twins.members": 3})
+    summary = twins.run(config, str(tmp_path))
+    rows = {r["source"]: r for r in summary["rows"]}
+    seed = rows["seed"]
+    assert seed["final acc std low"] <= seed["final acc std"] <= seed["final acc std high"]
+    assert seed["churn low"] <= seed["churn"] <= seed["churn high"]
+    # The noise floor is Jordan's formula on the saved final predictions.
+    saved = np.load(tmp_path / "source_seed" / "predictions.npz")
+    correct = np.stack([saved[f"member{i}"] == saved["labels"] for i in range(3)])
+    p = 1 - correct.mean(0)
+    assert seed["test-set noise std"] == pytest.approx(np.sqrt(np.sum(p * (1 - p))) / p.size)
+    assert summary["verdict"].startswith("rounding/seed accuracy-std ratio ")
+    assert "(95% CI, normal, 3+3 members)" in summary["verdict"]
+    assert os.path.exists(tmp_path / "onset.png")
+
+
+def test_sweep_compares_the_two_sources_at_each_learning_rate(tmp_path):
+    config = tiny("sweep", **{"twins.sweep_lrs": (0.05, 0.1), "twins.members": 2})
+    runs = twins.plan(config)
+    assert [r["name"] for r in runs] == [
+        "lr_0.05_update_k",
+        "lr_0.05_seed",
+        "lr_0.1_update_k",
+        "lr_0.1_seed",
+    ]
+    summary = twins.run(config, str(tmp_path))
+    assert [r["lr"] for r in summary["rows"]] == [0.05, 0.1]
+    for row in summary["rows"]:
+        assert row["ratio low"] <= row["ratio"] <= row["ratio high"]
+    assert os.path.exists(tmp_path / "sweep.png") and os.path.exists(tmp_path / "sweep.csv")
+
+
+@pytest.mark.parametrize(
+    "compare, message",
+    [
+        (("seed", "update_k"), "must name a rounding source, then a stochastic one"),
+        (("update_k", "jitter"), "unknown source 'jitter'"),
+    ],
+)
+def test_the_verdict_compares_a_rounding_with_a_stochastic_source(tmp_path, compare, message):
+    with pytest.raises(ValueError, match=message):
+        twins.run(tiny("sweep", **{"twins.compare": compare}), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_mnist1d_headline_configs_plan_the_documented_ensembles():
+    from experiments.configs import twins_mnist1d
+
+    headline = twins.plan(twins_mnist1d.get_config("headline"))
+    assert [r["name"] for r in headline] == ["source_update_k", "source_seed"]
+    assert [len(r["members"]) for r in headline] == [12, 12]
+    names = [r["name"] for r in twins.plan(twins_mnist1d.get_config("sources"))]
+    assert "source_none" not in names and "source_dtype" not in names
+    assert len(twins.plan(twins_mnist1d.get_config("sweep"))) == 6
+    assert len(twins.plan(twins_mnist1d.get_config("table1"))) == 6

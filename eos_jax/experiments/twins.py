@@ -254,15 +254,20 @@ def source_statistics(sub: str, summary: dict) -> dict:
     others = summary["members"][1:]
     predicted, labels = observers.read_predictions(sub)
     row = {"members": len(final), "final acc mean": float(np.mean(final))}
-    for key, estimate in (
-        ("final acc std", statistics.std_interval(final)),
-        ("churn", statistics.mean_interval([m["churn"] for m in others])),
-        ("softmax L2", statistics.mean_interval([m["softmax_l2"] for m in others])),
-    ):
-        row.update({key: estimate.value, f"{key} low": estimate.low, f"{key} high": estimate.high})
+    row.update(_estimate("final acc std", statistics.std_interval, final))
+    row.update(_estimate("churn", statistics.mean_interval, [m["churn"] for m in others]))
+    row.update(_estimate("softmax L2", statistics.mean_interval, [m["softmax_l2"] for m in others]))
     row["test-set noise std"] = statistics.independent_errors_std(predicted == labels)
     row["weight D"] = summary["mean_params_rel_l1"]
     return row
+
+
+def _estimate(key: str, interval, values) -> dict:
+    """{key, key low, key high} from interval(values); with one value, no interval (nan)."""
+    if len(values) < 2:
+        return {key: float(np.mean(values)), f"{key} low": np.nan, f"{key} high": np.nan}
+    estimate = interval(values)
+    return {key: estimate.value, f"{key} low": estimate.low, f"{key} high": estimate.high}
 
 
 def verdict(config, summaries: dict, prefix: str = "source_") -> str:
