@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from eos_jax.training import loop
-from experiments import theory
+from eos_jax.experiments import theory
 from experiments.configs import default, theory_fig4_left, theory_phase
 
 pytestmark = pytest.mark.slow

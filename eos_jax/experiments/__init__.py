@@ -1,0 +1,1 @@
+"""What the experiments are (plans, tables, verdicts), callable from a notebook or a test."""
