@@ -29,6 +29,13 @@ def checkerboard():
 
 
 @pytest.fixture(scope="module")
+def span(checkerboard):
+    """The checkerboard's patch span, computed once (seconds) for every diagnose call."""
+    with jax.enable_x64(True):
+        return one_layer.patch_span(checkerboard[0], (32, 32))
+
+
+@pytest.fixture(scope="module")
 def sum_spectra(checkerboard):
     with jax.enable_x64(True):
         return one_layer.regional_spectra(checkerboard[0], (32, 32), normalization="sum")
@@ -213,12 +220,12 @@ def test_unconverged_equilibrium_is_an_error_not_a_threshold():
     assert gradient_norm <= one_layer.EQUILIBRIUM_GRADIENT_TOL
 
 
-def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
+def test_lr_001_and_003_converge_to_the_same_loss(checkerboard, span):
     image, kernel0 = checkerboard
     finals = []
     for lr in (0.01, 0.03):
         run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
-        assert one_layer.diagnose(run, image).run_class == "converging"
+        assert one_layer.diagnose(run, image, span=span).run_class == "converging"
         # Monotone up to the loss's own rounding (a mean of 50625 terms: ~1e-15 noise).
         assert np.max(np.diff(run.losses)) < 1e-14
         finals.append(run.losses[-1])
@@ -227,10 +234,10 @@ def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
 
 
 @pytest.mark.parametrize("lr, peak", [(0.05, 1.109), (0.07, 2.002), (0.09, 3.162)])
-def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, lr, peak):
+def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, span, lr, peak):
     image, kernel0 = checkerboard
     run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
-    diagnosis = one_layer.diagnose(run, image)
+    diagnosis = one_layer.diagnose(run, image, span=span)
     assert diagnosis.run_class == "restrained"
     assert diagnosis.unstable_step_fraction > 0.2  # steps beyond the local bound persist
     low, high = diagnosis.tail_loss_range
@@ -243,10 +250,10 @@ def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, lr, peak):
 
 
 @pytest.mark.parametrize("lr", [0.11, 0.13])
-def test_lr_above_01_blows_up(checkerboard, lr):
+def test_lr_above_01_blows_up(checkerboard, span, lr):
     image, kernel0 = checkerboard
     run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=400)
-    assert one_layer.diagnose(run, image).run_class == "blow-up"
+    assert one_layer.diagnose(run, image, span=span).run_class == "blow-up"
     assert not np.isfinite(run.kernel_norms[-1]) or run.kernel_norms[-1] > 1e20
 
 
@@ -317,6 +324,39 @@ def test_classification_rule(norms, curvature, expected):
     run = _synthetic(norms)
     tail = np.full(100 - one_layer.tail_start(run), curvature)
     assert one_layer.classify_run(run, tail).run_class == expected
+
+
+@pytest.mark.parametrize(
+    "free, norms, expected",
+    [
+        (lambda t: 3.0, lambda t: 1.0 + 0.5 * (t % 2), "neutral"),  # free part keeps its norm
+        (lambda t: 3.0 * 0.999**t, lambda t: 1.0 + 0.5 * (t % 2), "restrained"),  # damped
+        (lambda t: 0.0, lambda t: 1.0 + 0.5 * (t % 2), "restrained"),  # no free component
+        (lambda t: 3.0, lambda t: 1.1**t, "blow-up"),  # a blow-up elsewhere comes first
+    ],
+)
+def test_classification_rule_neutral(free, norms, expected):
+    run = _synthetic(norms)
+    tail = np.full(100 - one_layer.tail_start(run), 30.0)
+    free_norms = np.array([free(t) for t in range(101)])
+    assert one_layer.classify_run(run, tail, free_norms).run_class == expected
+
+
+def test_run_at_lr_two_over_alpha_is_neutral():
+    """At lr = 2/alpha GD multiplies the free component (orthogonal to every patch) by
+    1 - lr*alpha = -1: its norm stays, whatever the data part does. Just below 2/alpha the
+    factor is 0.998, damped 2e-3 per step, far outside the neutral band."""
+    image, kernel0 = one_layer.checkerboard(24), one_layer.initial_kernel(6)
+    span = one_layer.patch_span(image, (6, 6))
+    assert span.shape == (36, 1)  # the checkerboard's patches are all +-P
+    neutral = one_layer.gd_trajectory(kernel0, image, lr=0.1, alpha=ALPHA, steps=40)
+    diagnosis = one_layer.diagnose(neutral, image, span=span)
+    assert diagnosis.run_class == "neutral"
+    assert abs(diagnosis.free_rate - 1) < 1e-14  # measured 2e-16: rounding only
+    below = one_layer.gd_trajectory(kernel0, image, lr=0.0999, alpha=ALPHA, steps=40)
+    diagnosis = one_layer.diagnose(below, image, span=span)
+    assert diagnosis.run_class != "neutral"
+    assert diagnosis.free_rate == pytest.approx(0.998, rel=1e-12)
 
 
 def test_classification_needs_four_steps():

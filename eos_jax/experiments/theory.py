@@ -174,10 +174,11 @@ def _thresholds_summary(thresholds):
 def run_restrained(config, workdir):
     """Figure 4 left: GD at alpha = 20 over lr; each run classified beside the predicted bounds."""
     image, kernel0, thresholds = _setup_with_thresholds(config)
+    span = one_layer.patch_span(image, kernel0.shape)
     losses, rows, table = {}, [], []
     for lr in config.lrs:
         trajectory = _gd(config, image, kernel0, lr, config.alpha)
-        diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
+        diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label, span)
         regions = one_layer.region_sequence(trajectory, image, config.beta)
         losses[lr] = trajectory.losses
         rows += [{"lr": lr, "step": t, "loss": v} for t, v in enumerate(trajectory.losses)]
@@ -233,6 +234,7 @@ def run_phase(config, workdir):
     """Phase diagram: observed class over a (lr, alpha) grid against 2/alpha and the local bound."""
     image, kernel0 = _one_layer_setup(config)
     spectra = one_layer.regional_spectra(image, kernel0.shape, config.beta, config.label)
+    span = one_layer.patch_span(image, kernel0.shape)
     observed, rows, table, bounds = [], [], [], {}
     for alpha in config.alphas:
         thresholds = one_layer.predicted_thresholds(
@@ -242,7 +244,7 @@ def run_phase(config, workdir):
         classes = {}
         for lr in config.lrs:
             trajectory = _gd(config, image, kernel0, lr, alpha)
-            diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label)
+            diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label, span)
             classes[lr] = diagnosis.run_class
             observed.append((alpha, lr, diagnosis.run_class))
             rows.append(

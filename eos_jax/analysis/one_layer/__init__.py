@@ -8,7 +8,7 @@ is forward Euler with dt = lr on the loss's gradient flow. The modules, by conce
   gd           GD trajectories (with the paper's perturbed update) and the twins' divergence
   regions      the three regions of Table 3, their linear PDEs and bounds; Table 2's PDE
   equilibrium  the equilibrium GD reaches, its Hessian, and the predicted lr thresholds
-  diagnosis    the observed class of a run (converging, restrained, blow-up)
+  diagnosis    the observed class of a run (converging, restrained, neutral, blow-up)
 
 Every public name is re-exported here, so `one_layer.gd_trajectory(...)` works.
 """
@@ -21,6 +21,7 @@ from eos_jax.analysis.one_layer.diagnosis import (
     RunDiagnosis,
     classify_run,
     diagnose,
+    free_component_norms,
     step_curvatures,
     tail_start,
 )
@@ -46,13 +47,16 @@ from eos_jax.analysis.one_layer.problem import (
     swish_derivative,
 )
 from eos_jax.analysis.one_layer.regions import (
+    NEUTRAL_RATE_TOL,
     REGION_THRESHOLD,
     REGIONS,
+    SPAN_RTOL,
     RegionalSpectra,
     classify_positions,
     gram_apply,
     gram_matrix,
     num_valid_positions,
+    patch_span,
     region_counts,
     region_sequence,
     region_signature,
@@ -67,8 +71,10 @@ __all__ = [
     "CONVERGED_RELATIVE_STEP",
     "EQUILIBRIUM_GRADIENT_TOL",
     "MIN_CLASSIFY_STEPS",
+    "NEUTRAL_RATE_TOL",
     "REGIONS",
     "REGION_THRESHOLD",
+    "SPAN_RTOL",
     "TAIL_FRACTION",
     "EquilibriumNotFound",
     "RegionalSpectra",
@@ -82,6 +88,7 @@ __all__ = [
     "data_loss",
     "diagnose",
     "find_equilibrium",
+    "free_component_norms",
     "gd_trajectory",
     "gram_apply",
     "gram_matrix",
@@ -92,6 +99,7 @@ __all__ = [
     "loss",
     "moving_average",
     "num_valid_positions",
+    "patch_span",
     "pde_rhs",
     "predicted_thresholds",
     "region_counts",

@@ -12,7 +12,12 @@ import scipy.sparse.linalg
 
 from eos_jax.analysis import pde
 from eos_jax.analysis.one_layer.problem import hvp, jitted_loss, jitted_responses, loss
-from eos_jax.analysis.one_layer.regions import RegionalSpectra, regional_spectra
+from eos_jax.analysis.one_layer.regions import (
+    NEUTRAL_RATE_TOL,
+    SPAN_RTOL,
+    RegionalSpectra,
+    regional_spectra,
+)
 
 # find_equilibrium accepts a point whose loss gradient (weight decay included) has at most this
 # 2-norm. trust-ncg's own gtol (1e-12) is often not met only because the gradient of a mean over
@@ -111,8 +116,10 @@ class Thresholds:
     free_directions: int
 
     def predicted_class(self, lr: float) -> str:
-        """converging below the local bound, blow-up above 2/alpha, restrained between."""
-        if np.isclose(lr, self.weight_decay_lr, rtol=1e-12, atol=0):
+        """converging below the local bound, blow-up above 2/alpha, restrained between; neutral
+        where there are free directions and their factor |1 - lr*alpha| is within
+        NEUTRAL_RATE_TOL of 1 (as classify_run observes it)."""
+        if self.free_directions > 0 and abs(lr * self.alpha - 2) <= NEUTRAL_RATE_TOL:
             return "neutral"
         if lr > self.weight_decay_lr:
             return "blow-up" if self.free_directions > 0 else "unstable"
@@ -135,7 +142,7 @@ def predicted_thresholds(
     equilibrium, gradient_norm = find_equilibrium(kernel0, image, alpha, beta, label)
     low, high = hessian_extreme_eigenvalues(equilibrium, image, alpha, beta, label)
     eq_image = jnp.asarray(image)
-    rank = int(np.sum(spectra.gram_eigenvalues > 1e-10 * spectra.gram_eigenvalues.max()))
+    rank = int(np.sum(spectra.gram_eigenvalues > SPAN_RTOL * spectra.gram_eigenvalues.max()))
     return Thresholds(
         alpha=float(alpha),
         weight_decay_lr=lrs["not_activated"],

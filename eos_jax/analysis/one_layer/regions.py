@@ -23,6 +23,14 @@ from eos_jax.models.one_layer import valid_correlation_fft
 # there sigmoid(beta z) is within 5% of 1 or 0, so s(z) ~ z or s(z) ~ 0 (Table 3's regimes).
 REGION_THRESHOLD = 3.0
 REGIONS = ("activated", "transitioning", "not_activated")
+# Gram eigenvalues below this fraction of the largest count as zero (rounding of the sums):
+# their eigenvectors are orthogonal to every patch of the image.
+SPAN_RTOL = 1e-10
+# A run is neutral where its free component's per-step factor |1 - lr*alpha| is within this of 1
+# (lr = 2/alpha: the factor is -1). Rounding moves that component's norm by ~1e-16 relative per
+# step (1e-13 in 1000 steps at alpha = 20, lr = 0.1), while an lr 1% off 2/alpha moves it by 2%
+# per step; 1e-9 lies far from both, and over 1000 steps it is a change of 1e-6, easily measured.
+NEUTRAL_RATE_TOL = 1e-9
 
 
 def classify_positions(z, beta: float = 1.0, threshold: float = REGION_THRESHOLD) -> np.ndarray:
@@ -79,7 +87,19 @@ def gram_matrix(image, kernel_shape: tuple[int, int]) -> np.ndarray:
     return pde.operator_matrix(lambda k: gram_apply(k, image), kernel_shape)
 
 
+def patch_span(image, kernel_shape: tuple[int, int]) -> np.ndarray:
+    """Orthonormal basis (h*w, r) of the span of the image's kernel-sized patches (range of G).
+
+    The loss sees K only through (K * I)(x) = <K, patch at x>, so along every direction
+    orthogonal to this span (a 'free direction') it is (alpha/2)|K|^2 alone: GD multiplies K's
+    free component by 1 - lr*alpha at every step, in every region.
+    """
+    eigenvalues, vectors = np.linalg.eigh(gram_matrix(image, kernel_shape))
+    return vectors[:, eigenvalues > SPAN_RTOL * eigenvalues.max()]
+
+
 def num_valid_positions(image_shape, kernel_shape) -> int:
+    """How many positions x the valid correlation K * I has."""
     return (image_shape[0] - kernel_shape[0] + 1) * (image_shape[1] - kernel_shape[1] + 1)
 
 
