@@ -29,6 +29,13 @@ def checkerboard():
 
 
 @pytest.fixture(scope="module")
+def span(checkerboard):
+    """The checkerboard's patch span, computed once (seconds) for every diagnose call."""
+    with jax.enable_x64(True):
+        return one_layer.patch_span(checkerboard[0], (32, 32))
+
+
+@pytest.fixture(scope="module")
 def sum_spectra(checkerboard):
     with jax.enable_x64(True):
         return one_layer.regional_spectra(checkerboard[0], (32, 32), normalization="sum")
@@ -213,12 +220,12 @@ def test_unconverged_equilibrium_is_an_error_not_a_threshold():
     assert gradient_norm <= one_layer.EQUILIBRIUM_GRADIENT_TOL
 
 
-def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
+def test_lr_001_and_003_converge_to_the_same_loss(checkerboard, span):
     image, kernel0 = checkerboard
     finals = []
     for lr in (0.01, 0.03):
         run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
-        assert one_layer.diagnose(run, image).run_class == "converging"
+        assert one_layer.diagnose(run, image, span=span).run_class == "converging"
         # Monotone up to the loss's own rounding (a mean of 50625 terms: ~1e-15 noise).
         assert np.max(np.diff(run.losses)) < 1e-14
         finals.append(run.losses[-1])
@@ -227,10 +234,10 @@ def test_lr_001_and_003_converge_to_the_same_loss(checkerboard):
 
 
 @pytest.mark.parametrize("lr, peak", [(0.05, 1.109), (0.07, 2.002), (0.09, 3.162)])
-def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, lr, peak):
+def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, span, lr, peak):
     image, kernel0 = checkerboard
     run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
-    diagnosis = one_layer.diagnose(run, image)
+    diagnosis = one_layer.diagnose(run, image, span=span)
     assert diagnosis.run_class == "restrained"
     assert diagnosis.unstable_step_fraction > 0.2  # steps beyond the local bound persist
     low, high = diagnosis.tail_loss_range
@@ -243,10 +250,10 @@ def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, lr, peak):
 
 
 @pytest.mark.parametrize("lr", [0.11, 0.13])
-def test_lr_above_01_blows_up(checkerboard, lr):
+def test_lr_above_01_blows_up(checkerboard, span, lr):
     image, kernel0 = checkerboard
     run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=400)
-    assert one_layer.diagnose(run, image).run_class == "blow-up"
+    assert one_layer.diagnose(run, image, span=span).run_class == "blow-up"
     assert not np.isfinite(run.kernel_norms[-1]) or run.kernel_norms[-1] > 1e20
 
 
@@ -319,6 +326,39 @@ def test_classification_rule(norms, curvature, expected):
     assert one_layer.classify_run(run, tail).run_class == expected
 
 
+@pytest.mark.parametrize(
+    "free, norms, expected",
+    [
+        (lambda t: 3.0, lambda t: 1.0 + 0.5 * (t % 2), "neutral"),  # free part keeps its norm
+        (lambda t: 3.0 * 0.999**t, lambda t: 1.0 + 0.5 * (t % 2), "restrained"),  # damped
+        (lambda t: 0.0, lambda t: 1.0 + 0.5 * (t % 2), "restrained"),  # no free component
+        (lambda t: 3.0, lambda t: 1.1**t, "blow-up"),  # a blow-up elsewhere comes first
+    ],
+)
+def test_classification_rule_neutral(free, norms, expected):
+    run = _synthetic(norms)
+    tail = np.full(100 - one_layer.tail_start(run), 30.0)
+    free_norms = np.array([free(t) for t in range(101)])
+    assert one_layer.classify_run(run, tail, free_norms).run_class == expected
+
+
+def test_run_at_lr_two_over_alpha_is_neutral():
+    """At lr = 2/alpha GD multiplies the free component (orthogonal to every patch) by
+    1 - lr*alpha = -1: its norm stays, whatever the data part does. Just below 2/alpha the
+    factor is 0.998, damped 2e-3 per step, far outside the neutral band."""
+    image, kernel0 = one_layer.checkerboard(24), one_layer.initial_kernel(6)
+    span = one_layer.patch_span(image, (6, 6))
+    assert span.shape == (36, 1)  # the checkerboard's patches are all +-P
+    neutral = one_layer.gd_trajectory(kernel0, image, lr=0.1, alpha=ALPHA, steps=40)
+    diagnosis = one_layer.diagnose(neutral, image, span=span)
+    assert diagnosis.run_class == "neutral"
+    assert abs(diagnosis.free_rate - 1) < 1e-14  # measured 2e-16: rounding only
+    below = one_layer.gd_trajectory(kernel0, image, lr=0.0999, alpha=ALPHA, steps=40)
+    diagnosis = one_layer.diagnose(below, image, span=span)
+    assert diagnosis.run_class != "neutral"
+    assert diagnosis.free_rate == pytest.approx(0.998, rel=1e-12)
+
+
 def test_classification_needs_four_steps():
     values = np.array([1.0, 1.5, 1.0, 1.5, 1.0])
     run = one_layer.Trajectory(values[:, None, None], values, 0.1, 1.0, 1)
@@ -326,3 +366,61 @@ def test_classification_needs_four_steps():
     short = one_layer.Trajectory(run.kernels[:4], values[:4], 0.1, 1.0, 1)
     with pytest.raises(ValueError, match="at least 4 steps, got 3"):
         one_layer.classify_run(short, np.full(1, 30.0))
+
+
+# --- Physics checks that catch factor errors in the PDEs and their spectra -------------------
+
+
+@pytest.mark.parametrize("alpha", [1.1e7, 1.3e7, 1.9e8, 2.0e8, 2.2e8])
+def test_figure3_runs_grow_each_mode_by_one_minus_lr_lambda(checkerboard, sum_spectra, alpha):
+    """Forward Euler on Table 2's PDE multiplies each eigenmode of its operator by 1 - lr*lambda.
+
+    The steps d_t = K_{t+1} - K_t obey d_{t+1} = (I - lr A) d_t, so the per-step factor of each
+    mode is read off the run itself. On the checkerboard A has two eigenspaces: the patch
+    direction P (lambda = alpha + the transitioning eigenvalue, -1.296e7) and its orthogonal
+    complement (lambda = alpha: the data term never acts there).
+    """
+    image, kernel0 = checkerboard
+    lr = 1e-8
+    iterates = one_layer.run_transitioning_pde(kernel0, image, alpha=alpha, dt=lr, steps=6)
+    steps = np.diff(iterates, axis=0).reshape(6, -1)
+    patch = image[:32, :32].ravel() / 32.0  # unit vector: every patch of the image is +-P
+    along = steps @ patch
+    across = steps - np.outer(along, patch)
+    observed_top = along[1:] / along[:-1]
+    observed_free = np.sum(across[1:] * across[:-1], axis=1) / np.sum(across[:-1] ** 2, axis=1)
+    predicted_top, predicted_free = pde.amplification_factors(
+        alpha + np.array([sum_spectra.transitioning.min(), 0.0]), lr
+    )
+    # Measured agreement: 5e-12 relative (rounding of sums of ~5e7-sized terms). 1e-9 leaves
+    # room for other platforms; a modelling error (a factor 2 in the PDE) moves them by O(1).
+    np.testing.assert_allclose(observed_top, predicted_top, rtol=1e-9)
+    np.testing.assert_allclose(observed_free, predicted_free, rtol=1e-9)
+
+
+def test_activated_region_constant_is_the_hessian_of_the_loss_there():
+    """In the activated region s(z) = z, so p = <K, Ibar> and the data Hessian is
+    sigmoid'(p) Ibar Ibar^T: one eigenvalue sigmoid'(p) |Ibar|^2, the rest 0. Table 3 linearises
+    a = sigmoid(p) - y at p = 0 (sigmoid'(0) = 1/4), so the library's activated eigenvalue must
+    equal the Hessian's top data eigenvalue scaled by (1/4) / sigmoid'(p).
+
+    beta = 1000 puts every position deep in the activated region (beta z >= 70: s''(z) ~ e^-70,
+    negligible) while p stays near 0, where the linearisation of a is made.
+    """
+    rng = np.random.RandomState(4)
+    image = 1.0 + 0.5 * rng.rand(24, 24)  # positive: mean input Ibar far from 0
+    kernel = np.full((6, 6), 0.002)
+    beta = 1000.0
+    z = np.asarray(one_layer.responses(jnp.asarray(kernel), jnp.asarray(image)))
+    assert np.all(one_layer.classify_positions(z, beta) == 1) and beta * z.min() > 70
+    p = float(one_layer.logit(jnp.asarray(kernel), jnp.asarray(image), beta))
+    assert abs(p) < 0.2  # near the linearisation point p = 0
+    hessian = jax.hessian(one_layer.loss)(jnp.asarray(kernel), jnp.asarray(image), ALPHA, beta)
+    exact = np.linalg.eigvalsh(np.asarray(hessian).reshape(36, 36)) - ALPHA
+    spectra = one_layer.regional_spectra(image, (6, 6), beta)
+    sigmoid_slope = float(jax.nn.sigmoid(p) * (1 - jax.nn.sigmoid(p)))
+    # Measured agreement: 6e-14 on eigenvalues of 0 and 14.19 (rounding of the fp64 Hessian and
+    # of subtracting alpha = 20). 1e-10 leaves room; a wrong constant moves the top one by O(1).
+    np.testing.assert_allclose(
+        spectra.activated, np.sort(exact) * 0.25 / sigmoid_slope, rtol=0, atol=1e-10
+    )

@@ -1,4 +1,4 @@
-"""Smoke runs of every theory experiment on tiny configs, through experiments.theory.run."""
+"""Smoke runs of every theory experiment on tiny configs, through eos_jax.experiments.theory.run."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eos_jax import results
-from experiments import theory
+from eos_jax.experiments import theory
 from experiments.configs import (
     theory_fig1,
     theory_fig3,

@@ -10,11 +10,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 DPI = 100
 CLASS_STYLE = {  # observed run class -> (marker, colour)
     "converging": ("o", "tab:green"),
     "restrained": ("s", "tab:orange"),
+    "neutral": ("D", "tab:blue"),
     "blow-up": ("x", "tab:red"),
 }
 
@@ -80,32 +82,35 @@ def linear_pde(
 
 def loss_curves(losses: Mapping[float, np.ndarray], title: str, path: str, zoom: int = 100):
     """Figure 4 left: loss (with weight decay) against iteration per lr, and the last `zoom`
-    iterations of the runs that stayed bounded. Curves leaving the top have blown up."""
-    fig = Figure(figsize=(11, 4))
+    iterations of the runs that stayed bounded. Curves leaving the top have blown up.
+    One colour per lr in both panels; the legend sits outside, right of the panels."""
+    fig = Figure(figsize=(12, 4))
     full, last = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     start = max(0, max(len(c) for c in losses.values()) - zoom)
     top = 3 * max(c[0] for c in losses.values())
-    for lr, curve in losses.items():
+    for i, (lr, curve) in enumerate(losses.items()):
+        colour = f"C{i % 10}"
         shown = np.where(curve <= 1e3 * top, curve, np.nan)  # a blow-up leaves through the top
-        full.semilogy(shown, label=f"lr = {lr:g}", lw=0.8)
+        full.semilogy(shown, label=f"lr = {lr:g}", lw=0.8, color=colour)
         if np.all(np.isfinite(curve)) and curve[-1] < curve[0]:
-            last.plot(np.arange(start, len(curve)), curve[start:], label=f"lr = {lr:g}", lw=0.8)
+            last.plot(np.arange(start, len(curve)), curve[start:], lw=0.8, color=colour)
     lowest = min(np.nanmin(np.where(np.isfinite(c), c, np.nan)) for c in losses.values())
     full.set_ylim(0.8 * lowest, top)
     full.set_xlabel("iteration")
     full.set_ylabel("loss")
     full.set_title(title)
-    full.legend(fontsize=7, ncol=2)
     last.set_xlabel("iteration")
     last.set_ylabel("loss")
     last.set_title(f"last {zoom} iterations (bounded runs)")
-    last.legend(fontsize=7)
+    last.legend(
+        *full.get_legend_handles_labels(), fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5)
+    )
     _save(fig, path)
 
 
 def twin_divergence(averaged: Mapping[float, np.ndarray], window: int, path: str):
     """Figure 4 right: moving average of the k=1 vs k=3 relative-L1 divergence per lr."""
-    fig = Figure(figsize=(6, 4))
+    fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot(1, 1, 1)
     floor = 1e-18  # zero divergence (bit-identical twins) drawn at the bottom of the log axis
     for lr, curve in averaged.items():
@@ -113,7 +118,7 @@ def twin_divergence(averaged: Mapping[float, np.ndarray], window: int, path: str
     ax.set_xlabel("iteration")
     ax.set_ylabel(f"relative L1 divergence ({window}-iteration mean)")
     ax.set_title("k = 1 vs k = 3 twins")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     _save(fig, path)
 
 
@@ -122,8 +127,11 @@ def phase_diagram(
     boundaries: Mapping[str, tuple[np.ndarray, np.ndarray]],
     path: str,
 ):
-    """Observed class of each (alpha, lr) run over the predicted boundary curves lr(alpha)."""
-    fig = Figure(figsize=(6, 4.5))
+    """Observed class of each (alpha, lr) run over the predicted boundary curves lr(alpha).
+
+    Log axes ticked at exactly the alphas and lrs that were run, labelled in plain numbers;
+    the legend sits outside, right of the axes."""
+    fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot(1, 1, 1)
     for name, (alphas, lrs) in boundaries.items():
         ax.loglog(alphas, lrs, "-", label=name)
@@ -132,8 +140,17 @@ def phase_diagram(
         if points:
             a, lr = zip(*points, strict=True)
             ax.loglog(a, lr, marker, color=colour, ls="none", label=f"observed {run_class}")
+    for axis, values in (
+        (ax.xaxis, [a for a, _, _ in observed]),
+        (ax.yaxis, [lr for _, lr, _ in observed]),
+    ):
+        ticks = sorted(set(values))
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(lambda value, _: f"{value:g}")
+        axis.set_minor_locator(NullLocator())
+        axis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("weight decay alpha")
     ax.set_ylabel("learning rate")
     ax.set_title("one-layer CNN: observed class vs predicted bounds")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     _save(fig, path)

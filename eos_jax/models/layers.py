@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from eos_jax.models.one_layer import swish
+from eos_jax.models.activations import swish
 
 Dtype = jnp.dtype
 

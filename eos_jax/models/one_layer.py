@@ -10,10 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-def swish(z, beta: float = 1.0):
-    """s(z) = z * sigmoid(beta * z); beta = 1 is SiLU, the paper's ResNet uses beta = 5."""
-    return z * jax.nn.sigmoid(beta * z)
+from eos_jax.models.activations import swish
 
 
 def valid_correlation(images, kernel):
