@@ -1,12 +1,13 @@
 r"""Throughput of a lockstep ensemble against K separate runs.
 
-  python -m benchmarks.ensemble_throughput [--recipes=embedded,resnet20] [--ks=2,6,12]
+  python -m benchmarks.ensemble_throughput [--recipes=embedded,mnist1d,resnet20] [--ks=2,6,12]
 
 ratio = time per step of the K-member ensemble / (K x time per step of one ordinary run)
 (< 1: the ensemble is cheaper than running the members one after another). Members are
 twins (k = 1, 3, 5, ...) sharing one batch stream, as in the experiments; both timings
 include drawing the batch on the host. ResNet-20 runs on random CIFAR-shaped data (only the
-shapes matter for time). Prints a Markdown table.
+shapes matter for time); mnist1d is the MNIST-1D headline recipe (twins_mnist1d.py).
+Prints a Markdown table, with member-steps per second of each.
 """
 
 import time
@@ -17,10 +18,12 @@ from absl import app, flags
 
 from eos_jax import numerics, results
 from eos_jax.data import Dataset, load_dataset
-from eos_jax.training import ensemble, sources
-from experiments.configs import twins_embedded
+from eos_jax.training import ensemble, recipe, sources
+from experiments.configs import twins_embedded, twins_mnist1d
 
-_RECIPES = flags.DEFINE_list("recipes", ["embedded", "resnet20"], "embedded and/or resnet20.")
+_RECIPES = flags.DEFINE_list(
+    "recipes", ["embedded", "mnist1d", "resnet20"], "Any of embedded, mnist1d, resnet20."
+)
 _KS = flags.DEFINE_list("ks", ["2", "6", "12"], "Ensemble sizes.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
 _STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strategies.")
@@ -28,6 +31,9 @@ _STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strate
 
 def benchmark_recipe(name: str):
     """(config, dataset) of a benchmark recipe."""
+    if name == "mnist1d":
+        config = twins_mnist1d.get_config()
+        return config, recipe.dataset(config)
     config = twins_embedded.get_config()
     if name == "embedded":
         return config, load_dataset("digits")
@@ -86,6 +92,8 @@ def main(argv):
                         "one run ms/step": 1e3 * one,
                         "ensemble ms/step": 1e3 * t,
                         "ratio": t / (k * one),
+                        "member-steps/s": k / t,
+                        "one run steps/s": 1 / one,
                     }
                 )
                 print(rows[-1], flush=True)

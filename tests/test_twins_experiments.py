@@ -237,5 +237,5 @@ def test_mnist1d_headline_configs_plan_the_documented_ensembles():
     assert [len(r["members"]) for r in headline] == [12, 12]
     names = [r["name"] for r in twins.plan(twins_mnist1d.get_config("sources"))]
     assert "source_none" not in names and "source_dtype" not in names
-    assert len(twins.plan(twins_mnist1d.get_config("sweep"))) == 6
+    assert len(twins.plan(twins_mnist1d.get_config("sweep"))) == 8
     assert len(twins.plan(twins_mnist1d.get_config("table1"))) == 6
