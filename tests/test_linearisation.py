@@ -213,6 +213,9 @@ def test_jvp_of_the_whole_state_matches_a_secant():
         # central difference: truncation O(eps^2) ~ 1e-12, rounding ~1e-16 / eps ~ 1e-10
         np.testing.assert_allclose(dt, secant, rtol=0, atol=1e-6 * np.abs(secant).max())
         assert int(new_state.step) == int(state.step) + 1
+        zero = lin.zero_tangent(state)
+        assert zero.step.dtype == jax.dtypes.float0
+        np.testing.assert_array_equal(U.jvp(state, space.flatten(zero))[1], 0.0)
 
 
 def space_shift(space, state, flat):

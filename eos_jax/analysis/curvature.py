@@ -296,12 +296,10 @@ def _lobpcg(matmat, arguments, X, tol, max_iters):
     return theta, U, iterations, A(U)
 
 
-def _generic_matmat(hvp):
-    return _apply_generic(hvp)
-
-
 @functools.cache
-def _apply_generic(hvp):
+def _generic_matmat(hvp):
+    """matmat for a plain traceable hvp (cached per function, so LOBPCG compiles once)."""
+
     def matmat(arguments, V):
         del arguments
         return jax.vmap(hvp, in_axes=1, out_axes=1)(V).astype(V.dtype)
