@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from eos_jax.models.layers import Dtype, activation_fn, he_fan_out_normal, pytorch_dense
+from eos_jax.models.layers import Dtype, activation_fn, conv, pytorch_dense
 
 
 class CNN1D(nn.Module):
@@ -34,15 +34,13 @@ class CNN1D(nn.Module):
             raise ValueError(f"cnn1d takes (N, L, C) inputs, got shape {x.shape}")
         act = activation_fn(self.activation)
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        pad = self.kernel_size // 2
         for index, width in enumerate(self.widths, start=1):
-            x = nn.Conv(
+            x = conv(
                 width,
-                (self.kernel_size,),
-                strides=(1 if index == 1 else 2,),
-                padding=((pad, pad),),
-                kernel_init=he_fan_out_normal,
-                bias_init=nn.initializers.zeros,
+                self.kernel_size,
+                strides=1 if index == 1 else 2,
+                use_bias=True,
+                spatial_dims=1,
                 name=f"conv{index}",
                 **dtypes,
             )(x)

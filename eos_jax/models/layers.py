@@ -54,17 +54,19 @@ def conv(
     *,
     strides: int = 1,
     use_bias: bool = False,
+    spatial_dims: int = 2,
     dtype: Dtype,
     param_dtype: Dtype,
     name: str,
 ) -> nn.Conv:
-    """PyTorch-style square conv: padding k // 2 per side, He fan-out kernel, zero bias."""
+    """PyTorch-style conv, square over `spatial_dims` axes (2: images, 1: signals):
+    padding k // 2 per side, He fan-out kernel, zero bias."""
     pad = kernel_size // 2
     return nn.Conv(
         features,
-        (kernel_size, kernel_size),
-        strides=(strides, strides),
-        padding=((pad, pad), (pad, pad)),
+        (kernel_size,) * spatial_dims,
+        strides=(strides,) * spatial_dims,
+        padding=((pad, pad),) * spatial_dims,
         use_bias=use_bias,
         kernel_init=he_fan_out_normal,
         bias_init=nn.initializers.zeros,
