@@ -225,3 +225,31 @@ def test_audit_reports_reproducibility_in_fresh_processes(tmp_path):
     runs = {r["variant"]: r for r in summary["runs"]}
     assert runs["repeat"]["identical_to_reference"]
     assert summary["fingerprint"]["xla_flags"]
+
+
+def test_prefetch_keeps_order_and_raises_the_producers_error():
+    assert list(trainer.prefetch(lambda i: i * i, range(5))) == [0, 1, 4, 9, 16]
+    assert list(trainer.prefetch(lambda i: i, range(0))) == []
+
+    def produce(i):
+        if i == 3:
+            raise ValueError("bad batch 3")
+        return i
+
+    with pytest.raises(ValueError, match="bad batch 3"):
+        list(trainer.prefetch(produce, range(6)))
+
+
+def test_a_run_reads_losses_back_only_when_an_observer_runs(tmp_path, monkeypatch):
+    """The host does not wait on the device every step: losses are fetched in one batch per
+    observation (here every 4 steps), and a NaN is still pinned to its own step."""
+    fetched = []
+    original = trainer.Trainer._check_losses
+
+    def spy(self, losses, done):
+        fetched.append((done, len(losses)))
+        return original(self, losses, done)
+
+    monkeypatch.setattr(trainer.Trainer, "_check_losses", spy)
+    trainer.train_and_evaluate(tiny_config(log_every_steps=4), str(tmp_path))
+    assert fetched == [(4, 4), (8, 4), (12, 4)]
