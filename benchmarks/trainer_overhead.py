@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from eos_jax import bits, numerics
 from eos_jax import config as recipe_config
@@ -58,6 +58,7 @@ def trainer_loop(config) -> tuple[float, str]:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.ERROR)  # orbax logs every save
     numerics.configure(numerics.DtypePolicy("fp32", "fp32"), matmul_precision="highest")
     config = benchmark_config(_STEPS.value)
     ratios = []
