@@ -1,4 +1,4 @@
-r"""`make demo`: the paper's headline on MNIST-1D, about 4 minutes on 2 cores.
+r"""`make demo`: the paper's headline on MNIST-1D, about 2.5 minutes on 2 cores.
 
   python -m experiments.demo --workdir=workdirs/demo
 
