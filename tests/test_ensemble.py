@@ -163,7 +163,8 @@ SHARDED = textwrap.dedent("""
     from eos_jax.data import load_dataset
     from eos_jax.training import ensemble, sources
     from tests.test_training import tiny_config
-    ens = ensemble.Ensemble(sources.make_members(tiny_config(), "update_k", count=4),
+    config = tiny_config(**{"mesh.member": 4, "mesh.data": 1})
+    ens = ensemble.Ensemble(sources.make_members(config, "update_k", count=4),
                             load_dataset("digits"), "vmap")
     states = ens.init()
     for s in range(4):

@@ -24,6 +24,7 @@ import tqdm
 
 from eos_jax import bits, numerics, results
 from eos_jax import config as recipe_config
+from eos_jax.training import mesh as mesh_lib
 from eos_jax.training import observers as obs
 from eos_jax.training import recipe
 from eos_jax.training.checkpoint import Checkpointer, CheckpointError
@@ -132,7 +133,9 @@ class Trainer:
         # Only now that everything is validated and builds does anything go to disk.
         policy = recipe_config.dtype_policy(ensemble.members[0].config)
         saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
-        results.prepare_workdir(workdir, saved, numerics.fingerprint(policy, config))
+        results.prepare_workdir(
+            workdir, saved, numerics.fingerprint(policy, config, mesh_lib.describe(ensemble.mesh))
+        )
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2)
         )
