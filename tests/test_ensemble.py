@@ -188,3 +188,12 @@ def test_vmap_member_axis_is_sharded_across_devices():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4", "True", "4"]
+
+
+def test_strategy_goals_name_the_trade_off():
+    assert ensemble.resolve_strategy("bit_identical", "gpu") == "unrolled"
+    assert ensemble.resolve_strategy("fast", "tpu") == ensemble.resolve_strategy("auto", "tpu")
+    assert ensemble.resolve_strategy("fast", "gpu") == "vmap"
+    assert ensemble.resolve_strategy("fast", "cpu") == "unrolled"
+    with pytest.raises(ValueError, match="allowed: bit_identical, fast, auto, unrolled, vmap"):
+        ensemble.resolve_strategy("pmap")

@@ -36,12 +36,27 @@ from eos_jax.training import recipe, sources, steps
 from eos_jax.training.sources import Member
 
 STRATEGIES = ("unrolled", "vmap")
+# What a config may ask for instead of a strategy: the goal. 'bit_identical': member 0 is
+# the standalone run bit for bit (unrolled, everywhere). 'fast' (= 'auto'): unrolled on the
+# CPU, vmap on GPU/TPU, where member 0 is then only within rounding of the standalone run.
+GOALS = ("bit_identical", "fast", "auto")
 
 
 def default_strategy(backend: str | None = None) -> str:
     """'unrolled' on the CPU (measured faster than vmap and bit-exact: benchmarks/README.md);
     'vmap' on accelerators, where batched kernels are expected to pay (not measured here)."""
     return "unrolled" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def resolve_strategy(name: str, backend: str | None = None) -> str:
+    """The strategy for a strategy or goal name (GOALS); ValueError for anything else."""
+    if name == "bit_identical":
+        return "unrolled"
+    if name in ("fast", "auto"):
+        return default_strategy(backend)
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(GOALS + STRATEGIES)}")
+    return name
 
 
 class Ensemble:
@@ -60,11 +75,7 @@ class Ensemble:
         make_step=steps.make_train_step,
         mesh: Mesh | None = None,
     ):
-        strategy = default_strategy() if strategy == "auto" else strategy
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {strategy!r}; allowed: auto, {', '.join(STRATEGIES)}"
-            )
+        strategy = resolve_strategy(strategy)
         if not members:
             raise ValueError("an ensemble needs at least 1 member, got none")
         for m in members:
