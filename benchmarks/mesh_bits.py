@@ -93,10 +93,16 @@ def _train(config, spec: dict) -> dict:
 
 def run_in_process(devices: int, specs: list[dict], timeout: int = 300) -> list[dict]:
     """train(spec) for each spec, in one fresh process with `devices` forced CPU devices."""
+    return run_child(devices, "benchmarks.mesh_bits", ["--child", json.dumps(specs)], timeout)
+
+
+def run_child(devices: int, module: str, args: list[str], timeout: int = 300):
+    """python -m module *args with `devices` forced host CPU devices; its last stdout line,
+    parsed as JSON."""
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.mesh_bits", "--child", json.dumps(specs)],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -104,7 +110,7 @@ def run_in_process(devices: int, specs: list[dict], timeout: int = 300) -> list[
         cwd=ROOT,
     )
     if out.returncode:
-        raise RuntimeError(f"child with {devices} devices failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{module} with {devices} devices failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
