@@ -16,7 +16,7 @@ REFERENCE = json.load(open(os.path.join(ROOT, "tests", "data", "bits_preserved.j
 
 def run(module: str, workdir, *args) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", module, f"--workdir={workdir}", "--config.quiet=True", *args],
+        [sys.executable, "-m", module, f"--workdir={workdir}", *args, "--config.quiet=True"],
         cwd=ROOT,
         capture_output=True,
         text=True,
