@@ -67,6 +67,11 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.numerics.deterministic = True
     c.numerics.xla_flags = ()  # extra XLA flags, e.g. ("--xla_cpu_max_isa=AVX",) for no FMA
 
+    # Devices: a ("member", "data") mesh (eos_jax.training.mesh). data splits every batch
+    # (BatchNorm still sees the global batch); member splits a vmap ensemble's members.
+    # -1: all devices the other axis leaves. One device: 1 x 1, nothing is sharded.
+    c.mesh = ml_collections.ConfigDict(dict(member=1, data=-1))
+
     # Observers: each runs every so many steps (and at the last step).
     c.log_every_steps = 10
     c.eval_every_steps = 50
@@ -116,8 +121,23 @@ def validate(config, stop_at_step: int | None = None) -> None:
         raise ValueError(
             f"config.data_order={config.data_order!r}; allowed: {', '.join(DATA_ORDERS)}"
         )
+    if config.get("mesh") is not None:
+        validate_mesh(config.mesh)
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
+
+
+def _mesh_size(mesh, name: str) -> int:
+    value = mesh[name]
+    if not isinstance(value, int) or isinstance(value, bool) or not (value >= 1 or value == -1):
+        raise ValueError(f"config.mesh.{name}={value!r} must be an integer >= 1, or -1 (the rest)")
+    return value
+
+
+def validate_mesh(mesh) -> None:
+    """ValueError naming a bad config.mesh field (before any device is asked)."""
+    if _mesh_size(mesh, "member") == _mesh_size(mesh, "data") == -1:
+        raise ValueError("config.mesh.member and config.mesh.data cannot both be -1 (the rest)")
 
 
 def configure_numerics(config) -> numerics.DtypePolicy:

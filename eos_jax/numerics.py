@@ -187,8 +187,11 @@ def _version(module_name: str) -> str | None:
         return None
 
 
-def fingerprint(policy: DtypePolicy, config: Any = None) -> dict[str, Any]:
-    """Everything that decides a run's bits, as a JSON-ready dict."""
+def fingerprint(
+    policy: DtypePolicy, config: Any = None, mesh: dict | None = None
+) -> dict[str, Any]:
+    """Everything that decides a run's bits, as a JSON-ready dict. mesh: the device mesh's
+    description (training.mesh.describe): its shape decides how sums are split."""
     devices = jax.devices()
     return {
         "python": platform.python_version(),
@@ -198,6 +201,7 @@ def fingerprint(policy: DtypePolicy, config: Any = None) -> dict[str, Any]:
         "cpu": _cpu(),
         "device_kinds": sorted({d.device_kind for d in devices}),
         "device_count": len(devices),
+        "mesh": mesh,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_threads": len(os.sched_getaffinity(0)),
         "x64": bool(jax.config.jax_enable_x64),

@@ -31,6 +31,7 @@ BIT_DECIDING_FIELDS = (
     "backend",
     "device_kinds",
     "device_count",
+    "mesh",
     "cpu",
     "cpu_threads",
     "xla_flags",

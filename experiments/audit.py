@@ -3,8 +3,9 @@ r"""Is training bit-reproducible here? Trains a few steps in fresh processes and
   python -m experiments.audit --workdir=/tmp/audit [--config=... --config.num_steps=20]
 
 Runs the recipe twice with identical settings (the reproducibility claim), then once per
-variant that should change the bits (one CPU thread; no FMA contraction), each in a fresh
-process, and reports which final parameter hashes agree, with the fingerprint of the first.
+variant that should change the bits (one CPU thread; no FMA contraction; the batch split
+over 2 CPU devices, config.mesh.data=2), each in a fresh process, and reports which final
+parameter hashes agree, with the fingerprint of the first.
 Exits with status 2 (common.EXIT_NOT_REPRODUCIBLE) when the repeat is not bit-identical.
 """
 
@@ -25,17 +26,25 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Training steps per run.")
 _CONFIG = flags.DEFINE_string("config", "experiments/configs/default.py", "Recipe file.")
 
 
-def variants() -> dict[str, list[str]]:
-    """Name -> extra train flags. 'repeat' must match 'reference'; the others probe sensitivity."""
-    out = {"reference": [], "repeat": []}
+# Two forced host CPU devices for the data-parallel variant (set before JAX starts).
+TWO_CPU_DEVICES = {"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "2"}
+
+
+def variants() -> dict[str, tuple[list[str], dict[str, str]]]:
+    """Name -> (extra train flags, extra environment). 'repeat' must match 'reference'; the
+    others probe sensitivity."""
+    out = {"reference": ([], {}), "repeat": ([], {})}
     if len(os.sched_getaffinity(0)) > 1:
-        out["cpu_threads=1"] = ["--config.numerics.cpu_threads=1"]
+        out["cpu_threads=1"] = (["--config.numerics.cpu_threads=1"], {})
     if platform.machine() in ("x86_64", "AMD64"):
-        out["no_fma"] = [f"--config.numerics.xla_flags={numerics.NO_FMA_XLA_FLAGS!r}"]
+        out["no_fma"] = ([f"--config.numerics.xla_flags={numerics.NO_FMA_XLA_FLAGS!r}"], {})
+    out["2_cpu_devices_data=2"] = (["--config.mesh.data=2"], TWO_CPU_DEVICES)
     return out
 
 
-def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str]) -> dict:
+def train_in_fresh_process(
+    run_dir: str, extra: list[str], overrides: list[str], env: dict[str, str]
+) -> dict:
     cmd = [
         sys.executable,
         "-m",
@@ -47,7 +56,7 @@ def train_in_fresh_process(run_dir: str, extra: list[str], overrides: list[str])
         *overrides,
         *extra,
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     if out.returncode != 0:  # the run's own exit status, e.g. common.EXIT_DIVERGED
         last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         print(f"error: audit run {run_dir} failed: {last}", file=sys.stderr)
@@ -66,10 +75,10 @@ def main(argv):
         raise results.WorkdirError(f"workdir {workdir!r} is not empty; an audit needs a new one")
     results.lock_workdir(workdir)
     rows = []
-    for name, extra in variants().items():
+    for name, (extra, env) in variants().items():
         print(f"audit: training {_STEPS.value} steps in a fresh process: {name}", flush=True)
         summary = train_in_fresh_process(
-            os.path.join(workdir, name.replace("=", "_")), extra, overrides
+            os.path.join(workdir, name.replace("=", "_")), extra, overrides, env
         )
         rows.append({"variant": name, "params_hash": summary["members"][0]["params_hash"][:16]})
     reference = rows[0]["params_hash"]

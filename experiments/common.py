@@ -26,7 +26,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from eos_jax import results
+from eos_jax import distributed, results
 from eos_jax.training import checkpoint, trainer
 
 EXIT_ERROR = 1
@@ -42,6 +42,41 @@ EXPECTED_ERRORS = (
     checkpoint.CheckpointError,
     trainer.TrainingDiverged,
 )
+
+# Several processes as one run (eos_jax.distributed): flags of the mains that support it.
+_distributed_flags: dict = {}
+
+
+def define_distributed_flags() -> None:
+    """--coordinator_address, --num_processes, --process_id, --distributed_auto and
+    --heartbeat_timeout_s, read by join_distributed()."""
+    _distributed_flags.update(
+        coordinator=flags.DEFINE_string(
+            "coordinator_address", None, "host:port of process 0, for a multi-process run."
+        ),
+        num_processes=flags.DEFINE_integer("num_processes", None, "Processes in the run."),
+        process_id=flags.DEFINE_integer("process_id", None, "This process's index in [0, n)."),
+        auto=flags.DEFINE_bool(
+            "distributed_auto", False, "Join the cluster JAX detects (Cloud TPU, Slurm, MPI)."
+        ),
+        heartbeat=flags.DEFINE_integer(
+            "heartbeat_timeout_s", 60, "A process silent this long ends the run with an error."
+        ),
+    )
+
+
+def join_distributed() -> bool:
+    """distributed.initialize from the flags; call right after configuring numerics (XLA
+    flags and threads must be set before the runtime starts the backend)."""
+    f = {k: v.value for k, v in _distributed_flags.items()}
+    return distributed.initialize(
+        f["coordinator"],
+        f["num_processes"],
+        f["process_id"],
+        auto=f["auto"],
+        heartbeat_timeout_s=f["heartbeat"],
+    )
+
 
 # Config file flags defined by define_config -> their default file.
 _config_defaults: dict[str, str] = {}
@@ -117,8 +152,8 @@ def _fail(error: BaseException, status: int):
 
 
 def entry_point(main):
-    """Wraps an absl main: quiet library logs, and expected failures (bad input, unusable
-    workdir, divergence) become one line on stderr and the exit statuses above."""
+    """Wraps an absl main: quiets library logs, and turns expected failures (bad input,
+    unusable workdir, divergence) into one line on stderr and the exit statuses above."""
 
     @functools.wraps(main)
     def wrapped(argv):

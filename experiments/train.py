@@ -21,6 +21,8 @@ _STOP_AT = flags.DEFINE_integer(
     "stop_at_step", None, "Checkpoint and exit at this step without finishing; rerun to resume."
 )
 
+common.define_distributed_flags()
+
 
 @common.entry_point
 def main(argv):
@@ -28,6 +30,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     recipe_config.configure_numerics(config)
+    common.join_distributed()
     summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
     print(json.dumps(summary, indent=2))
     print(f"results: {_WORKDIR.value}")

@@ -17,12 +17,15 @@ from experiments import common
 _CONFIG = common.define_config("experiments/configs/twins_embedded.py", "Recipe + twins settings.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 
+common.define_distributed_flags()
+
 
 @common.entry_point
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     twins.configure_numerics(_CONFIG.value)
+    common.join_distributed()
     summary = twins.run(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])
     if summary.get("verdict"):

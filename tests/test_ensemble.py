@@ -163,7 +163,8 @@ SHARDED = textwrap.dedent("""
     from eos_jax.data import load_dataset
     from eos_jax.training import ensemble, sources
     from tests.test_training import tiny_config
-    ens = ensemble.Ensemble(sources.make_members(tiny_config(), "update_k", count=4),
+    config = tiny_config(**{"mesh.member": 4, "mesh.data": 1})
+    ens = ensemble.Ensemble(sources.make_members(config, "update_k", count=4),
                             load_dataset("digits"), "vmap")
     states = ens.init()
     for s in range(4):
@@ -187,3 +188,12 @@ def test_vmap_member_axis_is_sharded_across_devices():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4", "True", "4"]
+
+
+def test_strategy_goals_name_the_trade_off():
+    assert ensemble.resolve_strategy("bit_identical", "gpu") == "unrolled"
+    assert ensemble.resolve_strategy("fast", "tpu") == ensemble.resolve_strategy("auto", "tpu")
+    assert ensemble.resolve_strategy("fast", "gpu") == "vmap"
+    assert ensemble.resolve_strategy("fast", "cpu") == "unrolled"
+    with pytest.raises(ValueError, match="allowed: bit_identical, fast, auto, unrolled, vmap"):
+        ensemble.resolve_strategy("pmap")

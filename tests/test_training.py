@@ -224,6 +224,7 @@ def test_audit_reports_reproducibility_in_fresh_processes(tmp_path):
     summary = results.read_json(str(tmp_path / results.SUMMARY))
     runs = {r["variant"]: r for r in summary["runs"]}
     assert runs["repeat"]["identical_to_reference"]
+    assert not runs["2_cpu_devices_data=2"]["identical_to_reference"]  # another sum order
     assert summary["fingerprint"]["xla_flags"]
 
 

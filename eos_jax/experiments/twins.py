@@ -33,7 +33,10 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     """The twins knobs (config.twins) shared by every twins config; recipes add what differs."""
     t = ml_collections.ConfigDict()
     t.experiment = experiment
-    t.strategy = "auto"  # auto | unrolled | vmap (auto: ensemble.default_strategy)
+    # How the members run (ensemble.resolve_strategy): 'bit_identical' (unrolled: member 0
+    # IS the standalone run), 'fast' = 'auto' (unrolled on CPU, where it is also fastest;
+    # vmap on GPU/TPU: member 0 only within rounding of the standalone run), or a strategy.
+    t.strategy = "auto"
     t.members = 6  # per ensemble (dtype always has 3: fp64, fp32, bf16)
     t.tensor = "conv1/kernel"  # the entry that ulp_init / bitflip_init change ...
     t.index = ()  # ... () = its first normal nonzero entry (reported in summary.json)

@@ -61,7 +61,8 @@ class Checkpointer:
         kept = {str(s) for s in self._manager.all_steps()}
         hashes = {k: v for k, v in self._hashes().items() if k in kept}
         hashes[str(int(step))] = bits.tree_hash(state)
-        results.write_json(self.hashes_path, hashes)
+        if jax.process_index() == 0:  # orbax saves collectively; the hash file is ours
+            results.write_json(self.hashes_path, hashes)
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()
 

@@ -9,7 +9,11 @@ Two strategies behind one interface (`Ensemble`):
 - 'vmap': the member states are stacked on a leading axis and one vmapped step runs them.
   Members must come from one vmappable source (seeds, k, init edits, in-batch order).
   Batched kernels are different kernels, so a member's bits are not those of the
-  standalone run. On several devices the member axis is sharded across them.
+  standalone run.
+
+Where the arrays live is the mesh's business (eos_jax.training.mesh, from config.mesh):
+on several devices the batch is split over `data` and a vmap ensemble's members over
+`member`; on one device nothing changes.
 
 Members that read the same batch stream (twins) get one batch per step, shared. The state
 is donated to the step, so the caller must not reuse a state it passed in.
@@ -22,15 +26,20 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from eos_jax import config as recipe_config
 from eos_jax import results
 from eos_jax.data import Dataset, eval_batches
+from eos_jax.training import mesh as mesh_lib
 from eos_jax.training import recipe, sources, steps
 from eos_jax.training.sources import Member
 
 STRATEGIES = ("unrolled", "vmap")
+# What a config may ask for instead of a strategy: the goal. 'bit_identical': member 0 is
+# the standalone run bit for bit (unrolled, everywhere). 'fast' (= 'auto'): unrolled on the
+# CPU, vmap on GPU/TPU, where member 0 is then only within rounding of the standalone run.
+GOALS = ("bit_identical", "fast", "auto")
 
 
 def default_strategy(backend: str | None = None) -> str:
@@ -39,11 +48,23 @@ def default_strategy(backend: str | None = None) -> str:
     return "unrolled" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
+def resolve_strategy(name: str, backend: str | None = None) -> str:
+    """The strategy for a strategy or goal name (GOALS); ValueError for anything else."""
+    if name == "bit_identical":
+        return "unrolled"
+    if name in ("fast", "auto"):
+        return default_strategy(backend)
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(GOALS + STRATEGIES)}")
+    return name
+
+
 class Ensemble:
     """K members (sources.Member) in lockstep: one jitted train step, one jitted eval.
 
     make_step(model, tx, loss) -> step(state, batch) -> (state, {'loss', 'accuracy'}) is the
     per-member step (steps.make_train_step by default), so other steps plug in unchanged.
+    mesh: the device mesh (default: built from member 0's config.mesh).
     """
 
     def __init__(
@@ -52,12 +73,9 @@ class Ensemble:
         dataset: Dataset,
         strategy: str = "auto",
         make_step=steps.make_train_step,
+        mesh: Mesh | None = None,
     ):
-        strategy = default_strategy() if strategy == "auto" else strategy
-        if strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown strategy {strategy!r}; allowed: auto, {', '.join(STRATEGIES)}"
-            )
+        strategy = resolve_strategy(strategy)
         if not members:
             raise ValueError("an ensemble needs at least 1 member, got none")
         for m in members:
@@ -74,10 +92,15 @@ class Ensemble:
         self.steps_per_epoch = self.streams[0].steps_per_epoch
         self.models = [recipe.model(m.config, dataset) for m in members]
         self.txs = [recipe.optimizer(m.config, self.steps_per_epoch) for m in members]
-        self.sharding = None
         if strategy == "vmap":
             self._check_vmappable()
-            self.sharding = _member_sharding(len(members))
+        self.mesh = mesh_lib.from_config(members[0].config) if mesh is None else mesh
+        self.layout = mesh_lib.Layout(self.mesh, strategy == "vmap", len(members))
+        self.layout.check_batch_sizes(
+            size
+            for s in self.streams
+            for size in (s.batch_size, 0 if s.drop_last else s.dataset.num_train % s.batch_size)
+        )
         train_steps = [
             make_step(model, tx, m.config.loss)
             for model, tx, m in zip(self.models, self.txs, self.members, strict=True)
@@ -121,13 +144,13 @@ class Ensemble:
         def evaluate(states, images):  # (batch, member, classes)
             return jnp.stack([f(s, images) for f, s in zip(eval_steps, states, strict=True)], 1)
 
-        return jax.jit(step, donate_argnums=0), jax.jit(evaluate)
+        return self.layout.jit_step(step, False), self.layout.jit_eval(evaluate)
 
     def _vmapped(self, train_steps):
         per_member = len(self.streams) > 1
         step = jax.vmap(train_steps[0], in_axes=(0, 0 if per_member else None))
         evaluate = jax.vmap(steps.make_eval_step(self.models[0]), in_axes=(0, None), out_axes=1)
-        return jax.jit(step, donate_argnums=0), jax.jit(evaluate)
+        return self.layout.jit_step(step, per_member), self.layout.jit_eval(evaluate)
 
     def init(self):
         """The members' initial states, packed for the strategy (a fresh copy each call).
@@ -166,10 +189,12 @@ class Ensemble:
         ]
 
     def _pack(self, states):
-        if self.strategy == "unrolled":
-            return tuple(states)
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-        return stacked if self.sharding is None else jax.device_put(stacked, self.sharding)
+        packed = (
+            tuple(states)
+            if self.strategy == "unrolled"
+            else jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+        )
+        return self.layout.put(packed, self.layout.state) if self.layout.active else packed
 
     def unpack(self, states) -> list[steps.TrainState]:
         """The member states as a list, whatever the strategy."""
@@ -182,11 +207,13 @@ class Ensemble:
         (unrolled), or one shared batch / a member-stacked batch (vmap)."""
         drawn = [s.batch(step) for s in self.streams]
         if self.strategy == "unrolled":
-            return jax.device_put(tuple(drawn))
-        if len(drawn) == 1:
-            return jax.device_put(drawn[0])
-        stacked = {k: np.stack([drawn[j][k] for j in self.stream_of]) for k in drawn[0]}
-        return jax.device_put(stacked, self.sharding)
+            batches, sharding = tuple(drawn), self.layout.batch
+        elif len(drawn) == 1:
+            batches, sharding = drawn[0], self.layout.batch
+        else:
+            batches = {k: np.stack([drawn[j][k] for j in self.stream_of]) for k in drawn[0]}
+            sharding = self.layout.stacked_batch
+        return self.layout.put(batches, sharding) if self.layout.active else jax.device_put(batches)
 
     def step(self, states, batches):
         """One lockstep step of every member: (states, {'loss', 'accuracy'}: one per member).
@@ -227,16 +254,3 @@ class Ensemble:
 
 def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
-
-
-def _member_sharding(num_members: int) -> NamedSharding | None:
-    """The member axis split across all devices (None on one device)."""
-    devices = jax.devices()
-    if len(devices) == 1:
-        return None
-    if num_members % len(devices):
-        raise ValueError(
-            f"vmap over {num_members} members on {len(devices)} devices needs the "
-            "member count to be a multiple of the device count"
-        )
-    return NamedSharding(Mesh(np.array(devices), ("member",)), PartitionSpec("member"))

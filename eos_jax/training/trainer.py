@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from eos_jax import bits, numerics, results
+from eos_jax import bits, distributed, numerics, results
 from eos_jax import config as recipe_config
+from eos_jax.training import mesh as mesh_lib
 from eos_jax.training import observers as obs
 from eos_jax.training import recipe
 from eos_jax.training.checkpoint import Checkpointer, CheckpointError
@@ -98,7 +99,8 @@ class Trainer:
     'label' and 'kind' (train, eval, and whatever extra observers write). config.json holds
     the recipe and ensemble.describe(config), so that a different ensemble is refused the
     workdir; a loss, weight or test logit that is NaN or inf raises TrainingDiverged after
-    writing diverged.json.
+    writing diverged.json. With several processes (eos_jax.distributed) all of them train and
+    observe; only process 0 writes files (checkpoints are saved by all, through orbax).
     """
 
     def __init__(self, ensemble: Ensemble, config, workdir: str, observers=()):
@@ -114,10 +116,11 @@ class Trainer:
         """Records a divergence in diverged.json (the run stays unfinished); returns the error."""
         last = self.checkpointer.latest_step()
         where = f"last good checkpoint: step {last}" if last else "no checkpoint was saved yet"
-        results.write_json(
-            os.path.join(self.workdir, "diverged.json"),
-            {"status": "diverged", "what": what, "last_checkpoint": last},
-        )
+        if distributed.is_primary():
+            results.write_json(
+                os.path.join(self.workdir, "diverged.json"),
+                {"status": "diverged", "what": what, "last_checkpoint": last},
+            )
         return TrainingDiverged(f"{what}; {where} in {self.checkpointer.directory}")
 
     def run(self, stop_at_step: int | None = None) -> dict:
@@ -132,7 +135,13 @@ class Trainer:
         # Only now that everything is validated and builds does anything go to disk.
         policy = recipe_config.dtype_policy(ensemble.members[0].config)
         saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
-        results.prepare_workdir(workdir, saved, numerics.fingerprint(policy, config))
+        primary = distributed.is_primary()
+        if primary:
+            results.prepare_workdir(
+                workdir,
+                saved,
+                numerics.fingerprint(policy, config, mesh_lib.describe(ensemble.mesh)),
+            )
         self.checkpointer = Checkpointer(
             os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2)
         )
@@ -142,14 +151,15 @@ class Trainer:
             restored = sorted({int(m.step) for m in ensemble.unpack(states)})
             if restored != [start]:
                 raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
-        truncate_metrics(workdir, start)  # records after the restored step will be redone
+        if primary:
+            truncate_metrics(workdir, start)  # records after the restored step will be redone
         end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
         observers = [
             *self.observers,
             obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps),
         ]
         t0 = time.time()
-        with results.MetricsWriter(workdir) as writer:
+        with results.MetricsWriter(workdir) if primary else NullWriter() as writer:
             run = Run(self, writer, num_steps, end, bar=None)
             run.at(start, states, {})
             if start == 0:
@@ -163,7 +173,7 @@ class Trainer:
                 done = step + 1
                 if run.bar is None:  # the first step compiles: the ETA starts after it
                     jax.block_until_ready(metrics)
-                    run.bar = progress_bar(config, workdir, num_steps, done)
+                    run.bar = progress_bar(config, workdir, num_steps, done, primary)
                 else:
                     run.bar.update(1)
                 run.at(done, states, metrics)
@@ -195,6 +205,8 @@ class Trainer:
             "seconds_this_session": time.time() - t0,
             "resumed_from_step": start,
         }
+        if not primary:
+            return {**summary, "process_index": jax.process_index()}
         records = read_metrics(workdir)
         for o in observers:
             o.summarize(records, summary)
@@ -223,15 +235,31 @@ def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) ->
     return Trainer(ensemble, config, workdir).run(stop_at_step)
 
 
-def progress_bar(config, workdir: str, num_steps: int, initial: int) -> tqdm.tqdm:
-    """A step progress bar named after the work directory (off with config.quiet)."""
+class NullWriter:
+    """What processes other than 0 write metrics to: nothing."""
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+def progress_bar(
+    config, workdir: str, num_steps: int, initial: int, shown: bool = True
+) -> tqdm.tqdm:
+    """A step progress bar named after the work directory (off with config.quiet and in
+    processes other than 0)."""
     return tqdm.tqdm(
         total=num_steps,
         initial=initial,
         desc=os.path.basename(os.path.normpath(workdir)),
         unit="step",
         dynamic_ncols=True,
-        disable=config.get("quiet", False),
+        disable=config.get("quiet", False) or not shown,
     )
 
 

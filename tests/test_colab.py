@@ -1,0 +1,29 @@
+"""launch/colab.ipynb runs top to bottom on the CPU with its reduced settings (no install)."""
+
+import os
+import sys
+
+import pytest
+
+nbclient = pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_notebook_runs_and_shows_its_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("EOS_COLAB_TEST", "1")
+    monkeypatch.setenv("EOS_COLAB_RUNS", str(tmp_path))
+    # `!python` in the notebook must be this interpreter (the kernel's PATH decides).
+    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    notebook = nbformat.read(os.path.join(ROOT, "launch", "colab.ipynb"), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=240, resources={"metadata": {"path": ROOT}}).execute()
+    images = [
+        o
+        for cell in notebook.cells
+        for o in cell.get("outputs", [])
+        if "image/png" in o.get("data", {})
+    ]
+    assert len(images) == 2
+    assert (tmp_path / "table1" / "summary.json").exists()

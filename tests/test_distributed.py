@@ -1,0 +1,121 @@
+"""Several processes as one run: 2 local CPU processes x 2 devices (gloo collectives) against
+1 process x 4 devices; resume; a killed process ends the run; bad arguments."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from eos_jax import distributed, results
+from eos_jax.training import trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = [
+    "--config=experiments/configs/default.py",
+    "--config.batch_size=64",
+    "--config.model_kwargs.widths=(8,16)",
+    "--config.eval_every_steps=4",
+    "--config.checkpoint_every_steps=4",
+    "--config.quiet=True",
+]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("127.0.0.1:1234", 2, None), "give all three"),
+        (("127.0.0.1", 2, 0), "must be 'host:port'"),
+        (("127.0.0.1:1234", 0, 0), "num_processes=0 must be an integer >= 1"),
+        (("127.0.0.1:1234", 2, 2), r"process_id=2 must be in \[0, 1\]"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(args, message):
+    with pytest.raises(ValueError, match=message):
+        distributed.initialize(*args)
+
+
+def test_no_arguments_is_a_single_process():
+    assert distributed.initialize() is False and distributed.is_primary()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat: int = 10):
+    """experiments.train in `processes` processes with `devices` CPU devices each."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
+    env.pop("XLA_FLAGS", None)
+    port = free_port()
+    cmd = [sys.executable, "-m", "experiments.train", *TINY, f"--workdir={workdir}", *extra]
+    if processes > 1:
+        cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
+        cmd += [f"--heartbeat_timeout_s={heartbeat}"]
+    return [
+        subprocess.Popen(
+            cmd + ([f"--process_id={i}"] if processes > 1 else []),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(processes)
+    ]
+
+
+def finish(procs, timeout=300):
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+
+
+def train_losses(workdir):
+    return [r["train_loss"] for r in trainer.read_metrics(workdir) if r["kind"] == "train"]
+
+
+def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
+    d = lambda name: str(tmp_path / name)  # noqa: E731
+    steps = ["--config.num_steps=12"]
+    whole = start(d("two"), 2, 2, steps)
+    one = start(d("one"), 4, 1, steps)
+    finish(whole + one)
+    split = start(d("split"), 2, 2, [*steps, "--stop_at_step=6"])
+    finish(split)
+    finish(start(d("split"), 2, 2, steps))
+
+    two = results.read_json(d("two/summary.json"))
+    assert (
+        two["members"][0]["params_hash"]
+        == (results.read_json(d("split/summary.json"))["members"][0]["params_hash"])
+    )
+    assert trainer.read_metrics(d("two")) == trainer.read_metrics(d("split"))
+    fingerprint = results.read_json(d("two/fingerprint.json"))
+    assert fingerprint["mesh"]["shape"] == [1, 4] and fingerprint["mesh"]["process_count"] == 2
+    # 2 x 2 devices vs 1 x 4: the same global batch split the same way, but the cross-process
+    # all-reduce (gloo) adds the partial sums in its own order: within rounding, not bits.
+    for a, b in zip(train_losses(d("two")), train_losses(d("one")), strict=True):
+        assert abs(a - b) <= 1e-5 * abs(b)
+
+
+def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path):
+    procs = start(
+        str(tmp_path), 2, 2, ["--config.num_steps=100000", "--config.log_every_steps=1"], 3
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        time.sleep(0.5)
+    assert metrics.exists(), "the run never started training"
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    _, err = procs[0].communicate(timeout=60)
+    assert procs[0].returncode != 0
+    assert time.time() - killed < 60
+    assert "another task died" in err or "stopped sending heartbeats" in err
