@@ -6,7 +6,7 @@
 The part after ':' picks the experiment:
   headline  update_k vs seed, 12 members each (what `make demo` runs; ~2.5 min on 2 cores)
   sources   every source but none and dtype alone, 12 members each (~5 min)
-  table1    the paper's Table 1: seeds 1..6 x k in {1, 3, ..., 11} (~4 min)
+  table1    the paper's Table 1: seeds 1..6 x k in {1, 3, ..., 11} (~3 min)
   sweep     update_k vs seed at lr 0.025, 0.05, 0.08, 0.1, 8 members each (~7.5 min)
   fig2      twins k = 1, 3 at lr / n for n in 1, 4, 16 (the paper's Figure 2)
 """
