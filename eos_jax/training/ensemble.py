@@ -79,7 +79,7 @@ class Ensemble:
             self._check_vmappable()
             self.sharding = _member_sharding(len(members))
         train_steps = [
-            make_step(model, tx, m.config.loss)
+            make_step(model, tx, m.config.loss, **recipe.step_options(m.config))
             for model, tx, m in zip(self.models, self.txs, self.members, strict=True)
         ]
         self._step, self._eval = (
