@@ -11,10 +11,12 @@ from eos_jax import config as recipe_config
 from eos_jax import results
 from eos_jax.analysis import curvature, sharpness
 from eos_jax.data import normalize, to_unit_float
+from eos_jax.experiments import eos
 from eos_jax.training import recipe, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.observers import Observer
 from eos_jax.training.sources import Member
+from experiments.configs import eos_digits
 
 
 def full_batch_config(**overrides):
@@ -128,3 +130,72 @@ def test_sharpness_observer_refuses_bad_settings():
         sharpness.Sharpness(5, size=100).setup(ensemble, 10)
     with pytest.raises(ValueError, match="sharpness tol=2 must be in"):
         sharpness.Sharpness(5, tol=2).setup(ensemble, 10)
+
+
+@pytest.mark.parametrize("experiment", eos.EXPERIMENTS)
+def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
+    config = eos_digits.get_config(experiment)
+    runs = eos.plan(config)
+    predicted = [r["predicted"] for r in runs]
+    expected = {
+        "plateau": [30, 40, 50, 60],
+        "weight_decay": [10 - wd for wd in eos_digits.WDS],
+        "momentum": [40] * 4,
+        "depth": [40] * 5,
+    }[experiment]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-12)
+    assert len({r["name"] for r in runs}) == len(runs)
+    if experiment == "depth":
+        assert runs[2]["recipe"].model_kwargs.hidden == (200, 200, 200)
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ((), "eos.runs is empty"),
+        (("optimizer.lr",), "is not field=value"),
+        (("optimizer.lrr=0.1",), "unknown field"),
+        (("optimizer.lr=-1",), "config.optimizer.lr=-1.0 must be a finite number > 0"),
+        (("optimizer.decay_epochs=(1,)",), "needs a constant lr"),
+    ],
+)
+def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
+    config = eos_digits.get_config("plateau")
+    config.eos.runs = runs
+    with pytest.raises(ValueError, match=message):
+        eos.run(config, str(tmp_path / "eos"))
+    assert not os.path.exists(tmp_path / "eos")
+
+
+def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
+    config = eos_digits.get_config("plateau")
+    config.update_from_flattened_dict(
+        {
+            "train_subset": 64,
+            "batch_size": 64,
+            "log_every_steps": 5,
+            "eval_every_steps": 10,
+            "quiet": True,
+            "eos.size": 64,
+            "eos.chunk_size": 32,
+            "eos.sharpness_every_steps": 5,
+        }
+    )
+    config.model_kwargs.hidden = (16,)
+    config.eos.runs = (
+        "optimizer.lr=0.1 num_steps=20",
+        "optimizer.lr=0.05 optimizer.momentum=0.5 num_steps=10",
+    )
+    summary = eos.run(config, str(tmp_path))
+    first, second = summary["runs"]
+    assert first["predicted_threshold"] == pytest.approx(20.0)
+    assert (
+        second["predicted_threshold"] == pytest.approx(60.0) and second["optimizer"] == "heavy_ball"
+    )
+    for key in ("lr", "weight_decay", "momentum", "observed_plateau", "initial_sharpness"):
+        assert np.isfinite(first[key])
+    records = trainer.read_metrics(str(tmp_path / first["name"]))
+    values = [r["sharpness"] for r in records if r["kind"] == "sharpness" and r["step"] >= 10]
+    assert first["observed_plateau"] == pytest.approx(float(np.median(values)))
+    for name in ("summary.json", "eos.csv", "eos.md", "sharpness.png", "predicted_vs_observed.png"):
+        assert os.path.exists(tmp_path / name)
