@@ -1,7 +1,7 @@
 r"""What sharpness tracking costs: Hessian-vector product / gradient time at batch 1,000, and
 the products per warm-started Lanczos call (k = 1) along a full-batch GD run.
 
-  python -m benchmarks.curvature [--steps=600 --every=10 --repeats=20]
+  python -m benchmarks.curvature [--steps=1500 --every=11 --repeats=20]
 
 Both on the EoS recipe (experiments/configs/eos_digits.py: fc-tanh MLP (200, 200), MSE, the
 first 1,000 digits) and the HVP ratio also on the small CNN (16, 32, 32). Timings alternate
@@ -16,7 +16,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from eos_jax import config as recipe_config
 from eos_jax.analysis import curvature, sharpness
@@ -25,7 +25,7 @@ from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 from experiments.configs import eos_digits
 
-_STEPS = flags.DEFINE_integer("steps", 600, "GD steps of the warm-start run.")
+_STEPS = flags.DEFINE_integer("steps", 1500, "GD steps of the warm-start run.")
 _EVERY = flags.DEFINE_integer("every", 11, "Steps between sharpness measurements.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls of each kind (median reported).")
 
@@ -68,6 +68,7 @@ def warm_start_hvps(config) -> list[int]:
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint
     config = eos_digits.get_config("plateau")
     recipe_config.configure_numerics(config)
     cnn = eos_digits.get_config("plateau")
