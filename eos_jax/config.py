@@ -37,10 +37,17 @@ def default_recipe() -> ml_collections.ConfigDict:
     # 'fixed' keeps epoch 0's. 'auto' is 'fixed' for full-batch runs (batch = training set),
     # where a new order each step would only change the summation order: a rounding source.
     c.data_order = "auto"
+    # Gradients of a batch summed over this many equal microbatches before one update
+    # (full batches that do not fit in memory); 1 is the plain step.
+    c.microbatches = 1
     c.eval_batch_size = 256
     c.loss = "cross_entropy"
     c.num_epochs = 30
     c.num_steps = placeholder(int)  # overrides num_epochs when set
+    # Cohen et al.'s protocol: end the run at the first logged step where every member's
+    # train loss is <= this (or train accuracy >= that), as if it were the last step.
+    c.stop_at_train_loss = placeholder(float)
+    c.stop_at_train_accuracy = placeholder(float)
 
     # Separate seeds per source of randomness, so that each can be varied alone.
     c.seeds = ml_collections.ConfigDict(dict(init=1, data=1, aug=1, subset=0))
@@ -108,6 +115,19 @@ def validate(config, stop_at_step: int | None = None) -> None:
         value = _get(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{name}={value!r} must be an integer >= 1")
+    microbatches = config.get("microbatches", 1)
+    if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
+        raise ValueError(f"config.microbatches={microbatches!r} must be an integer >= 1")
+    if config.batch_size % microbatches:
+        raise ValueError(
+            f"config.microbatches={microbatches} must divide config.batch_size={config.batch_size}"
+        )
+    goal = config.get("stop_at_train_loss")
+    if goal is not None and not (isinstance(goal, (int, float)) and math.isfinite(goal)):
+        raise ValueError(f"config.stop_at_train_loss={goal!r} must be a finite number or None")
+    goal = config.get("stop_at_train_accuracy")
+    if goal is not None and not (isinstance(goal, (int, float)) and 0 < goal <= 1):
+        raise ValueError(f"config.stop_at_train_accuracy={goal!r} must be in (0, 1] or None")
     lr = config.optimizer.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"config.optimizer.lr={lr!r} must be a finite number > 0")

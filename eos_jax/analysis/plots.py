@@ -228,3 +228,45 @@ def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, p
     right.legend(fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sharpness_curves(curves: dict[str, dict], path: str) -> None:
+    """Left: data-loss sharpness against step per run, its predicted threshold dashed in the
+    same colour. Right: the training-set loss (log scale)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, c in enumerate(curves.values()):
+        color = f"C{i % 10}"
+        left.plot(c["steps"], c["sharpness"], color=color, label=c["label"])
+        left.axhline(c["predicted"], color=color, linestyle="--", linewidth=0.8)
+        right.semilogy(c["steps"], c["loss"], color=color)
+    left.set(
+        xlabel="step",
+        ylabel="top eigenvalue of the data-loss Hessian",
+        title="sharpness (dashed: c / lr - wd)",
+    )
+    left.legend(fontsize=7)
+    right.set(xlabel="step", ylabel="training-set loss", title="loss")
+    _save(fig, path)
+
+
+def predicted_vs_observed(rows: list[dict], path: str) -> None:
+    """Observed plateau (median over the last half) against the predicted threshold, with
+    the line y = x and the plateau's interquartile range as an error bar."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    predicted = np.array([r["predicted_threshold"] for r in rows])
+    observed = np.array([r["observed_plateau"] for r in rows])
+    iqr = np.array([r["plateau_iqr"] for r in rows])
+    ax.errorbar(predicted, observed, yerr=iqr / 2, fmt="o", capsize=3)
+    for r in rows:
+        ax.annotate(r["name"], (r["predicted_threshold"], r["observed_plateau"]), fontsize=6)
+    lo, hi = 0.0, 1.1 * max(predicted.max(), observed.max())
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="observed = predicted")
+    ax.set(
+        xlabel="predicted threshold c / lr - wd",
+        ylabel="observed plateau",
+        xlim=(lo, hi),
+        ylim=(lo, hi),
+        title="Edge of Stability",
+    )
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -102,7 +102,7 @@ class Ensemble:
             for size in (s.batch_size, 0 if s.drop_last else s.dataset.num_train % s.batch_size)
         )
         train_steps = [
-            make_step(model, tx, m.config.loss)
+            make_step(model, tx, m.config.loss, **recipe.step_options(m.config))
             for model, tx, m in zip(self.models, self.txs, self.members, strict=True)
         ]
         self._step, self._eval = (

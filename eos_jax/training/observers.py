@@ -50,21 +50,32 @@ def last_by_member(records: list[dict], kind: str) -> dict[int, dict]:
 
 class TrainLog(Observer):
     """Each member's loss and accuracy on the batch of the logged step (not running means,
-    so that a resumed run writes exactly the records of an uninterrupted one)."""
+    so that a resumed run writes exactly the records of an uninterrupted one).
 
-    def __init__(self, every_steps: int):
+    With a goal (Cohen et al.'s protocol: `stop_at_loss` or `stop_at_accuracy`), it asks the
+    run to stop at the first logged step where every member has reached it; the trainer then
+    ends the run there as if it were the last step.
+    """
+
+    def __init__(self, every_steps: int, stop_at_loss=None, stop_at_accuracy=None):
         self.every_steps = every_steps
+        self.stop_at_loss, self.stop_at_accuracy = stop_at_loss, stop_at_accuracy
 
     def __call__(self, run) -> None:
         metrics = {k: np.asarray(v) for k, v in run.metrics.items()}
+        loss, accuracy = metrics["loss"], metrics["accuracy"]
         member_records(
             run,
             "train",
             [
-                {"train_loss": metrics["loss"][i], "train_accuracy": metrics["accuracy"][i]}
+                {"train_loss": loss[i], "train_accuracy": accuracy[i]}
                 for i in range(len(run.ensemble))
             ],
         )
+        if self.stop_at_loss is not None and np.all(loss <= self.stop_at_loss):
+            run.request_stop(f"train loss <= {self.stop_at_loss}")
+        elif self.stop_at_accuracy is not None and np.all(accuracy >= self.stop_at_accuracy):
+            run.request_stop(f"train accuracy >= {self.stop_at_accuracy}")
 
 
 def read_predictions(workdir: str) -> tuple[np.ndarray, np.ndarray]:

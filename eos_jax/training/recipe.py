@@ -20,6 +20,7 @@ def dataset(config) -> Dataset:
 
 def stream(config, data: Dataset, reduction_order: int | None = None) -> BatchStream:
     """The recipe's training batches; reduction_order shuffles examples inside each batch."""
+    _check_microbatches(config, data)
     order = config.get("data_order", "auto")
     if order == "auto":
         order = "fixed" if config.batch_size >= data.num_train else "reshuffle"
@@ -33,6 +34,27 @@ def stream(config, data: Dataset, reduction_order: int | None = None) -> BatchSt
         reshuffle=order == "reshuffle",
         reduction_order=reduction_order,
     )
+
+
+def step_options(config) -> dict:
+    """Keyword options of the recipe's step beyond (model, tx, loss): {'microbatches': n}
+    when the recipe accumulates gradients over n > 1 microbatches, else none (so that a
+    make_step without that option still plugs in)."""
+    n = config.get("microbatches", 1)
+    return {} if n == 1 else {"microbatches": n}
+
+
+def _check_microbatches(config, data: Dataset) -> None:
+    """ValueError unless config.microbatches divides every batch of the stream."""
+    n = config.get("microbatches", 1)
+    sizes = {config.batch_size}
+    if not config.get("drop_last_batch", True) and data.num_train % config.batch_size:
+        sizes.add(data.num_train % config.batch_size)
+    bad = sorted(s for s in sizes if s % n)
+    if bad:
+        raise ValueError(
+            f"config.microbatches={n} must divide every batch; batches of {bad} examples do not"
+        )
 
 
 def model(config, data: Dataset):

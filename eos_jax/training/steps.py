@@ -84,18 +84,50 @@ def _apply(model: nn.Module, params, batch_stats, images, train: bool):
 
 
 def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, loss: str = "cross_entropy"
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    loss: str = "cross_entropy",
+    microbatches: int = 1,
 ):
-    """Returns the pure function (state, batch) -> (state, metrics); jit it where you use it."""
+    """Returns the pure function (state, batch) -> (state, metrics); jit it where you use it.
+
+    microbatches > 1 splits the batch into that many equal, consecutive parts and sums their
+    gradients (divided by the count: the batch mean) before one update, for full batches
+    that do not fit in memory; the parts are a Python loop inside the one program (a rolled
+    loop around conv gradients is slow on CPU). With BatchNorm each part normalises with its
+    own statistics and the running statistics are updated once per part.
+    """
+    if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
+        raise ValueError(f"microbatches={microbatches!r} must be an integer >= 1")
+
+    def gradients(params, batch_stats, batch):
+        def objective(params):
+            logits, new_stats = _apply(model, params, batch_stats, batch["image"], True)
+            return loss_fn(loss, logits, batch["label"]), (logits, new_stats)
+
+        (value, (logits, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        accuracy = jnp.mean(predictions(logits) == batch["label"])
+        return value, accuracy, new_stats, grads
 
     def train_step(state: TrainState, batch: dict[str, jax.Array]):
-        def objective(params):
-            logits, batch_stats = _apply(model, params, state.batch_stats, batch["image"], True)
-            return loss_fn(loss, logits, batch["label"]), (logits, batch_stats)
-
-        (value, (logits, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params
-        )
+        if microbatches == 1:
+            value, accuracy, batch_stats, grads = gradients(state.params, state.batch_stats, batch)
+        else:
+            size, remainder = divmod(batch["label"].shape[0], microbatches)
+            if remainder:
+                raise ValueError(
+                    f"batch of {batch['label'].shape[0]} examples does not split into "
+                    f"microbatches={microbatches} equal parts"
+                )
+            batch_stats, values, accuracies, grads = state.batch_stats, [], [], []
+            for i in range(microbatches):
+                part = jax.tree.map(lambda x, i=i: x[i * size : (i + 1) * size], batch)
+                value, accuracy, batch_stats, g = gradients(state.params, batch_stats, part)
+                values.append(value)
+                accuracies.append(accuracy)
+                grads.append(g)
+            value, accuracy = sum(values) / microbatches, sum(accuracies) / microbatches
+            grads = jax.tree.map(lambda *g: sum(g) / microbatches, *grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new_state = state.replace(
             step=state.step + 1,
@@ -103,7 +135,6 @@ def make_train_step(
             batch_stats=batch_stats,
             opt_state=opt_state,
         )
-        accuracy = jnp.mean(predictions(logits) == batch["label"])
         return new_state, {"loss": value, "accuracy": accuracy}
 
     return train_step

@@ -55,6 +55,11 @@ class Run:
         self.writer, self.num_steps, self.end, self.bar = writer, num_steps, end, bar
         self.step, self.states, self.metrics = 0, None, {}
         self._members = self._logits = None
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """Ends the run after this step's observers, as if this step were the last."""
+        self.stop_reason = reason
 
     def at(self, step: int, states, metrics) -> None:
         self.step, self.states, self.metrics = step, states, metrics
@@ -106,7 +111,11 @@ class Trainer:
     def __init__(self, ensemble: Ensemble, config, workdir: str, observers=()):
         self.ensemble, self.config, self.workdir = ensemble, config, workdir
         self.observers = [
-            obs.TrainLog(config.log_every_steps),
+            obs.TrainLog(
+                config.log_every_steps,
+                config.get("stop_at_train_loss"),
+                config.get("stop_at_train_accuracy"),
+            ),
             obs.Evaluate(config.eval_every_steps),
             *observers,
         ]
@@ -183,6 +192,13 @@ class Trainer:
                     losses = []
                     for o in due:
                         o(run)
+                    if run.stop_reason is not None and done < run.num_steps:
+                        # a goal was reached: this step is the last (final evaluation, etc.)
+                        run.num_steps = num_steps = end = run.end = done
+                        for o in observers:
+                            if o not in due and o.due(done, run):
+                                o(run)
+                        break
             if run.bar is not None:
                 run.bar.close()
         self.checkpointer.close()
@@ -205,6 +221,11 @@ class Trainer:
             "seconds_this_session": time.time() - t0,
             "resumed_from_step": start,
         }
+        if run.stop_reason is not None:
+            planned = recipe_config.total_steps(config, ensemble.steps_per_epoch)
+            summary.update(
+                goal=run.stop_reason, goal_reached_at_step=num_steps, planned_steps=planned
+            )
         if not primary:
             return {**summary, "process_index": jax.process_index()}
         records = read_metrics(workdir)

@@ -1,0 +1,161 @@
+"""Sharpness along training: the Sharpness observer (Edge-of-Stability tracking).
+
+Every `every_steps` steps (and at steps 0 and the last), for each member: the k largest
+algebraic eigenvalues of the DATA-loss Hessian on a fixed training subset (the first `size`
+training examples, unaugmented, in chunks: curvature.hvp_fn), by Lanczos warm-started from
+the member's previous eigenvectors, to a relative residual `tol`; and the mean loss and
+accuracy over the whole training set at the same parameters. Records (kind 'sharpness'):
+eigenvalues, residuals, num_hvps, sharpness (the top data-loss eigenvalue),
+total_sharpness (+ the member's coupled weight decay wd, which adds exactly wd),
+train_set_loss, train_set_accuracy.
+
+The warm starts live in the observer: a resumed run starts its first measurement cold
+(more products, the same eigenvalues to within tol).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from eos_jax.analysis import curvature
+from eos_jax.data import eval_batches
+from eos_jax.training import steps
+from eos_jax.training.observers import Observer, member_records
+
+
+def train_chunks(dataset, size: int | None, chunk_size: int) -> list[dict[str, np.ndarray]]:
+    """The first `size` training examples (None: all), normalised, unaugmented, in chunks."""
+    n = dataset.num_train if size is None else size
+    if not (isinstance(n, int) and 1 <= n <= dataset.num_train):
+        raise ValueError(f"sharpness size={size!r} must be an integer in [1, {dataset.num_train}]")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"sharpness chunk_size={chunk_size!r} must be an integer >= 1")
+    batches = list(eval_batches(dataset, "train", chunk_size))
+    out, taken = [], 0
+    for b in batches:
+        if taken >= n:
+            break
+        keep = min(len(b["label"]), n - taken)
+        out.append({k: v[:keep] for k, v in b.items()})
+        taken += keep
+    return out
+
+
+@functools.cache
+def _chunk_loss(model, loss: str):
+    """(params, batch_stats, images, labels) -> (summed loss, correct count), train-mode
+    forward pass (as the Hessian's), jitted once per model and loss."""
+
+    def fn(params, batch_stats, images, labels):
+        variables = {"params": params}
+        if batch_stats:
+            variables["batch_stats"] = batch_stats
+            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply(variables, images, train=True)
+        n = labels.shape[0]
+        correct = jnp.sum(steps.predictions(logits) == labels)
+        return steps.loss_fn(loss, logits, labels) * n, correct
+
+    return jax.jit(fn)
+
+
+def set_loss(model, loss: str, params, batch_stats, batches) -> tuple[float, float]:
+    """(mean loss, accuracy) over all examples of `batches` (chunk means weighted by size)."""
+    fn = _chunk_loss(model, loss)
+    totals = [fn(params, batch_stats, b["image"], b["label"]) for b in batches]
+    n = sum(len(b["label"]) for b in batches)
+    return (
+        float(sum(float(t[0]) for t in totals) / n),
+        float(sum(int(t[1]) for t in totals) / n),
+    )
+
+
+class Sharpness(Observer):
+    """Top-k data-loss Hessian eigenvalues of every member (see the module docstring).
+
+    size: the first `size` training examples define H (None: the whole training set);
+    chunk_size: examples per Hessian-vector chunk (with BatchNorm the chunk is part of the
+    definition of H: use the training batch size); k, tol, max_iters: curvature.top_eigenvalues
+    (Lanczos); loss_chunk_size: chunks for the full-set loss.
+    """
+
+    at_start = True
+
+    def __init__(
+        self,
+        every_steps: int,
+        size: int | None = 1000,
+        chunk_size: int = 1000,
+        k: int = 1,
+        tol: float = 1e-3,
+        max_iters: int = 200,
+        loss_chunk_size: int = 1000,
+    ):
+        self.every_steps, self.size, self.chunk_size = every_steps, size, chunk_size
+        self.k, self.tol, self.max_iters = k, tol, max_iters
+        self.loss_chunk_size = loss_chunk_size
+        self._vectors: dict[int, jax.Array] = {}
+
+    def setup(self, ensemble, num_steps: int) -> None:
+        """ValueError for bad settings; builds the fixed subset and the full-set chunks."""
+        if not isinstance(self.every_steps, int) or self.every_steps < 1:
+            raise ValueError(f"sharpness every_steps={self.every_steps!r} must be an integer >= 1")
+        if not (isinstance(self.k, int) and self.k >= 1):
+            raise ValueError(f"sharpness k={self.k!r} must be an integer >= 1")
+        if not 0 < self.tol < 1:
+            raise ValueError(f"sharpness tol={self.tol!r} must be in (0, 1)")
+        if not (isinstance(self.max_iters, int) and self.max_iters > self.k):
+            raise ValueError(f"sharpness max_iters={self.max_iters!r} must be an integer > k")
+        self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size)
+        self.full = train_chunks(ensemble.dataset, None, self.loss_chunk_size)
+        self._vectors = {}
+
+    def __call__(self, run) -> None:
+        values = []
+        for i, (member, state) in enumerate(zip(run.ensemble.members, run.members(), strict=True)):
+            model, loss = run.ensemble.models[i], member.config.loss
+            op = curvature.hvp_fn(model, loss, state.params, state.batch_stats, self.batches)
+            top = curvature.top_eigenvalues(
+                op,
+                op.dim,
+                k=self.k,
+                method="lanczos",
+                init=self._vectors.get(i),
+                tol=self.tol,
+                max_iters=self.max_iters,
+                seed=i,
+            )
+            self._vectors[i] = top.eigenvectors
+            wd = float(member.config.optimizer.weight_decay)
+            set_loss_, set_accuracy = set_loss(
+                model, loss, state.params, state.batch_stats, self.full
+            )
+            values.append(
+                {
+                    "eigenvalues": [float(x) for x in top.eigenvalues],
+                    "residuals": [float(x) for x in top.residuals],
+                    "num_hvps": int(top.num_hvps),
+                    "sharpness": float(top.eigenvalues[0]),
+                    "total_sharpness": float(top.eigenvalues[0]) + wd,
+                    "weight_decay": wd,
+                    "train_set_loss": set_loss_,
+                    "train_set_accuracy": set_accuracy,
+                }
+            )
+        member_records(run, "sharpness", values)
+        run.progress(sharpness=" ".join(f"{v['sharpness']:.3g}" for v in values))
+
+    def summarize(self, records, summary) -> None:
+        for i, member in enumerate(summary["members"]):
+            rows = [r for r in records if r.get("kind") == "sharpness" and r["member"] == i]
+            member.update(
+                initial_sharpness=rows[0]["sharpness"],
+                last_sharpness=rows[-1]["sharpness"],
+                max_sharpness=max(r["sharpness"] for r in rows),
+                sharpness_hvps_per_call=float(np.mean([r["num_hvps"] for r in rows])),
+            )

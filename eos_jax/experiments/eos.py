@@ -1,0 +1,221 @@
+"""Edge-of-Stability sweeps: does the data-loss sharpness of full-batch training settle at the
+linear stability threshold c / lr - wd (curvature.md; linearisation.stability_threshold)?
+
+Each run of a sweep is the recipe with a few fields changed (`eos.runs`: one string of
+`field=value` overrides per run, e.g. "optimizer.lr=0.05 num_steps=2000"); it is trained
+alone (K = 1) with the Sharpness observer, in its own sub-directory of the work directory
+(resumed from its checkpoints, skipped when finished). Per run the summary gives the
+predicted threshold (c = 2 for GD, 2 + 2 mu heavy ball, (2 + 2 mu) / (1 + 2 mu) Nesterov),
+the observed plateau (median data-loss sharpness over the last half of the run), their
+ratio, and the first measured step with the sharpness within 5% of the prediction (0 for
+a run that starts above it and catapults down); tables (CSV,
+Markdown) and figures (sharpness and loss against step; observed against predicted).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import ml_collections
+import numpy as np
+
+from eos_jax import config as recipe_config
+from eos_jax import numerics, results
+from eos_jax.analysis import linearisation, plots, sharpness
+from eos_jax.training import recipe, trainer
+from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.sources import Member
+
+EXPERIMENTS = ("plateau", "weight_decay", "momentum", "depth")
+
+
+def default_settings(experiment: str) -> ml_collections.ConfigDict:
+    """The eos knobs (config.eos) shared by every EoS config; variants set `runs`."""
+    e = ml_collections.ConfigDict()
+    e.experiment = experiment
+    e.runs = ()  # one "field=value field=value" string of recipe overrides per run
+    e.sharpness_every_steps = 50
+    e.size = 1000  # the first `size` training examples define the Hessian
+    e.chunk_size = 1000
+    e.k = 1
+    e.tol = 1e-3  # relative residual of each eigenpair
+    e.max_iters = 200
+    e.reached_fraction = 0.95  # "reached": sharpness >= this fraction of the prediction
+    return e
+
+
+def parse_overrides(text: str) -> dict:
+    """'optimizer.lr=0.05 num_steps=2000' -> {'optimizer.lr': 0.05, 'num_steps': 2000}
+    (values are Python literals)."""
+    out = {}
+    for item in text.split():
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"eos.runs item {item!r} is not field=value (in {text!r})")
+        try:
+            out[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"eos.runs value {value!r} of {field} is not a literal") from None
+    if not out:
+        raise ValueError(f"eos.runs entry {text!r} sets nothing")
+    return out
+
+
+def optimizer_kind(opt) -> str:
+    """'gd', 'heavy_ball' or 'nesterov' (linearisation's names) for a recipe's optimizer."""
+    if opt.momentum == 0:
+        return "gd"
+    return "nesterov" if opt.nesterov else "heavy_ball"
+
+
+def predicted_threshold(config) -> float:
+    """The largest stable data-loss sharpness c / lr - wd of a constant-lr recipe."""
+    opt = config.optimizer
+    return linearisation.stability_threshold(
+        optimizer_kind(opt), opt.lr, opt.momentum, opt.weight_decay
+    )
+
+
+def _name(index: int, overrides: dict) -> str:
+    short = "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items() if k != "num_steps")
+    short = "".join(c if c.isalnum() or c in "._-" else "-" for c in short)
+    return f"run{index:02d}_{short}" if short else f"run{index:02d}"
+
+
+def _has_field(config, field: str) -> bool:
+    node = config
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def plan(config) -> list[dict]:
+    """The runs: name, recipe, overrides, predicted threshold. Bad settings: ValueError."""
+    e = config.eos
+    if e.experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    if not e.runs:
+        raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
+    if not 0 < e.reached_fraction <= 1:
+        raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
+    recipe_config.validate(config)
+    runs = []
+    for i, text in enumerate(e.runs):
+        overrides = parse_overrides(text)
+        r = config.copy_and_resolve_references()
+        for field in overrides:
+            if not _has_field(r, field):
+                raise ValueError(f"eos.runs {text!r}: unknown field {field!r}")
+        r.update_from_flattened_dict(overrides)
+        recipe_config.validate(r)
+        if r.optimizer.decay_epochs:
+            raise ValueError(
+                f"eos.runs {text!r}: the threshold needs a constant lr, got "
+                f"optimizer.decay_epochs={tuple(r.optimizer.decay_epochs)}"
+            )
+        runs.append(
+            dict(
+                name=_name(i, overrides),
+                recipe=r,
+                overrides=text,
+                predicted=predicted_threshold(r),
+            )
+        )
+    return runs
+
+
+def _observer(config) -> sharpness.Sharpness:
+    e = config.eos
+    return sharpness.Sharpness(
+        e.sharpness_every_steps, e.size, e.chunk_size, e.k, e.tol, e.max_iters
+    )
+
+
+def run(config, workdir: str) -> dict:
+    """Trains every run (resuming, skipping finished ones), writes tables and figures."""
+    runs = plan(config)
+    dataset = recipe.dataset(config)
+    trainers = {}
+    for r in runs:  # builds and checks everything first: bad input fails before disk
+        ens = Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled")
+        t = trainers[r["name"]] = trainer.Trainer(
+            ens, r["recipe"], os.path.join(workdir, r["name"]), [_observer(config)]
+        )
+        num_steps = recipe_config.total_steps(r["recipe"], ens.steps_per_epoch)
+        for o in t.observers:
+            o.setup(ens, num_steps)
+    fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
+    results.prepare_workdir(workdir, config, fingerprint)
+    for t in trainers.values():
+        if not results.is_finished(t.workdir):
+            t.run()
+    rows, curves = [], {}
+    for r in runs:
+        sub = os.path.join(workdir, r["name"])
+        row, curve = run_row(r, sub, config.eos.reached_fraction)
+        rows.append(row)
+        curves[r["name"]] = curve
+    table = _write_table(workdir, "eos", rows)
+    plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
+    plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
+    summary = {"experiment": config.eos.experiment, "table": table, "runs": rows}
+    results.finish(workdir, summary)
+    return summary
+
+
+def run_row(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, dict]:
+    """One run's summary row and its curves, from its metrics.jsonl and summary.json."""
+    records = [x for x in trainer.read_metrics(sub) if x.get("kind") == "sharpness"]
+    done = results.read_json(os.path.join(sub, results.SUMMARY))
+    steps = np.array([x["step"] for x in records])
+    values = np.array([x["sharpness"] for x in records])
+    last_half = values[steps >= done["steps"] / 2]
+    observed = float(np.median(last_half))
+    predicted = r["predicted"]
+    reached = steps[values >= reached_fraction * predicted]
+    opt, recipe_ = r["recipe"].optimizer, r["recipe"]
+    row = {
+        "name": r["name"],
+        "overrides": r["overrides"],
+        "model": recipe_.model,
+        "hidden": str(tuple(recipe_.model_kwargs.get("hidden", ()))),
+        "optimizer": optimizer_kind(opt),
+        "lr": float(opt.lr),
+        "weight_decay": float(opt.weight_decay),
+        "momentum": float(opt.momentum),
+        "steps": int(done["steps"]),
+        "predicted_threshold": predicted,
+        "observed_plateau": observed,
+        "observed_over_predicted": observed / predicted,
+        "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
+        "initial_sharpness": float(values[0]),
+        "max_sharpness": float(values.max()),
+        "reached_at_step": int(reached[0]) if reached.size else None,
+        "final_train_loss": float(records[-1]["train_set_loss"]),
+        "final_test_accuracy": done["members"][0]["last_test_accuracy"],
+        "hvps_per_call": float(np.mean([x["num_hvps"] for x in records])),
+    }
+    curve = {
+        "steps": steps.tolist(),
+        "sharpness": values.tolist(),
+        "loss": [x["train_set_loss"] for x in records],
+        "predicted": predicted,
+        "label": f"{r['name']}: predicted {predicted:.3g}",
+    }
+    return row, curve
+
+
+SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "hidden", "steps")
+SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
+SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss")
+
+
+def _write_table(workdir: str, name: str, rows: list[dict]) -> str:
+    """Every column to CSV; the ones worth reading (SHOWN) to Markdown."""
+    results.write_csv(os.path.join(workdir, f"{name}.csv"), rows)
+    table = results.markdown_table([{k: row[k] for k in SHOWN} for row in rows])
+    results.atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
+    return table

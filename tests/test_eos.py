@@ -1,0 +1,201 @@
+"""Full-batch gradient descent (microbatches, stop at a goal), the Sharpness observer and the
+EoS experiment plans, on tiny MLPs."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from eos_jax import config as recipe_config
+from eos_jax import results
+from eos_jax.analysis import curvature, sharpness
+from eos_jax.data import normalize, to_unit_float
+from eos_jax.experiments import eos
+from eos_jax.training import recipe, steps, trainer
+from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.observers import Observer
+from eos_jax.training.sources import Member
+from experiments.configs import eos_digits
+
+
+def full_batch_config(**overrides):
+    """A tiny fc-tanh MLP, MSE, full-batch GD on the first 64 digits."""
+    c = recipe_config.default_recipe()
+    c.model, c.model_kwargs = "mlp", {"hidden": (16,)}
+    c.train_subset = c.batch_size = 64
+    c.loss = "mse"
+    c.optimizer.update(lr=0.05, momentum=0.0, nesterov=False, weight_decay=0.0, decay_epochs=())
+    c.num_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 20, 5, 10, 10
+    c.quiet = True
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def test_microbatches_sum_to_the_full_batch_gradient():
+    config = full_batch_config()
+    dataset = recipe.dataset(config)
+    batch = recipe.stream(config, dataset).batch(0)
+    model = recipe.model(config, dataset)
+    tx = recipe.optimizer(config, 1)
+    state = steps.init_state(model, tx, 0, dataset.image_shape)
+    one = jax.jit(steps.make_train_step(model, tx, "mse"))
+    four = jax.jit(steps.make_train_step(model, tx, "mse", microbatches=4))
+    (s1, m1), (s4, m4) = one(state, batch), four(state, batch)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s4.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+    assert float(m1["accuracy"]) == float(m4["accuracy"])
+    assert recipe.step_options(config) == {}
+    assert recipe.step_options(full_batch_config(microbatches=4)) == {"microbatches": 4}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"microbatches": 5}, "config.microbatches=5 must divide config.batch_size=64"),
+        ({"microbatches": 0}, "config.microbatches=0 must be an integer >= 1"),
+        ({"stop_at_train_accuracy": 1.5}, "config.stop_at_train_accuracy=1.5 must be in"),
+        ({"stop_at_train_loss": float("nan")}, "config.stop_at_train_loss=nan must be"),
+    ],
+)
+def test_bad_full_batch_fields_fail_before_anything_is_written(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        trainer.train_and_evaluate(full_batch_config(**override), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_microbatches_must_divide_a_kept_last_batch():
+    config = full_batch_config(train_subset=70, drop_last_batch=False, microbatches=4)
+    with pytest.raises(ValueError, match=r"batches of \[6\] examples do not"):
+        recipe.stream(config, recipe.dataset(config))
+
+
+def test_goal_ends_the_run_as_if_it_were_the_last_step(tmp_path):
+    config = full_batch_config(stop_at_train_loss=10.0, num_steps=40)  # reached at step 5
+    summary = trainer.train_and_evaluate(config, str(tmp_path))
+    assert summary["status"] == "finished"
+    assert summary["goal_reached_at_step"] == summary["steps"] == 5
+    assert summary["planned_steps"] == 40 and summary["goal"] == "train loss <= 10.0"
+    records = trainer.read_metrics(str(tmp_path))
+    assert max(r["step"] for r in records) == 5
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [5]  # the final evaluation
+    assert os.path.exists(tmp_path / "checkpoints" / "5")
+    assert os.path.exists(tmp_path / "predictions.npz")
+
+
+class KeepLast(Observer):
+    """Keeps the member states of the last step (for checks against the records)."""
+
+    def due(self, step, run):
+        return step == run.num_steps
+
+    def __call__(self, run):
+        self.states = run.members()
+
+
+def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path):
+    config = full_batch_config(num_steps=10, **{"optimizer.weight_decay": 0.01})
+    dataset = recipe.dataset(config)
+    ensemble = Ensemble([Member("gd", config)], dataset, "unrolled")
+    observer, keep = sharpness.Sharpness(5, size=48, chunk_size=32, k=2, tol=1e-4), KeepLast()
+    trainer.Trainer(ensemble, config, str(tmp_path), [observer, keep]).run()
+    records = [r for r in trainer.read_metrics(str(tmp_path)) if r["kind"] == "sharpness"]
+    assert [r["step"] for r in records] == [0, 5, 10]
+    last, state, model = records[-1], keep.states[0], ensemble.models[0]
+    # the same Hessian built independently: the first 48 training examples in one chunk
+    images, labels = dataset.split("train")
+    batch = {
+        "image": normalize(to_unit_float(images[:48]), dataset.mean, dataset.std),
+        "label": labels[:48],
+    }
+    op = curvature.hvp_fn(model, "mse", state.params, {}, [batch])
+    top = curvature.top_eigenvalues(op, op.dim, k=2, method="lanczos", tol=1e-6)
+    np.testing.assert_allclose(last["eigenvalues"], top.eigenvalues, rtol=1e-3)
+    assert max(last["residuals"]) < 1e-4
+    assert last["total_sharpness"] == pytest.approx(last["sharpness"] + 0.01)
+    summary = results.read_json(os.path.join(tmp_path, "summary.json"))
+    assert summary["members"][0]["last_sharpness"] == last["sharpness"]
+    # the full-set loss: that of the full batch (the same 64 examples in another order)
+    full = recipe.stream(config, dataset).batch(0)
+    logits = model.apply({"params": state.params}, full["image"], train=False)
+    loss = steps.loss_fn("mse", logits, full["label"])
+    assert last["train_set_loss"] == pytest.approx(float(loss), rel=1e-5)
+
+
+def test_sharpness_observer_refuses_bad_settings():
+    config = full_batch_config()
+    ensemble = Ensemble([Member("gd", config)], recipe.dataset(config), "unrolled")
+    with pytest.raises(ValueError, match=r"sharpness size=100 must be an integer in \[1, 64\]"):
+        sharpness.Sharpness(5, size=100).setup(ensemble, 10)
+    with pytest.raises(ValueError, match="sharpness tol=2 must be in"):
+        sharpness.Sharpness(5, tol=2).setup(ensemble, 10)
+
+
+@pytest.mark.parametrize("experiment", eos.EXPERIMENTS)
+def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
+    config = eos_digits.get_config(experiment)
+    runs = eos.plan(config)
+    predicted = [r["predicted"] for r in runs]
+    expected = {
+        "plateau": [30, 40, 50, 60],
+        "weight_decay": [10 - wd for wd in eos_digits.WDS],
+        "momentum": [40] * 4,
+        "depth": [40] * 5,
+    }[experiment]
+    np.testing.assert_allclose(predicted, expected, rtol=1e-12)
+    assert len({r["name"] for r in runs}) == len(runs)
+    if experiment == "depth":
+        assert runs[2]["recipe"].model_kwargs.hidden == (200, 200, 200)
+
+
+@pytest.mark.parametrize(
+    "runs, message",
+    [
+        ((), "eos.runs is empty"),
+        (("optimizer.lr",), "is not field=value"),
+        (("optimizer.lrr=0.1",), "unknown field"),
+        (("optimizer.lr=-1",), "config.optimizer.lr=-1.0 must be a finite number > 0"),
+        (("optimizer.decay_epochs=(1,)",), "needs a constant lr"),
+    ],
+)
+def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
+    config = eos_digits.get_config("plateau")
+    config.eos.runs = runs
+    with pytest.raises(ValueError, match=message):
+        eos.run(config, str(tmp_path / "eos"))
+    assert not os.path.exists(tmp_path / "eos")
+
+
+def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
+    config = eos_digits.get_config("plateau")
+    config.update_from_flattened_dict(
+        {
+            "train_subset": 64,
+            "batch_size": 64,
+            "log_every_steps": 5,
+            "eval_every_steps": 10,
+            "quiet": True,
+            "eos.size": 64,
+            "eos.chunk_size": 32,
+            "eos.sharpness_every_steps": 5,
+        }
+    )
+    config.model_kwargs.hidden = (16,)
+    config.eos.runs = (
+        "optimizer.lr=0.1 num_steps=20",
+        "optimizer.lr=0.05 optimizer.momentum=0.5 num_steps=10",
+    )
+    summary = eos.run(config, str(tmp_path))
+    first, second = summary["runs"]
+    assert first["predicted_threshold"] == pytest.approx(20.0)
+    assert (
+        second["predicted_threshold"] == pytest.approx(60.0) and second["optimizer"] == "heavy_ball"
+    )
+    for key in ("lr", "weight_decay", "momentum", "observed_plateau", "initial_sharpness"):
+        assert np.isfinite(first[key])
+    records = trainer.read_metrics(str(tmp_path / first["name"]))
+    values = [r["sharpness"] for r in records if r["kind"] == "sharpness" and r["step"] >= 10]
+    assert first["observed_plateau"] == pytest.approx(float(np.median(values)))
+    for name in ("summary.json", "eos.csv", "eos.md", "sharpness.png", "predicted_vs_observed.png"):
+        assert os.path.exists(tmp_path / name)
