@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from eos_jax import config as recipe_config
-from eos_jax import numerics, results
+from eos_jax import distributed, numerics, results
 from eos_jax.analysis import divergence, plots, statistics
 from eos_jax.training import observers, recipe, sources, trainer
 from eos_jax.training.ensemble import Ensemble
@@ -188,14 +188,18 @@ def run(config, workdir: str) -> dict:
             num_steps = recipe_config.total_steps(r["recipe"], t.ensemble.steps_per_epoch)
             for o in t.observers:
                 o.setup(t.ensemble, num_steps)
-    fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
-    results.prepare_workdir(workdir, config, fingerprint)
+    primary = distributed.is_primary()
+    if primary:
+        fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
+        results.prepare_workdir(workdir, config, fingerprint)
     summaries = {}
     for name, t in trainers.items():
         done = results.is_finished(t.workdir)
         summaries[name] = (
             results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
         )
+    if not primary:  # process 0 alone reads the ensembles' results back and writes tables
+        return {"table": ""}
     tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2, "sweep": _sweep}[
         config.twins.experiment
     ]
