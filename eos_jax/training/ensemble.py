@@ -63,7 +63,10 @@ class Ensemble:
     """K members (sources.Member) in lockstep: one jitted train step, one jitted eval.
 
     make_step(model, tx, loss) -> step(state, batch) -> (state, {'loss', 'accuracy'}) is the
-    per-member step (steps.make_train_step by default), so other steps plug in unchanged.
+    per-member step (steps.make_train_step by default), so other steps plug in unchanged; a
+    list gives one per member ('unrolled' only). A step with an `init(state)` method carries
+    more than the TrainState (e.g. a tangent: analysis.lyapunov): Ensemble.init passes the
+    member's initial state through it.
     mesh: the device mesh (default: built from member 0's config.mesh).
     """
 
@@ -101,12 +104,19 @@ class Ensemble:
             for s in self.streams
             for size in (s.batch_size, 0 if s.drop_last else s.dataset.num_train % s.batch_size)
         )
-        train_steps = [
-            make_step(model, tx, m.config.loss, **recipe.step_options(m.config))
-            for model, tx, m in zip(self.models, self.txs, self.members, strict=True)
+        makers = make_step if isinstance(make_step, (list, tuple)) else [make_step] * len(members)
+        if len(makers) != len(members):
+            raise ValueError(f"make_step: got {len(makers)} steps for {len(members)} members")
+        if strategy == "vmap" and len(set(makers)) > 1:
+            raise ValueError("different steps per member need strategy 'unrolled'")
+        self.train_steps = [
+            make(model, tx, m.config.loss, **recipe.step_options(m.config))
+            for make, model, tx, m in zip(makers, self.models, self.txs, self.members, strict=True)
         ]
         self._step, self._eval = (
-            self._unrolled(train_steps) if strategy == "unrolled" else self._vmapped(train_steps)
+            self._unrolled(self.train_steps)
+            if strategy == "unrolled"
+            else self._vmapped(self.train_steps)
         )
 
     def __len__(self) -> int:
@@ -161,21 +171,22 @@ class Ensemble:
         """
         shape = self.dataset.image_shape
         states = []
-        for m, model, tx in zip(self.members, self.models, self.txs, strict=True):
+        for m, model, tx, step in zip(
+            self.members, self.models, self.txs, self.train_steps, strict=True
+        ):
             state = steps.init_state(self.models[0], tx, m.config.seeds.init, shape)
             params = _cast(state.params, model.param_dtype)
             if m.init_edit is not None:
                 params = m.init_edit.apply(params)
-            states.append(
-                state.replace(
-                    params=params,
-                    # as the model's own init: running statistics in at least float32
-                    batch_stats=_cast(
-                        state.batch_stats, jnp.promote_types(model.param_dtype, jnp.float32)
-                    ),
-                    opt_state=tx.init(params),
-                )
+            state = state.replace(
+                params=params,
+                # as the model's own init: running statistics in at least float32
+                batch_stats=_cast(
+                    state.batch_stats, jnp.promote_types(model.param_dtype, jnp.float32)
+                ),
+                opt_state=tx.init(params),
             )
+            states.append(step.init(state) if hasattr(step, "init") else state)
         return self._pack(states)
 
     def init_edits(self) -> list[dict | None]:
