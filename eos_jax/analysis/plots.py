@@ -270,3 +270,37 @@ def predicted_vs_observed(rows: list[dict], path: str) -> None:
     )
     ax.legend(fontsize=7)
     _save(fig, path)
+
+
+def lyapunov_curves(curves: dict[float, dict], path: str) -> None:
+    """Left: the finite-time exponent over each observation window (per step) against step,
+    one line per lr. Right: the twins' parameter distance (solid) and its linearised growth
+    from the first step they differ (dashed, the same colour), log scale."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (lr, c) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        window = np.array(c["window_exponent"], dtype=float)
+        left.plot(c["steps"][1:], window[1:], color=color, label=f"lr {lr}")
+        steps_ = np.array(c["steps"])
+        shown = steps_ >= c["first"]
+        right.semilogy(steps_[shown], np.array(c["distance"])[shown], color=color)
+        right.semilogy(
+            steps_[shown],
+            np.array(c["predicted"], dtype=float)[shown],
+            color=color,
+            linestyle="--",
+            linewidth=0.8,
+        )
+    left.axhline(0.0, color="black", linewidth=0.5)
+    left.set(
+        xlabel="step",
+        ylabel="log growth of the tangent per step",
+        title="finite-time Lyapunov exponent (member 0, per window)",
+    )
+    left.legend(fontsize=7)
+    right.set(
+        xlabel="step",
+        ylabel="||w_k=3 - w_k=1||_2",
+        title="twins' distance (dashed: linearised growth from the first difference)",
+    )
+    _save(fig, path)

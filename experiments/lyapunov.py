@@ -1,0 +1,33 @@
+r"""Lyapunov exponents vs twins (eos_jax.experiments.lyapunov): the finite-time exponent of
+training beside the measured growth of update_k twins' distance, per learning rate.
+
+  python -m experiments.lyapunov --config=experiments/configs/lyapunov_mnist1d.py \
+      --workdir=/tmp/lyap
+
+Rerunning after a crash continues where it stopped and skips finished runs.
+"""
+
+from absl import app, flags
+
+from eos_jax import config as recipe_config
+from eos_jax.experiments import lyapunov
+from experiments import common
+
+_CONFIG = common.define_config(
+    "experiments/configs/lyapunov_mnist1d.py", "Recipe + lyapunov settings."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
+
+
+@common.entry_point
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    recipe_config.configure_numerics(_CONFIG.value)
+    summary = lyapunov.run(_CONFIG.value, _WORKDIR.value)
+    print(summary["table"])
+    print(f"results: {_WORKDIR.value}")
+
+
+if __name__ == "__main__":
+    common.run(main)
