@@ -7,10 +7,11 @@ At each learning rate of `lyapunov.lrs` the recipe trains update_k twins (k in
 member 1 against member 0). Per lr the summary gives the exponent (per step) over the run
 and over its first and second halves, the growth rate of log D over the same spans (from
 the first step where D > 0), and the restraint factor D(t) / (D(t0) exp(L(t) - L(t0))) at
-the end: the twins' distance against the linearised growth L of the same stretch of
-training (> 1: D grew faster than one linearised perturbation, as fresh rounding keeps
-being injected; < 1: the nonlinearity held it back). Table (CSV, Markdown), figure
-(lyapunov.png), summary.json.
+the end and over the second half (restraint_late): the twins' distance against the
+linearised growth L of the same stretch of training (> 1: D grew faster than one
+linearised perturbation: fresh rounding keeps being injected, or a nonlinear event such
+as a ReLU or max-pool switch amplified it; < 1: the nonlinearity held it back). Table
+(CSV, Markdown), figure (lyapunov.png), summary.json.
 """
 
 from __future__ import annotations
@@ -139,6 +140,12 @@ def run_row(r: dict, sub: str) -> tuple[dict, dict]:
         "distance_growth_early": _rate(at, log_d, first, max(first, mid)),
         "distance_growth_late": _rate(at, log_d, max(first, mid), end),
         "restraint_end": None if restraint is None else float(restraint),
+        # the same over the second half alone: D(end) / (D(mid) exp(L(end) - L(mid)))
+        "restraint_late": float(
+            np.exp(log_d[end] - log_d[max(first, mid)] - log_growth[end] + log_growth[mid])
+        )
+        if apart.size
+        else None,
         "test_accuracy": done["members"][0]["last_test_accuracy"],
         "twin_test_accuracy": done["members"][1]["last_test_accuracy"],
     }
