@@ -301,6 +301,6 @@ def lyapunov_curves(curves: dict[float, dict], path: str) -> None:
     right.set(
         xlabel="step",
         ylabel="||w_k=3 - w_k=1||_2",
-        title="twins' distance (dashed: linearised growth from the first difference)",
+        title="twins' distance (dashed: linearised, from the first difference)",
     )
     _save(fig, path)
