@@ -111,7 +111,7 @@ class Regions(Observer):
             raise ValueError(f"regions threshold={self.threshold!r} must be a finite number > 0")
         for model in ensemble.models:
             preactivation_pattern(model)
-        self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size)
+        self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size, "regions")
 
     def __call__(self, run) -> None:
         values = []
