@@ -8,11 +8,13 @@ import pytest
 
 from eos_jax import results
 from eos_jax.analysis import regions
-from eos_jax.data import normalize, to_unit_float
+from eos_jax.data import Dataset, normalize, to_unit_float
+from eos_jax.experiments import eos
 from eos_jax.models import create_model
 from eos_jax.training import recipe, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
+from experiments.configs import eos_cifar5k
 from tests.test_eos import KeepLast, full_batch_config
 
 
@@ -78,3 +80,29 @@ def test_observer_refuses_bad_settings_and_unsupported_models(override, kwargs, 
     ensemble = Ensemble([Member("gd", config)], recipe.dataset(config), "unrolled")
     with pytest.raises(ValueError, match=message):
         regions.Regions(**{"every_steps": 5, **kwargs}).setup(ensemble, 10)
+
+
+@pytest.mark.parametrize("net", eos_cifar5k.NETS)
+def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
+    """CIFAR-10 is not on this machine: check the plan, the shapes and the captured layers on
+    a CIFAR-shaped stand-in (two blank images)."""
+    config = eos_cifar5k.get_config(net)
+    runs = eos.plan(config)
+    np.testing.assert_allclose([r["predicted"] for r in runs], [50, 100, 200], rtol=1e-12)
+    r = runs[0]["recipe"]
+    assert (r.dataset, r.train_subset, r.batch_size, r.loss) == ("cifar10", 5000, 5000, "mse")
+    assert r.batch_size % r.microbatches == 0 and config.eos.chunk_size * r.microbatches == 5000
+    images, labels = np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)
+    shaped = Dataset(images, labels, images, labels, 10, "cifar-shaped", (0.5,) * 3, (0.25,) * 3)
+    model = recipe.model(r, shaped)
+    params = model.init(jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32), train=False)
+    kernels = {k: v["kernel"].shape for k, v in params["params"].items()}
+    fractions = regions.region_fractions(model, params["params"], [{"image": images / 1.0}])
+    if net == "fc_tanh":
+        assert kernels == {"hidden1": (3072, 200), "hidden2": (200, 200), "head": (200, 10)}
+        assert list(fractions["transitioning"]) == ["hidden1", "hidden2"]
+    else:
+        assert kernels["conv1"] == (3, 3, 3, 32) and kernels["head"] == (64, 10)
+        assert list(fractions["transitioning"]) == ["conv1", "conv2", "conv3"]
+    with pytest.raises(ValueError, match="eos_cifar5k net 'vgg' is unknown; known: fc_tanh, cnn"):
+        eos_cifar5k.get_config("vgg")
