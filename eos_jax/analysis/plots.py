@@ -269,6 +269,7 @@ def regions_curves(curves: dict[str, dict], path: str) -> None:
         ylabel="fraction of pre-activations",
         title="transitioning |z| <= t, per layer (run colours as left)",
     )
+    right.ticklabel_format(axis="y", useOffset=False)
     right.legend(fontsize=7)
     _save(fig, path)
 
