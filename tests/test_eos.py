@@ -167,6 +167,22 @@ def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
     assert not os.path.exists(tmp_path / "eos")
 
 
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("regions_every_steps", -1, "eos.regions_every_steps=-1 must be None or >= 0"),
+        ("regions_size", 1001, r"regions size=1001 must be an integer in \[1, 1000\]"),
+        ("regions_threshold", -1.0, "regions threshold=-1.0 must be a finite number > 0"),
+    ],
+)
+def test_bad_regions_settings_fail_before_anything_is_written(tmp_path, field, value, message):
+    config = eos_digits.get_config("plateau")
+    config.eos[field] = value
+    with pytest.raises(ValueError, match=message):
+        eos.run(config, str(tmp_path / "eos"))
+    assert not os.path.exists(tmp_path / "eos")
+
+
 def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     config = eos_digits.get_config("plateau")
     config.update_from_flattened_dict(
@@ -179,6 +195,8 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
             "eos.size": 64,
             "eos.chunk_size": 32,
             "eos.sharpness_every_steps": 5,
+            "eos.regions_size": 48,
+            "eos.regions_every_steps": 10,
         }
     )
     config.model_kwargs.hidden = (16,)
@@ -197,5 +215,10 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     records = trainer.read_metrics(str(tmp_path / first["name"]))
     values = [r["sharpness"] for r in records if r["kind"] == "sharpness" and r["step"] >= 10]
     assert first["observed_plateau"] == pytest.approx(float(np.median(values)))
-    for name in ("summary.json", "eos.csv", "eos.md", "sharpness.png", "predicted_vs_observed.png"):
+    bands = [r for r in records if r["kind"] == "regions"]
+    assert [r["step"] for r in bands] == [0, 10, 20] and bands[0]["size"] == 48
+    assert first["transitioning_last"] == f"hidden1 {bands[-1]['transitioning']['hidden1']:.2f}"
+    assert "transitioning_last" in summary["table"]
+    names = ("summary.json", "eos.csv", "eos.md", "sharpness.png", "predicted_vs_observed.png")
+    for name in (*names, "regions.png"):
         assert os.path.exists(tmp_path / name)

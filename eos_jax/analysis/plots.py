@@ -249,6 +249,31 @@ def sharpness_curves(curves: dict[str, dict], path: str) -> None:
     _save(fig, path)
 
 
+def regions_curves(curves: dict[str, dict], path: str) -> None:
+    """Left: sharpness against step per run (prediction dashed). Right: the fraction of each
+    layer's pre-activations in the transitioning band |z| <= t (one line style per layer,
+    the run's colour)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    styles = ("-", "--", ":", "-.")
+    for i, c in enumerate(curves.values()):
+        color = f"C{i % 10}"
+        left.plot(c["steps"], c["sharpness"], color=color, label=c["label"])
+        left.axhline(c["predicted"], color=color, linestyle="--", linewidth=0.8)
+        for j, (layer, values) in enumerate(c["transitioning"].items()):
+            label = layer if i == 0 else None
+            right.plot(c["regions_steps"], values, color=color, ls=styles[j % 4], label=label)
+    left.set(xlabel="step", ylabel="top eigenvalue of the data-loss Hessian", title="sharpness")
+    left.legend(fontsize=7)
+    right.set(
+        xlabel="step",
+        ylabel="fraction of pre-activations",
+        title="transitioning |z| <= t, per layer (run colours as left)",
+    )
+    right.ticklabel_format(axis="y", useOffset=False)
+    right.legend(fontsize=7)
+    _save(fig, path)
+
+
 def predicted_vs_observed(rows: list[dict], path: str) -> None:
     """Observed plateau (median over the last half) against the predicted threshold, with
     the line y = x and the plateau's interquartile range as an error bar."""

@@ -27,13 +27,16 @@ from eos_jax.training import steps
 from eos_jax.training.observers import Observer, member_records
 
 
-def train_chunks(dataset, size: int | None, chunk_size: int) -> list[dict[str, np.ndarray]]:
-    """The first `size` training examples (None: all), normalised, unaugmented, in chunks."""
+def train_chunks(
+    dataset, size: int | None, chunk_size: int, owner: str = "sharpness"
+) -> list[dict[str, np.ndarray]]:
+    """The first `size` training examples (None: all), normalised, unaugmented, in chunks;
+    `owner` names the setting's owner in errors."""
     n = dataset.num_train if size is None else size
     if not (isinstance(n, int) and 1 <= n <= dataset.num_train):
-        raise ValueError(f"sharpness size={size!r} must be an integer in [1, {dataset.num_train}]")
+        raise ValueError(f"{owner} size={size!r} must be an integer in [1, {dataset.num_train}]")
     if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"sharpness chunk_size={chunk_size!r} must be an integer >= 1")
+        raise ValueError(f"{owner} chunk_size={chunk_size!r} must be an integer >= 1")
     batches = list(eval_batches(dataset, "train", chunk_size))
     out, taken = [], 0
     for b in batches:

@@ -9,7 +9,10 @@ predicted threshold (c = 2 for GD, 2 + 2 mu heavy ball, (2 + 2 mu) / (1 + 2 mu) 
 the observed plateau (median data-loss sharpness over the last half of the run), their
 ratio, and the first measured step with the sharpness within 5% of the prediction (0 for
 a run that starts above it and catapults down); tables (CSV,
-Markdown) and figures (sharpness and loss against step; observed against predicted).
+Markdown) and figures (sharpness and loss against step; observed against predicted). The
+Regions observer (analysis.regions) runs beside it unless `eos.regions_every_steps` is 0:
+per layer, the fraction of pre-activations in the paper's transitioning band, in the table
+(first and last measurement) and in `regions.png` (beside the sharpness).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import numpy as np
 
 from eos_jax import config as recipe_config
 from eos_jax import numerics, results
-from eos_jax.analysis import linearisation, plots, sharpness
+from eos_jax.analysis import linearisation, plots, regions, sharpness
+from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
 from eos_jax.training import recipe, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
@@ -42,6 +46,10 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     e.tol = 1e-3  # relative residual of each eigenpair
     e.max_iters = 200
     e.reached_fraction = 0.95  # "reached": sharpness >= this fraction of the prediction
+    # the Regions observer: None = the sharpness cadence, 0 = off
+    e.regions_every_steps = ml_collections.config_dict.placeholder(int)
+    e.regions_size = 512  # the first `regions_size` training examples
+    e.regions_threshold = REGION_THRESHOLD  # t: activated z > t, transitioning |z| <= t
     return e
 
 
@@ -101,6 +109,8 @@ def plan(config) -> list[dict]:
         raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
     if not 0 < e.reached_fraction <= 1:
         raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
+    if e.regions_every_steps is not None and e.regions_every_steps < 0:
+        raise ValueError(f"eos.regions_every_steps={e.regions_every_steps!r} must be None or >= 0")
     recipe_config.validate(config)
     runs = []
     for i, text in enumerate(e.runs):
@@ -127,11 +137,16 @@ def plan(config) -> list[dict]:
     return runs
 
 
-def _observer(config) -> sharpness.Sharpness:
+def _observers(config) -> list:
+    """Sharpness, and Regions unless eos.regions_every_steps is 0."""
     e = config.eos
-    return sharpness.Sharpness(
-        e.sharpness_every_steps, e.size, e.chunk_size, e.k, e.tol, e.max_iters
-    )
+    out = [
+        sharpness.Sharpness(e.sharpness_every_steps, e.size, e.chunk_size, e.k, e.tol, e.max_iters)
+    ]
+    every = e.sharpness_every_steps if e.regions_every_steps is None else e.regions_every_steps
+    if every:
+        out.append(regions.Regions(every, e.regions_size, e.regions_size, e.regions_threshold))
+    return out
 
 
 def run(config, workdir: str) -> dict:
@@ -142,7 +157,7 @@ def run(config, workdir: str) -> dict:
     for r in runs:  # builds and checks everything first: bad input fails before disk
         ens = Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled")
         t = trainers[r["name"]] = trainer.Trainer(
-            ens, r["recipe"], os.path.join(workdir, r["name"]), [_observer(config)]
+            ens, r["recipe"], os.path.join(workdir, r["name"]), _observers(config)
         )
         num_steps = recipe_config.total_steps(r["recipe"], ens.steps_per_epoch)
         for o in t.observers:
@@ -161,6 +176,8 @@ def run(config, workdir: str) -> dict:
     table = _write_table(workdir, "eos", rows)
     plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
     plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
+    if all("transitioning" in c for c in curves.values()):
+        plots.regions_curves(curves, os.path.join(workdir, "regions.png"))
     summary = {"experiment": config.eos.experiment, "table": table, "runs": rows}
     results.finish(workdir, summary)
     return summary
@@ -168,7 +185,9 @@ def run(config, workdir: str) -> dict:
 
 def run_row(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, dict]:
     """One run's summary row and its curves, from its metrics.jsonl and summary.json."""
-    records = [x for x in trainer.read_metrics(sub) if x.get("kind") == "sharpness"]
+    metrics = trainer.read_metrics(sub)
+    records = [x for x in metrics if x.get("kind") == "sharpness"]
+    bands = [x for x in metrics if x.get("kind") == "regions"]
     done = results.read_json(os.path.join(sub, results.SUMMARY))
     steps = np.array([x["step"] for x in records])
     values = np.array([x["sharpness"] for x in records])
@@ -205,17 +224,30 @@ def run_row(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, di
         "predicted": predicted,
         "label": f"{r['name']}: predicted {predicted:.3g}",
     }
+    if bands:
+        row["transitioning_first"] = _layers(bands[0]["transitioning"])
+        row["transitioning_last"] = _layers(bands[-1]["transitioning"])
+        curve["regions_steps"] = [x["step"] for x in bands]
+        curve["transitioning"] = {
+            layer: [x["transitioning"][layer] for x in bands] for layer in bands[0]["transitioning"]
+        }
     return row, curve
+
+
+def _layers(fractions: dict) -> str:
+    """{'hidden1': 0.912, ...} -> 'hidden1 0.91, ...' (a table cell)."""
+    return ", ".join(f"{layer} {value:.2f}" for layer, value in fractions.items())
 
 
 SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "hidden", "steps")
 SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
 SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss")
+SHOWN += ("transitioning_first", "transitioning_last")  # with the Regions observer
 
 
 def _write_table(workdir: str, name: str, rows: list[dict]) -> str:
     """Every column to CSV; the ones worth reading (SHOWN) to Markdown."""
     results.write_csv(os.path.join(workdir, f"{name}.csv"), rows)
-    table = results.markdown_table([{k: row[k] for k in SHOWN} for row in rows])
+    table = results.markdown_table([{k: row[k] for k in SHOWN if k in row} for row in rows])
     results.atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
     return table
