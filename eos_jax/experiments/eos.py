@@ -24,9 +24,10 @@ import ml_collections
 import numpy as np
 
 from eos_jax import config as recipe_config
-from eos_jax import numerics, results
+from eos_jax import results
 from eos_jax.analysis import linearisation, plots, regions, sharpness
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
+from eos_jax.experiments.runs import run_trainers
 from eos_jax.training import recipe, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
@@ -153,20 +154,16 @@ def run(config, workdir: str) -> dict:
     """Trains every run (resuming, skipping finished ones), writes tables and figures."""
     runs = plan(config)
     dataset = recipe.dataset(config)
-    trainers = {}
-    for r in runs:  # builds and checks everything first: bad input fails before disk
-        ens = Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled")
-        t = trainers[r["name"]] = trainer.Trainer(
-            ens, r["recipe"], os.path.join(workdir, r["name"]), _observers(config)
+    trainers = {
+        r["name"]: trainer.Trainer(
+            Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled"),
+            r["recipe"],
+            os.path.join(workdir, r["name"]),
+            _observers(config),
         )
-        num_steps = recipe_config.total_steps(r["recipe"], ens.steps_per_epoch)
-        for o in t.observers:
-            o.setup(ens, num_steps)
-    fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
-    results.prepare_workdir(workdir, config, fingerprint)
-    for t in trainers.values():
-        if not results.is_finished(t.workdir):
-            t.run()
+        for r in runs
+    }
+    run_trainers(config, workdir, trainers)
     rows, curves = [], {}
     for r in runs:
         sub = os.path.join(workdir, r["name"])

@@ -22,8 +22,9 @@ import ml_collections
 import numpy as np
 
 from eos_jax import config as recipe_config
-from eos_jax import numerics, results
+from eos_jax import results
 from eos_jax.analysis import divergence, lyapunov, plots
+from eos_jax.experiments.runs import run_trainers
 from eos_jax.training import recipe, sources, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 
@@ -76,17 +77,7 @@ def run(config, workdir: str) -> dict:
     """Trains every lr (resuming, skipping finished ones), writes the table and figure."""
     runs = plan(config)
     dataset = recipe.dataset(config)
-    trainers = {}
-    for r in runs:  # builds and checks everything first: bad input fails before disk
-        t = trainers[r["name"]] = _trainer(config, r, dataset, workdir)
-        num_steps = recipe_config.total_steps(r["recipe"], t.ensemble.steps_per_epoch)
-        for o in t.observers:
-            o.setup(t.ensemble, num_steps)
-    fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
-    results.prepare_workdir(workdir, config, fingerprint)
-    for t in trainers.values():
-        if not results.is_finished(t.workdir):
-            t.run()
+    run_trainers(config, workdir, {r["name"]: _trainer(config, r, dataset, workdir) for r in runs})
     rows, curves = [], {}
     for r in runs:
         row, curve = run_row(r, os.path.join(workdir, r["name"]))

@@ -23,6 +23,7 @@ import numpy as np
 from eos_jax import config as recipe_config
 from eos_jax import distributed, numerics, results
 from eos_jax.analysis import divergence, plots, statistics
+from eos_jax.experiments.runs import run_trainers
 from eos_jax.training import observers, recipe, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 
@@ -180,25 +181,9 @@ def run(config, workdir: str) -> dict:
     """Trains every ensemble of the experiment (resuming), writes tables and figures."""
     runs = plan(config)
     dataset = recipe.dataset(config)
-    trainers = {}
-    for r in runs:  # builds and checks everything first: bad input fails before disk
-        if "members" in r:
-            t = trainers[r["name"]] = _trainer(config, r, dataset, workdir)
-            t.ensemble.init()  # applies the init edits: bad tensor or entry -> ValueError
-            num_steps = recipe_config.total_steps(r["recipe"], t.ensemble.steps_per_epoch)
-            for o in t.observers:
-                o.setup(t.ensemble, num_steps)
-    primary = distributed.is_primary()
-    if primary:
-        fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
-        results.prepare_workdir(workdir, config, fingerprint)
-    summaries = {}
-    for name, t in trainers.items():
-        done = results.is_finished(t.workdir)
-        summaries[name] = (
-            results.read_json(os.path.join(t.workdir, results.SUMMARY)) if done else t.run()
-        )
-    if not primary:  # process 0 alone reads the ensembles' results back and writes tables
+    trainers = {r["name"]: _trainer(config, r, dataset, workdir) for r in runs if "members" in r}
+    summaries = run_trainers(config, workdir, trainers)
+    if not distributed.is_primary():  # process 0 alone writes the tables
         return {"table": ""}
     tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2, "sweep": _sweep}[
         config.twins.experiment

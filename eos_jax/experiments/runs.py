@@ -1,0 +1,32 @@
+"""What every multi-run experiment does with its planned trainers (twins, eos, lyapunov)."""
+
+from __future__ import annotations
+
+import os
+
+from eos_jax import config as recipe_config
+from eos_jax import distributed, numerics, results
+
+
+def run_trainers(config, workdir: str, trainers: dict) -> dict[str, dict]:
+    """Runs each planned Trainer (name -> Trainer, each in its own sub-directory).
+
+    First every member state is built (init edits applied) and every observer checked, so
+    bad input fails before anything is written; then process 0 prepares the experiment's
+    work directory; then each unfinished trainer runs (resuming from its checkpoints) and a
+    finished one is read back. Returns the summaries by name.
+    """
+    for t in trainers.values():
+        t.ensemble.init()
+        num_steps = recipe_config.total_steps(t.config, t.ensemble.steps_per_epoch)
+        for o in t.observers:
+            o.setup(t.ensemble, num_steps)
+    if distributed.is_primary():
+        fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
+        results.prepare_workdir(workdir, config, fingerprint)
+    return {
+        name: results.read_json(os.path.join(t.workdir, results.SUMMARY))
+        if results.is_finished(t.workdir)
+        else t.run()
+        for name, t in trainers.items()
+    }
