@@ -80,7 +80,7 @@ def train_losses(workdir):
     return [r["train_loss"] for r in trainer.read_metrics(workdir) if r["kind"] == "train"]
 
 
-@pytest.mark.slow  # hangs intermittently on resume (about 1 run in 3 here): see docs/architecture.md
+@pytest.mark.slow  # hangs intermittently on resume: see docs/architecture.md
 def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     d = lambda name: str(tmp_path / name)  # noqa: E731
     steps = ["--config.num_steps=12"]
