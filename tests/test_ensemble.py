@@ -97,7 +97,7 @@ def test_bad_strategy_members_edits_and_watch_settings_are_refused(digits):
     ens = ensemble.Ensemble(sources.make_members(tiny_config(), "update_k", count=2), digits)
     for watch, every, maps, message in [
         ("conv9/kernel", 1, (), "no tensor 'conv9/kernel'"),
-        ("conv2/kernel", 0, (), "every_steps must be an integer >= 1"),
+        ("conv2/kernel", 0, (), "watch every_steps=0 must be an integer >= 1"),
         ("conv2/kernel", 3, (0, 4), r"map_steps \[4\]"),
         ("conv2/kernel", 3, (15,), r"map_steps \[15\]"),
     ]:

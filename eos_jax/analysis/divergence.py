@@ -153,8 +153,7 @@ class WatchTensor(Observer):
         tensors = bits.named_leaves(ensemble.unpack(ensemble.init())[0].params)
         if self.tensor not in tensors:
             raise ValueError(f"no tensor {self.tensor!r} to watch; known: {', '.join(tensors)}")
-        if not isinstance(self.every_steps, int) or self.every_steps < 1:
-            raise ValueError(f"watch every_steps must be an integer >= 1, got {self.every_steps!r}")
+        self.check_every_steps("watch")
         bad = [
             s
             for s in self.map_steps

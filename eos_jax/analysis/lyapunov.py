@@ -102,8 +102,7 @@ class Lyapunov(Observer):
         self._last: dict[int, tuple[int, float]] = {}
 
     def setup(self, ensemble, num_steps: int) -> None:
-        if not isinstance(self.every_steps, int) or self.every_steps < 1:
-            raise ValueError(f"lyapunov every_steps={self.every_steps!r} must be an integer >= 1")
+        self.check_every_steps("lyapunov")
         if not any(isinstance(s, TangentStep) for s in ensemble.train_steps):
             raise ValueError("the Lyapunov observer needs a member with a tangent_step")
         self._last = {}

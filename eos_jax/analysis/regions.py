@@ -105,8 +105,7 @@ class Regions(Observer):
 
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError for bad settings or an unsupported model; builds the fixed subset."""
-        if not isinstance(self.every_steps, int) or self.every_steps < 1:
-            raise ValueError(f"regions every_steps={self.every_steps!r} must be an integer >= 1")
+        self.check_every_steps("regions")
         if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"regions threshold={self.threshold!r} must be a finite number > 0")
         for model in ensemble.models:

@@ -106,8 +106,7 @@ class Sharpness(Observer):
 
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError for bad settings; builds the fixed subset and the full-set chunks."""
-        if not isinstance(self.every_steps, int) or self.every_steps < 1:
-            raise ValueError(f"sharpness every_steps={self.every_steps!r} must be an integer >= 1")
+        self.check_every_steps("sharpness")
         if not (isinstance(self.k, int) and self.k >= 1):
             raise ValueError(f"sharpness k={self.k!r} must be an integer >= 1")
         if not 0 < self.tol < 1:

@@ -26,6 +26,12 @@ class Observer:
     def setup(self, ensemble, num_steps: int) -> None:
         """Checks the observer's settings against the run before anything is written."""
 
+    def check_every_steps(self, name: str) -> None:
+        """ValueError unless every_steps is an integer >= 1 (for setup; `name` says whose)."""
+        every = self.every_steps
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"{name} every_steps={self.every_steps!r} must be an integer >= 1")
+
     def due(self, step: int, run) -> bool:
         if step == 0:
             return self.at_start
@@ -110,8 +116,9 @@ class Evaluate(Observer):
         logits = run.test_logits()
         run.check_finite("test logits", logits)
         labels = run.ensemble.dataset.test_labels
-        member_records(run, "eval", [{"test_accuracy": accuracy(x, labels)} for x in logits])
-        run.progress(acc=" ".join(f"{accuracy(x, labels):.3f}" for x in logits))
+        accuracies = [accuracy(x, labels) for x in logits]
+        member_records(run, "eval", [{"test_accuracy": a} for a in accuracies])
+        run.progress(acc=" ".join(f"{a:.3f}" for a in accuracies))
         if run.step == run.num_steps:
             predicted = {
                 f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)
