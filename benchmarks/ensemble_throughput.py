@@ -13,13 +13,11 @@ Prints a Markdown table, with member-steps per second of each.
 import time
 
 import jax
-import numpy as np
 from absl import app, flags
 
+from benchmarks.recipes import benchmark_recipe
 from eos_jax import numerics, results
-from eos_jax.data import Dataset, load_dataset
-from eos_jax.training import ensemble, recipe, sources
-from experiments.configs import twins_embedded, twins_mnist1d
+from eos_jax.training import ensemble, sources
 
 _RECIPES = flags.DEFINE_list(
     "recipes", ["embedded", "mnist1d", "resnet20"], "Any of embedded, mnist1d, resnet20."
@@ -27,31 +25,6 @@ _RECIPES = flags.DEFINE_list(
 _KS = flags.DEFINE_list("ks", ["2", "6", "12"], "Ensemble sizes.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
 _STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strategies.")
-
-
-def benchmark_recipe(name: str):
-    """(config, dataset) of a benchmark recipe."""
-    if name == "mnist1d":
-        config = twins_mnist1d.get_config()
-        return config, recipe.dataset(config)
-    config = twins_embedded.get_config()
-    if name == "embedded":
-        return config, load_dataset("digits")
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int32)  # noqa: E731
-    dataset = Dataset(
-        images(1024),
-        labels(1024),
-        images(256),
-        labels(256),
-        10,
-        "random32",
-        (0.5,) * 3,
-        (0.25,) * 3,
-    )
-    config.model, config.model_kwargs = "resnet20", {}
-    return config, dataset
 
 
 def seconds_per_step(step_fn, state, num_steps: int) -> float:

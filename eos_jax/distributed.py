@@ -11,12 +11,19 @@ writes results (metrics, summary, tables, figures); checkpoints are saved by all
 together (orbax), so the work directory must be one that every process sees.
 
 A process that dies stops sending heartbeats; after `heartbeat_timeout_s` the runtime ends
-the others with an error instead of leaving them waiting in a collective for ever.
+the others with an error instead of leaving them waiting in a collective for ever. A process
+that fails must therefore leave with abandon(), not a normal exit: a normal exit waits in the
+runtime's shutdown barrier for processes that are themselves waiting for it in a collective.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+
 import jax
+
+_joined = False  # whether this process is one of several (set by initialize)
 
 
 def initialize(
@@ -53,6 +60,7 @@ def initialize(
     for name, value in (("heartbeat", heartbeat_timeout_s), ("init", initialization_timeout_s)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} timeout {value!r} must be an integer number of seconds >= 1")
+    global _joined
     jax.distributed.initialize(
         coordinator_address,
         num_processes,
@@ -60,7 +68,20 @@ def initialize(
         initialization_timeout=initialization_timeout_s,
         heartbeat_timeout_seconds=heartbeat_timeout_s,
     )
-    return jax.process_count() > 1
+    _joined = jax.process_count() > 1
+    return _joined
+
+
+def joined() -> bool:
+    """Whether initialize() made this process one of several."""
+    return _joined
+
+
+def abandon(status: int):
+    """Ends this process at once with `status`, skipping the shutdown barrier (see above)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def is_primary() -> bool:

@@ -22,6 +22,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 SUMMARY = "summary.json"
 LOCK = "lock"
 
@@ -80,6 +82,14 @@ def atomic_write_text(path: str, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_npz(path: str, arrays: dict[str, Any]) -> None:
+    """np.savez via a temporary file and a rename (the temporary name is this process's)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.npz"  # savez appends .npz to names without it
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 

@@ -20,6 +20,7 @@ import functools
 import os
 import re
 import sys
+import traceback
 
 import ml_collections
 from absl import app, flags, logging
@@ -148,12 +149,16 @@ def run(main, known_only: bool = False) -> None:
 
 def _fail(error: BaseException, status: int):
     print(f"error: {results.first_line(error)}", file=sys.stderr)
+    if distributed.joined():
+        distributed.abandon(status)
     sys.exit(status)
 
 
 def entry_point(main):
     """Wraps an absl main: quiets library logs, and turns expected failures (bad input,
-    unusable workdir, divergence) into one line on stderr and the exit statuses above."""
+    unusable workdir, divergence) into one line on stderr and the exit statuses above. In a
+    multi-process run a failing process leaves at once (distributed.abandon), so that the
+    others end with an error too instead of waiting for it."""
 
     @functools.wraps(main)
     def wrapped(argv):
@@ -164,5 +169,10 @@ def entry_point(main):
         except EXPECTED_ERRORS as e:
             logging.debug("full traceback", exc_info=True)
             _fail(e, EXIT_DIVERGED if isinstance(e, trainer.TrainingDiverged) else EXIT_ERROR)
+        except Exception:
+            if distributed.joined():  # a bug: keep its traceback, but do not wait for the others
+                traceback.print_exc()
+                distributed.abandon(EXIT_ERROR)
+            raise
 
     return wrapped

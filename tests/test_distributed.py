@@ -1,5 +1,5 @@
 """Several processes as one run: 2 local CPU processes x 2 devices (gloo collectives) against
-1 process x 4 devices; resume; a killed process ends the run; bad arguments."""
+1 process x 4 devices; resume; a failed or killed process ends the run; bad arguments."""
 
 import os
 import signal
@@ -70,9 +70,18 @@ def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat: int = 
     ]
 
 
+def communicate(procs, timeout: float) -> list[str]:
+    """Each process's stderr once all have ended; a hang kills them all and fails the test."""
+    try:
+        return [p.communicate(timeout=timeout)[1] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail(f"the processes were still running after {timeout} s")
+
+
 def finish(procs, timeout=300):
-    outs = [p.communicate(timeout=timeout) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
+    for p, err in zip(procs, communicate(procs, timeout), strict=True):
         assert p.returncode == 0, err[-2000:]
 
 
@@ -80,7 +89,6 @@ def train_losses(workdir):
     return [r["train_loss"] for r in trainer.read_metrics(workdir) if r["kind"] == "train"]
 
 
-@pytest.mark.slow  # hangs intermittently on resume: see docs/architecture.md
 def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     d = lambda name: str(tmp_path / name)  # noqa: E731
     steps = ["--config.num_steps=12"]
@@ -89,6 +97,14 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     finish(whole + one)
     split = start(d("split"), 2, 2, [*steps, "--stop_at_step=6"])
     finish(split)
+    # A resume that process 0 alone refuses (it alone checks the workdir) ends them all, and
+    # leaves the workdir as it was.
+    refused = start(d("split"), 2, 2, [*steps, "--config.optimizer.lr=0.05"], heartbeat=5)
+    started = time.time()
+    errors = communicate(refused, 120)
+    assert refused[0].returncode == 1 and refused[1].returncode != 0
+    assert "error: workdir" in errors[0] and "different config" in errors[0]
+    assert time.time() - started < 60
     finish(start(d("split"), 2, 2, steps))
 
     two = results.read_json(d("two/summary.json"))
@@ -103,9 +119,21 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     # all-reduce (gloo) adds the partial sums in its own order: within rounding, not bits.
     for a, b in zip(train_losses(d("two")), train_losses(d("one")), strict=True):
         assert abs(a - b) <= 1e-5 * abs(b)
+    assert os.path.exists(d("split/predictions.npz"))
 
 
-def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("attempt", range(10))
+def test_split_and_resume_do_not_hang(tmp_path, attempt):
+    """The resume once hung one run in three (docs/architecture.md): repeated here."""
+    steps = ["--config.num_steps=12"]
+    finish(start(str(tmp_path), 2, 2, [*steps, "--stop_at_step=6"]), 120)
+    finish(start(str(tmp_path), 2, 2, steps), 120)
+    assert results.is_finished(str(tmp_path))
+
+
+@pytest.mark.parametrize("killed", [0, 1])  # 0 also runs the coordination service
+def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path, killed):
     procs = start(
         str(tmp_path), 2, 2, ["--config.num_steps=100000", "--config.log_every_steps=1"], 3
     )
@@ -114,9 +142,15 @@ def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path):
     while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
         time.sleep(0.5)
     assert metrics.exists(), "the run never started training"
-    procs[1].send_signal(signal.SIGKILL)
-    killed = time.time()
-    _, err = procs[0].communicate(timeout=60)
-    assert procs[0].returncode != 0
-    assert time.time() - killed < 60
-    assert "another task died" in err or "stopped sending heartbeats" in err
+    procs[killed].send_signal(signal.SIGKILL)
+    at = time.time()
+    survivor = procs[1 - killed]
+    (err,) = communicate([survivor], 60)
+    assert survivor.returncode != 0
+    assert time.time() - at < 60
+    # The runtime's abort when the heartbeats stop, or, sooner, the collective that lost its
+    # peer (gloo here), raised in the survivor, which then abandons the run.
+    assert any(
+        m in err
+        for m in ("another task died", "stopped sending heartbeats", "Connection closed by peer")
+    ) or ("Gloo" in err and "failed" in err), err[-2000:]

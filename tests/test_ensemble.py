@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from eos_jax import bits, results
+from eos_jax import bits, distributed, results
 from eos_jax.analysis import divergence
 from eos_jax.data import load_dataset
 from eos_jax.training import ensemble, sources, trainer
@@ -197,3 +197,19 @@ def test_strategy_goals_name_the_trade_off():
     assert ensemble.resolve_strategy("fast", "cpu") == "unrolled"
     with pytest.raises(ValueError, match="allowed: bit_identical, fast, auto, unrolled, vmap"):
         ensemble.resolve_strategy("pmap")
+
+
+def test_processes_other_than_0_write_no_results(digits, tmp_path, monkeypatch):
+    """Results (metrics, predictions, maps, summary, hashes) come from process 0 alone: two
+    processes writing the same file raced each other (a missing temporary file) and hung."""
+    monkeypatch.setattr(distributed, "is_primary", lambda: False)
+    config = tiny_config(num_steps=STEPS)
+    summary = trainer.Trainer(
+        ensemble.Ensemble(sources.make_members(config, "ulp_init", count=2), digits, "unrolled"),
+        config,
+        str(tmp_path),
+        [divergence.WatchTensor("conv2/kernel", 3, (0, 12))],
+    ).run()
+    assert summary["status"] == "finished"
+    assert os.listdir(tmp_path) == ["checkpoints"]  # saved by every process, through orbax
+    assert "hashes.json" not in os.listdir(tmp_path / "checkpoints")

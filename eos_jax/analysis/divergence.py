@@ -135,7 +135,11 @@ class MemberDistance(Observer):
 
 def map_path(workdir: str, step: int) -> str:
     """Where WatchTensor saves the watched tensor's maps at `step` (arrays 'member<i>')."""
-    return os.path.join(workdir, "maps", f"step_{step:08d}.npz")
+    return os.path.join(workdir, _map_name(step))
+
+
+def _map_name(step: int) -> str:
+    return os.path.join("maps", f"step_{step:08d}.npz")
 
 
 class WatchTensor(Observer):
@@ -176,8 +180,5 @@ class WatchTensor(Observer):
             run, "watch", [{"tensor": self.tensor, **bits.diff_stats(ref, x)} for x in others]
         )
         if run.step in self.map_steps:
-            path = map_path(run.trainer.workdir, run.step)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
             maps = {f"member{i}": tensor_map(ref, x) for i, x in enumerate(others)}
-            np.savez(path + ".tmp.npz", **maps)
-            os.replace(path + ".tmp.npz", path)
+            run.save_arrays(_map_name(run.step), maps)

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from eos_jax import bits, results
+from eos_jax import bits, distributed, results
 
 
 class CheckpointError(RuntimeError):
@@ -61,7 +61,7 @@ class Checkpointer:
         kept = {str(s) for s in self._manager.all_steps()}
         hashes = {k: v for k, v in self._hashes().items() if k in kept}
         hashes[str(int(step))] = bits.tree_hash(state)
-        if jax.process_index() == 0:  # orbax saves collectively; the hash file is ours
+        if distributed.is_primary():  # orbax saves collectively; the hash file is ours
             results.write_json(self.hashes_path, hashes)
         self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
         self._manager.wait_until_finished()

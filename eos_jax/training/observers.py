@@ -123,9 +123,7 @@ class Evaluate(Observer):
             predicted = {
                 f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)
             }
-            path = os.path.join(run.trainer.workdir, PREDICTIONS)
-            np.savez(path + ".tmp.npz", labels=labels, **predicted)
-            os.replace(path + ".tmp.npz", path)
+            run.save_arrays(PREDICTIONS, {"labels": labels, **predicted})
 
     def summarize(self, records, summary) -> None:
         for i, member in enumerate(summary["members"]):

@@ -68,6 +68,11 @@ class Run:
     def write(self, record: dict) -> None:
         self.writer.write(record)
 
+    def save_arrays(self, name: str, arrays: dict) -> None:
+        """Writes arrays to workdir/name (.npz), in process 0 only, like every result."""
+        if distributed.is_primary():
+            results.write_npz(os.path.join(self.trainer.workdir, name), arrays)
+
     def members(self):
         """The member states (TrainState each), unpacked once per step."""
         if self._members is None:
