@@ -48,12 +48,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat: int = 10):
-    """experiments.train in `processes` processes with `devices` CPU devices each."""
+def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat=10, main=None):
+    """A main (experiments.train on TINY, or `main` on `extra` alone) in `processes`
+    processes with `devices` CPU devices each."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
     env.pop("XLA_FLAGS", None)
     port = free_port()
-    cmd = [sys.executable, "-m", "experiments.train", *TINY, f"--workdir={workdir}", *extra]
+    args = [*extra] if main else ["experiments.train", *TINY, *extra]
+    cmd = [sys.executable, "-m", *([main] if main else []), *args, f"--workdir={workdir}"]
     if processes > 1:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
         cmd += [f"--heartbeat_timeout_s={heartbeat}"]
@@ -70,19 +72,23 @@ def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat: int = 
     ]
 
 
-def communicate(procs, timeout: float) -> list[str]:
-    """Each process's stderr once all have ended; a hang kills them all and fails the test."""
+def communicate(procs, timeout: float) -> list[tuple[str, str]]:
+    """Each process's (stdout, stderr) once all have ended; a hang kills them all and fails
+    the test."""
     try:
-        return [p.communicate(timeout=timeout)[1] for p in procs]
+        return [p.communicate(timeout=timeout) for p in procs]
     except subprocess.TimeoutExpired:
         for p in procs:
             p.kill()
         pytest.fail(f"the processes were still running after {timeout} s")
 
 
-def finish(procs, timeout=300):
-    for p, err in zip(procs, communicate(procs, timeout), strict=True):
+def finish(procs, timeout=300) -> list[str]:
+    """Each process's stdout, once all have ended with status 0."""
+    outs = communicate(procs, timeout)
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-2000:]
+    return [out for out, _ in outs]
 
 
 def train_losses(workdir):
@@ -101,9 +107,9 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     # leaves the workdir as it was.
     refused = start(d("split"), 2, 2, [*steps, "--config.optimizer.lr=0.05"], heartbeat=5)
     started = time.time()
-    errors = communicate(refused, 120)
+    (_, error), _ = communicate(refused, 120)
     assert refused[0].returncode == 1 and refused[1].returncode != 0
-    assert "error: workdir" in errors[0] and "different config" in errors[0]
+    assert "error: workdir" in error and "different config" in error
     assert time.time() - started < 60
     finish(start(d("split"), 2, 2, steps))
 
@@ -120,6 +126,24 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     for a, b in zip(train_losses(d("two")), train_losses(d("one")), strict=True):
         assert abs(a - b) <= 1e-5 * abs(b)
     assert os.path.exists(d("split/predictions.npz"))
+
+
+def test_two_processes_run_a_twins_experiment_and_process_0_alone_reports(tmp_path):
+    args = [
+        "--config=experiments/configs/twins_embedded.py:sources",
+        "--config.twins.sources=('ulp_init',)",
+        "--config.twins.member_values=(0, 4)",
+        *TINY[1:],  # the recipe overrides, not its --config
+        "--config.num_steps=8",
+        "--config.twins.members=2",
+    ]
+    outs = finish(start(str(tmp_path), 2, 2, args, main="experiments.twins"))
+    assert "| ulp_init | rounding | 2 |" in outs[0]
+    assert "| ulp_init |" not in outs[1]
+    assert results.is_finished(str(tmp_path)) and os.path.exists(tmp_path / "sources.csv")
+    run = str(tmp_path / "source_ulp_init")
+    assert {r["member"] for r in trainer.read_metrics(run)} == {0, 1}
+    assert os.path.exists(os.path.join(run, "predictions.npz"))
 
 
 @pytest.mark.slow
@@ -145,7 +169,7 @@ def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path, killed
     procs[killed].send_signal(signal.SIGKILL)
     at = time.time()
     survivor = procs[1 - killed]
-    (err,) = communicate([survivor], 60)
+    ((_, err),) = communicate([survivor], 60)
     assert survivor.returncode != 0
     assert time.time() - at < 60
     # The runtime's abort when the heartbeats stop, or, sooner, the collective that lost its
