@@ -13,12 +13,14 @@ Layout of a work directory::
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import io
 import json
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,22 +77,33 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+def _replace_atomically(path: str, write) -> None:
+    """write(file) into a temporary file beside `path` (a unique name: processes on several
+    hosts may share the folder and even the pid), flushed to disk, then renamed to `path`,
+    so that a reader sees all of it or nothing."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_text(path: str, text: str) -> None:
-    """Writes via a temporary file and a rename, so a reader sees all of it or nothing."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Writes text to path atomically (see _replace_atomically)."""
+    _replace_atomically(path, lambda f: f.write(text.encode()))
 
 
 def write_npz(path: str, arrays: dict[str, Any]) -> None:
-    """np.savez via a temporary file and a rename (the temporary name is this process's)."""
+    """np.savez to path atomically (see _replace_atomically), creating its folder."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}.npz"  # savez appends .npz to names without it
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    _replace_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def write_json(path: str, obj: Any) -> None:

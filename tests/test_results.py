@@ -1,10 +1,11 @@
-"""Work directories: one process at a time, and clear errors for unusable ones."""
+"""Work directories: one process at a time, clear errors for unusable ones; atomic writes."""
 
 import os
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from eos_jax import results
@@ -56,3 +57,21 @@ def test_a_file_or_unwritable_path_is_a_one_line_error(tmp_path):
     with pytest.raises(results.WorkdirError, match="cannot write to workdir") as err:
         results.prepare_workdir(str(a_file / "run"), {}, {})
     assert str(a_file / "run") in str(err.value) and "\n" not in str(err.value)
+
+
+def test_atomic_writes_leave_the_whole_file_or_none(tmp_path, monkeypatch):
+    path = str(tmp_path / "sub" / "a.npz")
+    results.write_npz(path, {"x": np.arange(3)})
+    np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))
+    assert os.stat(path).st_mode & 0o777 == 0o644
+    results.atomic_write_text(str(tmp_path / "t.txt"), "one\n")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", fail)
+    with pytest.raises(OSError, match="disk full"):
+        results.write_npz(path, {"x": np.arange(4)})
+    np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))  # the old file, whole
+    assert sorted(os.listdir(tmp_path)) == ["sub", "t.txt"]
+    assert os.listdir(tmp_path / "sub") == ["a.npz"]  # no temporary file left behind

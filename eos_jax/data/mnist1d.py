@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from eos_jax import results
 from eos_jax.data.datasets import Dataset
 
 DEFAULT_NUM_SAMPLES = 10_000  # 8,000 train / 2,000 test with the package's 0.8 split
@@ -129,17 +129,9 @@ def load_mnist1d(
 
 
 def _write_cache(path: Path, args: dict, arrays: dict[str, np.ndarray]) -> None:
-    """Writes to a temporary file in the same folder, then renames: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        np.savez(
-            handle,
-            **arrays,
-            args=np.array(json.dumps(args, sort_keys=True)),
-            sha256=np.array(content_sha256(arrays)),
-        )
-    os.chmod(handle.name, 0o644)  # NamedTemporaryFile creates 0600
-    os.replace(handle.name, path)
+    """Writes atomically (results.write_npz): readers never see half a file."""
+    stamp = {"args": np.array(json.dumps(args, sort_keys=True))}
+    results.write_npz(str(path), {**arrays, **stamp, "sha256": np.array(content_sha256(arrays))})
 
 
 def _read_cache(path: Path, args: dict) -> dict[str, np.ndarray]:
