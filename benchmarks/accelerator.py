@@ -21,12 +21,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import jax
 from absl import app, flags
 
-from benchmarks.recipes import NAMES, benchmark_recipe
+from benchmarks import common
 from eos_jax import bits, numerics, results
 from eos_jax.training import ensemble, sources
 
@@ -37,7 +36,7 @@ VARIANTS = {  # name -> (deterministic ops, matmul precision)
 }
 BASELINE = "deterministic"
 
-_RECIPE = flags.DEFINE_enum("recipe", "resnet20", NAMES, "What to train.")
+_RECIPE = flags.DEFINE_enum("recipe", "resnet20", common.NAMES, "What to train.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).")
 _K = flags.DEFINE_integer("k", 6, "Ensemble size for unrolled vs vmap.")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), f"Any of {', '.join(VARIANTS)}.")
@@ -46,16 +45,8 @@ _CHILD = flags.DEFINE_string("child", None, "Internal: the variant this process 
 
 
 def _timed_run(ens, steps: int) -> tuple[float, list[str]]:
-    """(seconds per step over `steps` steps after 2 warm-up steps, member params hashes)."""
-    state = ens.init()
-    for s in range(2):
-        state, metrics = ens.step(state, ens.batches(s))
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for s in range(2, 2 + steps):
-        state, metrics = ens.step(state, ens.batches(s))
-    jax.block_until_ready(metrics)
-    seconds = (time.perf_counter() - t0) / steps
+    """(seconds per step, as common.time_steps, and the members' params hashes after it)."""
+    seconds, state = common.time_steps(ens, steps)
     return seconds, [bits.tree_hash(m.params) for m in ens.unpack(state)]
 
 
@@ -63,7 +54,7 @@ def measure(variant: str) -> dict:
     """In this (fresh) process: the variant's numerics, then its timings and hashes."""
     deterministic, precision = VARIANTS[variant]
     numerics.configure(numerics.DtypePolicy("fp32", "fp32"), precision, None, deterministic)
-    config, dataset = benchmark_recipe(_RECIPE.value)
+    config, dataset = common.benchmark_recipe(_RECIPE.value)
     one = ensemble.Ensemble([sources.Member("one run", config)], dataset, "unrolled")
     runs = [_timed_run(one, _STEPS.value) for _ in range(2)]
     out = {

@@ -10,12 +10,9 @@ shapes matter for time); mnist1d is the MNIST-1D headline recipe (twins_mnist1d.
 Prints a Markdown table, with member-steps per second of each.
 """
 
-import time
-
-import jax
 from absl import app, flags
 
-from benchmarks.recipes import benchmark_recipe
+from benchmarks import common
 from eos_jax import numerics, results
 from eos_jax.training import ensemble, sources
 
@@ -27,21 +24,8 @@ _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (after 2 warm-up steps).
 _STRATEGIES = flags.DEFINE_list("strategies", list(ensemble.STRATEGIES), "Strategies.")
 
 
-def seconds_per_step(step_fn, state, num_steps: int) -> float:
-    """2 warm-up steps (compilation), then the mean over num_steps timed steps."""
-    for s in range(2):
-        state, loss = step_fn(state, s)
-    jax.block_until_ready(loss)
-    t0 = time.perf_counter()
-    for s in range(2, 2 + num_steps):
-        state, loss = step_fn(state, s)
-    jax.block_until_ready(loss)
-    return (time.perf_counter() - t0) / num_steps
-
-
 def ensemble_seconds_per_step(members, dataset, strategy: str, num_steps: int) -> float:
-    ens = ensemble.Ensemble(members, dataset, strategy)
-    return seconds_per_step(lambda st, s: ens.step(st, ens.batches(s)), ens.init(), num_steps)
+    return common.time_steps(ensemble.Ensemble(members, dataset, strategy), num_steps)[0]
 
 
 def main(argv):
@@ -49,7 +33,7 @@ def main(argv):
     numerics.configure(numerics.DtypePolicy("fp32", "fp32"), matmul_precision="highest")
     rows = []
     for name in _RECIPES.value:
-        config, dataset = benchmark_recipe(name)
+        config, dataset = common.benchmark_recipe(name)
         one = ensemble_seconds_per_step(
             [sources.Member("one run", config)], dataset, "unrolled", _STEPS.value
         )

@@ -13,11 +13,10 @@ sharding and collectives, not the speed-up real accelerators would give.
 from __future__ import annotations
 
 import json
-import time
 
 from absl import app, flags
 
-from benchmarks import mesh_bits
+from benchmarks import common, mesh_bits
 from eos_jax import numerics, results
 
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4", "8"], "Forced host device counts.")
@@ -27,9 +26,7 @@ MEMBERS = 8
 
 
 def seconds_per_step(members: int, strategy: str, mesh: tuple[int, int], steps: int) -> float:
-    """Mean time of `steps` steps after 2 warm-up (compiling) steps."""
-    import jax
-
+    """Mean time of `steps` steps after 2 warm-up (compiling) steps (common.time_steps)."""
     from eos_jax.data import load_dataset
     from eos_jax.training import ensemble, sources
 
@@ -41,15 +38,7 @@ def seconds_per_step(members: int, strategy: str, mesh: tuple[int, int], steps: 
         else [sources.Member("recipe", config)]
     )
     ens = ensemble.Ensemble(members_, load_dataset("digits"), strategy)
-    states = ens.init()
-    for step in range(2):
-        states, metrics = ens.step(states, ens.batches(step))
-    jax.block_until_ready(metrics)
-    start = time.perf_counter()
-    for step in range(2, steps + 2):
-        states, metrics = ens.step(states, ens.batches(step))
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - start) / steps
+    return common.time_steps(ens, steps)[0]
 
 
 def main(argv):

@@ -1,5 +1,9 @@
-"""The recipes that benchmarks time, by name (shapes matter for time, not the data)."""
+"""What several benchmarks share: the recipes they time, by name (shapes matter for time,
+not the data), and how an ensemble's step is timed."""
 
+import time
+
+import jax
 import numpy as np
 
 from eos_jax.data import Dataset, load_dataset
@@ -32,3 +36,17 @@ def benchmark_recipe(name: str):
     )
     config.model, config.model_kwargs = "resnet20", {}
     return config, dataset
+
+
+def time_steps(ens, steps: int):
+    """(mean seconds per step of `ens` over `steps` steps after 2 warm-up (compiling) steps,
+    the state after them); the batches are those of steps 0, 1, ..., steps + 1."""
+    state = ens.init()
+    for s in range(2):
+        state, metrics = ens.step(state, ens.batches(s))
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for s in range(2, 2 + steps):
+        state, metrics = ens.step(state, ens.batches(s))
+    jax.block_until_ready(metrics)
+    return (time.perf_counter() - t0) / steps, state
