@@ -127,7 +127,8 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 
 
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
-    """absl flag parsing with the config checked first; errors exit as one line."""
+    """absl flag parsing with the config checked first; errors (positional arguments too,
+    unless known_only) exit as one line."""
     defaults = [f"--{n}={d}" for n, d in _config_defaults.items() if _flag_value(argv, n) is None]
     argv = [argv[0], *defaults, *argv[1:]]
     try:
@@ -136,7 +137,10 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
                 path = _flag_value(argv, name)
                 if path is not None:
                     check_config(path, argv, name)
-        return flags.FLAGS(argv, known_only=known_only)
+        rest = flags.FLAGS(argv, known_only=known_only)
+        if not known_only and len(rest) > 1:
+            raise app.UsageError(f"unexpected arguments: {rest[1:]}")
+        return rest
     except (flags.Error, app.UsageError) as e:
         _fail(e, EXIT_ERROR)
 

@@ -16,7 +16,7 @@ import os
 import time
 
 import jax
-from absl import app, flags
+from absl import flags
 
 from eos_jax.experiments import twins
 from experiments import common
@@ -27,8 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent folder of the
 
 @common.entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # common.run refuses positional arguments
     config = twins_mnist1d.get_config("headline")
     twins.configure_numerics(config)
     jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))

@@ -9,7 +9,7 @@ full-batch training settle at the stability threshold c / lr - wd?
 Rerunning after a crash continues where it stopped and skips finished runs.
 """
 
-from absl import app, flags
+from absl import flags
 
 from eos_jax import config as recipe_config
 from eos_jax.experiments import eos
@@ -21,8 +21,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=Tr
 
 @common.entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # common.run refuses positional arguments
     recipe_config.configure_numerics(_CONFIG.value)
     summary = eos.run(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])

@@ -12,7 +12,7 @@ predicted-vs-observed table.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
 from eos_jax import numerics
 from eos_jax.experiments import theory
@@ -24,8 +24,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=Tr
 
 @common.entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # common.run refuses positional arguments
     numerics.configure(theory.POLICY)  # before any array exists
     config, workdir = _CONFIG.value, _WORKDIR.value
     summary = theory.run(config, workdir)

@@ -9,7 +9,7 @@ never overwritten.
 
 import json
 
-from absl import app, flags
+from absl import flags
 
 from eos_jax import config as recipe_config
 from eos_jax.training import trainer
@@ -26,8 +26,7 @@ common.define_distributed_flags()
 
 @common.entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # common.run refuses positional arguments
     config = _CONFIG.value
     recipe_config.configure_numerics(config)
     common.join_distributed()

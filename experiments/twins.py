@@ -9,7 +9,7 @@ r"""Lockstep twin experiments (eos_jax.experiments.twins): rounding vs stochasti
 Rerunning after a crash continues where it stopped and skips finished ensembles.
 """
 
-from absl import app, flags
+from absl import flags
 
 from eos_jax.experiments import twins
 from experiments import common
@@ -22,8 +22,7 @@ common.define_distributed_flags()
 
 @common.entry_point
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    del argv  # common.run refuses positional arguments
     twins.configure_numerics(_CONFIG.value)
     common.join_distributed()
     summary = twins.run(_CONFIG.value, _WORKDIR.value)

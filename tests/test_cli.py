@@ -48,6 +48,10 @@ def assert_one_line_error(out, *named):
         ("train", ["--config=experiments/configs/nonexistent.py"], ["nonexistent.py"]),
         ("train", ["--config.optimizer.lr=abc"], ["optimizer.lr", "abc"]),
         ("train", ["--workdirr=x"], ["workdirr"]),
+        ("train", ["stray"], ["unexpected arguments: ['stray']"]),
+        ("eos", ["stray"], ["unexpected arguments: ['stray']"]),
+        ("theory", ["a", "b"], ["unexpected arguments: ['a', 'b']"]),
+        ("audit", ["stray"], ["unexpected arguments: ['stray']"]),
     ],
 )
 def test_bad_flags_are_one_line(tmp_path, module, args, named):
