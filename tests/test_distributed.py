@@ -48,14 +48,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat=10, main=None):
-    """A main (experiments.train on TINY, or `main` on `extra` alone) in `processes`
-    processes with `devices` CPU devices each."""
+def start(workdir, devices: int, processes: int = 1, extra=(), heartbeat=10, main="train"):
+    """experiments.<main> in `processes` processes with `devices` CPU devices each; the
+    arguments are `extra`, after TINY for train."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES=str(devices))
     env.pop("XLA_FLAGS", None)
     port = free_port()
-    args = [*extra] if main else ["experiments.train", *TINY, *extra]
-    cmd = [sys.executable, "-m", *([main] if main else []), *args, f"--workdir={workdir}"]
+    args = [*TINY, *extra] if main == "train" else [*extra]
+    cmd = [sys.executable, "-m", f"experiments.{main}", *args, f"--workdir={workdir}"]
     if processes > 1:
         cmd += [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}"]
         cmd += [f"--heartbeat_timeout_s={heartbeat}"]
@@ -137,7 +137,7 @@ def test_two_processes_run_a_twins_experiment_and_process_0_alone_reports(tmp_pa
         "--config.num_steps=8",
         "--config.twins.members=2",
     ]
-    outs = finish(start(str(tmp_path), 2, 2, args, main="experiments.twins"))
+    outs = finish(start(str(tmp_path), 2, 2, args, main="twins"))
     assert "| ulp_init | rounding | 2 |" in outs[0]
     assert "| ulp_init |" not in outs[1]
     assert results.is_finished(str(tmp_path)) and os.path.exists(tmp_path / "sources.csv")
