@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from eos_jax.data import Dataset, load_dataset
-from eos_jax.training import recipe
+from eos_jax.training import build
 from experiments.configs import twins_embedded, twins_mnist1d
 
 NAMES = ("embedded", "mnist1d", "resnet20")
@@ -17,7 +17,7 @@ def benchmark_recipe(name: str):
     """(config, dataset) of a benchmark recipe."""
     if name == "mnist1d":
         config = twins_mnist1d.get_config()
-        return config, recipe.dataset(config)
+        return config, build.dataset(config)
     config = twins_embedded.get_config()
     if name == "embedded":
         return config, load_dataset("digits")

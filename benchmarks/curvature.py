@@ -18,9 +18,9 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 
-from eos_jax import config as recipe_config
+from eos_jax import recipe
 from eos_jax.analysis import curvature, sharpness
-from eos_jax.training import recipe, steps, trainer
+from eos_jax.training import build, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 from experiments.configs import eos_digits
@@ -33,9 +33,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls of each kind (median
 def hvp_over_gradient(config) -> dict:
     """Median seconds of loss+gradient and of one HVP over the first 1,000 training examples
     in one chunk, at the initial weights; both jitted and warmed up first."""
-    dataset = recipe.dataset(config)
-    model = recipe.model(config, dataset)
-    tx = recipe.optimizer(config, 1)
+    dataset = build.dataset(config)
+    model = build.model(config, dataset)
+    tx = build.optimizer(config, 1)
     state = steps.init_state(model, tx, 0, dataset.image_shape)
     batches = sharpness.train_chunks(dataset, 1000, 1000)
     op = curvature.hvp_fn(model, config.loss, state.params, state.batch_stats, batches)
@@ -57,7 +57,7 @@ def warm_start_hvps(config) -> list[int]:
     """Products per Sharpness call (k = 1, tol 1e-3) along a GD run, the first (cold) included."""
     config.num_steps = _STEPS.value
     config.quiet = True
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     ensemble = Ensemble([Member("gd", config)], dataset, "unrolled")
     with tempfile.TemporaryDirectory() as workdir:
         observer = sharpness.Sharpness(_EVERY.value, size=1000, chunk_size=1000)
@@ -70,7 +70,7 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint
     config = eos_digits.get_config("plateau")
-    recipe_config.configure_numerics(config)
+    recipe.configure_numerics(config)
     cnn = eos_digits.get_config("plateau")
     cnn.model, cnn.model_kwargs = "small_cnn", {"widths": (16, 32, 32)}
     print("| model | params | loss+gradient ms | HVP ms | HVP / gradient |")

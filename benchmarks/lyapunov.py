@@ -14,9 +14,9 @@ import time
 import jax
 from absl import app, flags
 
-from eos_jax import config as recipe_config
+from eos_jax import recipe
 from eos_jax.analysis import lyapunov
-from eos_jax.training import recipe, steps
+from eos_jax.training import build, steps
 from experiments.configs import mnist1d
 
 _REPEATS = flags.DEFINE_integer("repeats", 200, "Timed calls of each step (median reported).")
@@ -25,11 +25,11 @@ _REPEATS = flags.DEFINE_integer("repeats", 200, "Timed calls of each step (media
 def main(argv):
     del argv
     config = mnist1d.get_config()
-    recipe_config.configure_numerics(config)
-    dataset = recipe.dataset(config)
-    model = recipe.model(config, dataset)
-    tx = recipe.optimizer(config, mnist1d.STEPS_PER_EPOCH)
-    batch = jax.device_put(recipe.stream(config, dataset).batch(0))
+    recipe.configure_numerics(config)
+    dataset = build.dataset(config)
+    model = build.model(config, dataset)
+    tx = build.optimizer(config, mnist1d.STEPS_PER_EPOCH)
+    batch = jax.device_put(build.stream(config, dataset).batch(0))
     plain_step = jax.jit(steps.make_train_step(model, tx, config.loss))
     carrying = lyapunov.tangent_step()(model, tx, config.loss)
     tangent_step = jax.jit(carrying)

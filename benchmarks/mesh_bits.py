@@ -44,9 +44,9 @@ VARIANTS = {
 
 def small_config(steps: int, member: int = 1, data: int = 1):
     """A tiny digits CNN (seconds per run on a loaded CPU)."""
-    from eos_jax import config as recipe_config
+    from eos_jax import recipe
 
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.num_steps = steps
     config.batch_size = 64
     config.eval_every_steps = config.checkpoint_every_steps = 4

@@ -19,9 +19,8 @@ import time
 import jax
 from absl import app, flags, logging
 
-from eos_jax import bits, numerics
-from eos_jax import config as recipe_config
-from eos_jax.training import recipe, steps, trainer
+from eos_jax import bits, numerics, recipe
+from eos_jax.training import build, steps, trainer
 
 _STEPS = flags.DEFINE_integer("steps", 300, "n: runs of n and 2n steps are timed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (median reported).")
@@ -29,7 +28,7 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds (median reported
 
 def benchmark_config(num_steps: int):
     """The default recipe for num_steps, observed only at its last step."""
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.num_steps = num_steps
     config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = num_steps
     config.quiet = True
@@ -38,10 +37,10 @@ def benchmark_config(num_steps: int):
 
 def plain_loop(config) -> tuple[float, str]:
     """Seconds for the steps (compilation included), and the final params hash."""
-    dataset = recipe.dataset(config)
-    stream = recipe.stream(config, dataset)
-    model = recipe.model(config, dataset)
-    tx = recipe.optimizer(config, stream.steps_per_epoch)
+    dataset = build.dataset(config)
+    stream = build.stream(config, dataset)
+    model = build.model(config, dataset)
+    tx = build.optimizer(config, stream.steps_per_epoch)
     step = jax.jit(steps.make_train_step(model, tx, config.loss))
     state = steps.init_state(model, tx, config.seeds.init, dataset.image_shape)
     t0 = time.perf_counter()

@@ -102,4 +102,4 @@ def main(argv):
 
 
 if __name__ == "__main__":  # --config.* overrides are not flags here: they go to the runs
-    common.run(main, known_only=True)
+    common.start(main, known_only=True)

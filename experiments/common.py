@@ -1,6 +1,6 @@
 """What every experiment main shares: flag parsing, one-line errors, exit statuses.
 
-A main is `@entry_point def main(argv)` started by `run(main)`, with its recipe flag from
+A main is `@entry_point def main(argv)` started by `start(main)`, with its recipe flag from
 `define_config(...)`. Exit statuses, the same for every main, so that sweeps can tell them
 apart:
 
@@ -84,7 +84,7 @@ _config_defaults: dict[str, str] = {}
 
 
 def define_config(default: str, help_string: str, name: str = "config"):
-    """config_flags.DEFINE_config_file whose default file is loaded while run() parses flags,
+    """config_flags.DEFINE_config_file whose default file is loaded while start() parses flags,
     not at import (where a misspelt --config.* override would be a traceback)."""
     _config_defaults[name] = default
     return config_flags.DEFINE_config_file(name, None, f"{help_string} Default: {default}")
@@ -145,7 +145,7 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
         _fail(e, EXIT_ERROR)
 
 
-def run(main, known_only: bool = False) -> None:
+def start(main, known_only: bool = False) -> None:
     """app.run(main), with flag errors (unknown flag or config field, missing config file,
     missing required flag) as one line on stderr. known_only passes unknown flags to main."""
     app.run(main, flags_parser=functools.partial(parse_flags, known_only=known_only))

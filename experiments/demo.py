@@ -18,7 +18,7 @@ import time
 import jax
 from absl import flags
 
-from eos_jax.experiments import twins
+from eos_jax.studies import twins
 from experiments import common
 from experiments.configs import twins_mnist1d
 
@@ -34,7 +34,7 @@ def main(argv):
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     root = os.path.join(_WORKDIR.value, time.strftime("%Y%m%d-%H%M%S"))
     t0 = time.time()
-    summary = twins.run(config, root)
+    summary = twins.execute(config, root)
     print(f"\n## MNIST-1D headline ({time.time() - t0:.0f} s)\n\n{summary['table']}")
     print(summary["verdict"])
     with open(os.path.join(root, "fingerprint.json")) as f:
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.start(main)

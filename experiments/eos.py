@@ -1,4 +1,4 @@
-r"""Edge-of-Stability sweeps (eos_jax.experiments.eos): does the data-loss sharpness of
+r"""Edge-of-Stability sweeps (eos_jax.studies.eos): does the data-loss sharpness of
 full-batch training settle at the stability threshold c / lr - wd?
 
   python -m experiments.eos --config=experiments/configs/eos_digits.py:plateau --workdir=/tmp/eos
@@ -11,8 +11,8 @@ Rerunning after a crash continues where it stopped and skips finished runs.
 
 from absl import flags
 
-from eos_jax import config as recipe_config
-from eos_jax.experiments import eos
+from eos_jax import recipe
+from eos_jax.studies import eos
 from experiments import common
 
 _CONFIG = common.define_config("experiments/configs/eos_digits.py", "Recipe + eos settings.")
@@ -22,11 +22,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=Tr
 @common.entry_point
 def main(argv):
     del argv  # common.run refuses positional arguments
-    recipe_config.configure_numerics(_CONFIG.value)
-    summary = eos.run(_CONFIG.value, _WORKDIR.value)
+    recipe.configure_numerics(_CONFIG.value)
+    summary = eos.execute(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])
     print(f"results: {_WORKDIR.value}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.start(main)

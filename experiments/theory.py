@@ -6,7 +6,7 @@ r"""The theory experiments: the gradient-descent PDE, its stability bounds, rest
 
 config.experiment picks one of: heat (Figure 1), linear_pde (Figure 3 / Table 2),
 restrained (Figure 4 left), twins (Figure 4 right), phase (phase diagram). What each one does
-is in eos_jax/experiments/theory.py; this main switches on float64, runs it and prints the
+is in eos_jax/studies/theory.py; this main switches on float64, runs it and prints the
 predicted-vs-observed table.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 from absl import flags
 
 from eos_jax import numerics
-from eos_jax.experiments import theory
+from eos_jax.studies import theory
 from experiments import common
 
 _CONFIG = common.define_config("experiments/configs/theory_fig1.py", "A theory_*.py config.")
@@ -27,10 +27,10 @@ def main(argv):
     del argv  # common.run refuses positional arguments
     numerics.configure(theory.POLICY)  # before any array exists
     config, workdir = _CONFIG.value, _WORKDIR.value
-    summary = theory.run(config, workdir)
+    summary = theory.execute(config, workdir)
     print(theory.table_markdown(summary["table"]))
     print(f"results: {workdir}")
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.start(main)

@@ -11,7 +11,7 @@ import json
 
 from absl import flags
 
-from eos_jax import config as recipe_config
+from eos_jax import recipe
 from eos_jax.training import trainer
 from experiments import common
 
@@ -28,7 +28,7 @@ common.define_distributed_flags()
 def main(argv):
     del argv  # common.run refuses positional arguments
     config = _CONFIG.value
-    recipe_config.configure_numerics(config)
+    recipe.configure_numerics(config)
     common.join_distributed()
     summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
     print(json.dumps(summary, indent=2))
@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.start(main)

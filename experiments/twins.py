@@ -1,4 +1,4 @@
-r"""Lockstep twin experiments (eos_jax.experiments.twins): rounding vs stochastic divergence.
+r"""Lockstep twin experiments (eos_jax.studies.twins): rounding vs stochastic divergence.
 
   python -m experiments.twins --config=experiments/configs/twins_embedded.py:table1 \
       --workdir=/tmp/t1
@@ -11,7 +11,7 @@ Rerunning after a crash continues where it stopped and skips finished ensembles.
 
 from absl import flags
 
-from eos_jax.experiments import twins
+from eos_jax.studies import twins
 from experiments import common
 
 _CONFIG = common.define_config("experiments/configs/twins_embedded.py", "Recipe + twins settings.")
@@ -25,7 +25,7 @@ def main(argv):
     del argv  # common.run refuses positional arguments
     twins.configure_numerics(_CONFIG.value)
     common.join_distributed()
-    summary = twins.run(_CONFIG.value, _WORKDIR.value)
+    summary = twins.execute(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])
     if summary.get("verdict"):
         print(summary["verdict"])
@@ -33,4 +33,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    common.run(main)
+    common.start(main)

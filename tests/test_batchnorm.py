@@ -214,10 +214,10 @@ def test_state_dtypes_are_fixed_from_initialisation(name, param_dtype, dtype):
 def test_fp64_bn_model_resumes_bit_exactly(tmp_path):
     """Stop and resume a float64 ResNet: the checkpoint restores into the initial state's
     template, which holds float64 batch_stats from the start."""
-    from eos_jax import config as recipe_config
+    from eos_jax import recipe
     from eos_jax.training import trainer
 
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.model = "resnet20"
     config.model_kwargs = {}
     config.update_from_flattened_dict(

@@ -306,17 +306,17 @@ def test_eval_batches_cover_the_split_in_order(digits):
 def test_full_batch_gradient_descent_sums_in_one_fixed_order(digits):
     """batch = training set: every step is an epoch. 'auto' keeps epoch 0's order, so the
     gradient is summed identically each step; 'reshuffle' would reorder it every step."""
-    from eos_jax import config as recipe_config
-    from eos_jax.training import recipe
+    from eos_jax import recipe
+    from eos_jax.training import build
 
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.batch_size = digits.num_train
-    fixed = recipe.stream(config, digits)
+    fixed = build.stream(config, digits)
     assert fixed.steps_per_epoch == 1
     for step in (1, 2, 7):
         np.testing.assert_array_equal(fixed.batch(step)["image"], fixed.batch(0)["image"])
     config.data_order = "reshuffle"
-    reshuffled = recipe.stream(config, digits)
+    reshuffled = build.stream(config, digits)
     assert not np.array_equal(reshuffled.example_indices(1), reshuffled.example_indices(0))
     np.testing.assert_array_equal(
         np.sort(reshuffled.example_indices(1)), np.arange(digits.num_train)
@@ -325,12 +325,12 @@ def test_full_batch_gradient_descent_sums_in_one_fixed_order(digits):
 
 def test_the_paper_recipe_keeps_the_last_partial_batch(digits):
     """The authors' DataLoader keeps the last, smaller batch (391 CIFAR-10 steps an epoch)."""
-    from eos_jax import config as recipe_config
-    from eos_jax.training import recipe
+    from eos_jax import recipe
+    from eos_jax.training import build
     from experiments.configs import resnet56_cifar10
 
     paper = resnet56_cifar10.get_config()
     assert paper.drop_last_batch is False
-    stream = recipe.stream(paper, digits)  # 1,497 images, batch 128: 11 full + 89
+    stream = build.stream(paper, digits)  # 1,497 images, batch 128: 11 full + 89
     assert stream.steps_per_epoch == 12 and len(stream.batch(11)["label"]) == 1497 - 11 * 128
-    assert recipe.stream(recipe_config.default_recipe(), digits).steps_per_epoch == 11
+    assert build.stream(recipe.default_recipe(), digits).steps_per_epoch == 11

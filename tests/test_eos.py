@@ -7,12 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from eos_jax import config as recipe_config
-from eos_jax import results
+from eos_jax import recipe, results
 from eos_jax.analysis import curvature, sharpness
 from eos_jax.data import normalize, to_unit_float
-from eos_jax.experiments import eos
-from eos_jax.training import recipe, steps, trainer
+from eos_jax.studies import eos
+from eos_jax.training import build, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.observers import Observer
 from eos_jax.training.sources import Member
@@ -21,7 +20,7 @@ from experiments.configs import eos_digits
 
 def full_batch_config(**overrides):
     """A tiny fc-tanh MLP, MSE, full-batch GD on the first 64 digits."""
-    c = recipe_config.default_recipe()
+    c = recipe.default_recipe()
     c.model, c.model_kwargs = "mlp", {"hidden": (16,)}
     c.train_subset = c.batch_size = 64
     c.loss = "mse"
@@ -34,10 +33,10 @@ def full_batch_config(**overrides):
 
 def test_microbatches_sum_to_the_full_batch_gradient():
     config = full_batch_config()
-    dataset = recipe.dataset(config)
-    batch = recipe.stream(config, dataset).batch(0)
-    model = recipe.model(config, dataset)
-    tx = recipe.optimizer(config, 1)
+    dataset = build.dataset(config)
+    batch = build.stream(config, dataset).batch(0)
+    model = build.model(config, dataset)
+    tx = build.optimizer(config, 1)
     state = steps.init_state(model, tx, 0, dataset.image_shape)
     one = jax.jit(steps.make_train_step(model, tx, "mse"))
     four = jax.jit(steps.make_train_step(model, tx, "mse", microbatches=4))
@@ -46,8 +45,8 @@ def test_microbatches_sum_to_the_full_batch_gradient():
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
     np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
     assert float(m1["accuracy"]) == float(m4["accuracy"])
-    assert recipe.step_options(config) == {}
-    assert recipe.step_options(full_batch_config(microbatches=4)) == {"microbatches": 4}
+    assert build.step_options(config) == {}
+    assert build.step_options(full_batch_config(microbatches=4)) == {"microbatches": 4}
 
 
 @pytest.mark.parametrize(
@@ -68,7 +67,7 @@ def test_bad_full_batch_fields_fail_before_anything_is_written(tmp_path, overrid
 def test_microbatches_must_divide_a_kept_last_batch():
     config = full_batch_config(train_subset=70, drop_last_batch=False, microbatches=4)
     with pytest.raises(ValueError, match=r"batches of \[6\] examples do not"):
-        recipe.stream(config, recipe.dataset(config))
+        build.stream(config, build.dataset(config))
 
 
 def test_goal_ends_the_run_as_if_it_were_the_last_step(tmp_path):
@@ -96,7 +95,7 @@ class KeepLast(Observer):
 
 def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path):
     config = full_batch_config(num_steps=10, **{"optimizer.weight_decay": 0.01})
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     ensemble = Ensemble([Member("gd", config)], dataset, "unrolled")
     observer, keep = sharpness.Sharpness(5, size=48, chunk_size=32, k=2, tol=1e-4), KeepLast()
     trainer.Trainer(ensemble, config, str(tmp_path), [observer, keep]).run()
@@ -117,7 +116,7 @@ def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path)
     summary = results.read_json(os.path.join(tmp_path, "summary.json"))
     assert summary["members"][0]["last_sharpness"] == last["sharpness"]
     # the full-set loss: that of the full batch (the same 64 examples in another order)
-    full = recipe.stream(config, dataset).batch(0)
+    full = build.stream(config, dataset).batch(0)
     logits = model.apply({"params": state.params}, full["image"], train=False)
     loss = steps.loss_fn("mse", logits, full["label"])
     assert last["train_set_loss"] == pytest.approx(float(loss), rel=1e-5)
@@ -125,7 +124,7 @@ def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path)
 
 def test_sharpness_observer_refuses_bad_settings():
     config = full_batch_config()
-    ensemble = Ensemble([Member("gd", config)], recipe.dataset(config), "unrolled")
+    ensemble = Ensemble([Member("gd", config)], build.dataset(config), "unrolled")
     with pytest.raises(ValueError, match=r"sharpness size=100 must be an integer in \[1, 64\]"):
         sharpness.Sharpness(5, size=100).setup(ensemble, 10)
     with pytest.raises(ValueError, match="sharpness tol=2 must be in"):
@@ -163,7 +162,7 @@ def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
     config = eos_digits.get_config("plateau")
     config.eos.runs = runs
     with pytest.raises(ValueError, match=message):
-        eos.run(config, str(tmp_path / "eos"))
+        eos.execute(config, str(tmp_path / "eos"))
     assert not os.path.exists(tmp_path / "eos")
 
 
@@ -179,7 +178,7 @@ def test_bad_regions_settings_fail_before_anything_is_written(tmp_path, field, v
     config = eos_digits.get_config("plateau")
     config.eos[field] = value
     with pytest.raises(ValueError, match=message):
-        eos.run(config, str(tmp_path / "eos"))
+        eos.execute(config, str(tmp_path / "eos"))
     assert not os.path.exists(tmp_path / "eos")
 
 
@@ -204,7 +203,7 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
         "optimizer.lr=0.1 num_steps=20",
         "optimizer.lr=0.05 optimizer.momentum=0.5 num_steps=10",
     )
-    summary = eos.run(config, str(tmp_path))
+    summary = eos.execute(config, str(tmp_path))
     first, second = summary["runs"]
     assert first["predicted_threshold"] == pytest.approx(20.0)
     assert (

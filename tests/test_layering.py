@@ -10,21 +10,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # package -> packages it must never import
 FORBIDDEN = {
-    "eos_jax/config.py": ("eos_jax.data", "eos_jax.models", "eos_jax.training", "eos_jax.analysis"),
+    "eos_jax/recipe.py": ("eos_jax.data", "eos_jax.models", "eos_jax.training", "eos_jax.analysis"),
     "eos_jax/data": (
         "eos_jax.models",
         "eos_jax.training",
         "eos_jax.analysis",
-        "eos_jax.experiments",
+        "eos_jax.studies",
     ),
     "eos_jax/models": (
         "eos_jax.data",
         "eos_jax.training",
         "eos_jax.analysis",
-        "eos_jax.experiments",
+        "eos_jax.studies",
     ),
-    "eos_jax/training": ("eos_jax.analysis", "eos_jax.experiments"),
-    "eos_jax/analysis": ("eos_jax.experiments",),
+    "eos_jax/training": ("eos_jax.analysis", "eos_jax.studies"),
+    "eos_jax/analysis": ("eos_jax.studies",),
     "eos_jax": ("experiments", "absl.flags", "ml_collections.config_flags"),
 }
 

@@ -10,9 +10,9 @@ import pytest
 
 from eos_jax import bits
 from eos_jax.analysis import lyapunov
-from eos_jax.experiments import lyapunov as experiment
 from eos_jax.models import create_model
-from eos_jax.training import optim, recipe, steps, trainer
+from eos_jax.studies import lyapunov as experiment
+from eos_jax.training import build, optim, steps, trainer
 from experiments.configs import lyapunov_mnist1d
 from tests.test_linearisation import closed_form_radius, regression
 
@@ -90,7 +90,7 @@ def test_experiment_runs_end_to_end_and_resumes_with_the_same_records(tmp_path):
         assert os.path.exists(tmp_path / "all" / name)
     # stopped at step 4 and resumed: the tangent and the window records come back exactly
     runs = experiment.plan(config)
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     t = experiment._trainer(config, runs[0], dataset, str(tmp_path / "split"))
     t.run(stop_at_step=4)
     experiment._trainer(config, runs[0], dataset, str(tmp_path / "split")).run()

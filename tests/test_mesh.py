@@ -4,8 +4,7 @@ bit-exact, the mesh in the fingerprint. Forced host devices need fresh processes
 import pytest
 
 from benchmarks import mesh_bits
-from eos_jax import config as recipe_config
-from eos_jax import results
+from eos_jax import recipe, results
 from eos_jax.training import mesh
 
 STEPS = 12
@@ -21,11 +20,11 @@ STEPS = 12
 )
 def test_bad_mesh_fields_are_refused_before_any_device_is_asked(fields, message):
     with pytest.raises(ValueError, match=message):
-        recipe_config.validate_mesh(fields)
-    config = recipe_config.default_recipe()
+        recipe.validate_mesh(fields)
+    config = recipe.default_recipe()
     config.mesh.member = 0
     with pytest.raises(ValueError, match="config.mesh.member=0"):
-        recipe_config.validate(config)
+        recipe.validate(config)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +46,7 @@ def test_mesh_shapes_resolve_the_rest():
 
 
 def test_single_device_mesh_shards_nothing():
-    layout = mesh.Layout(mesh.from_config(recipe_config.default_recipe()), False, 1)
+    layout = mesh.Layout(mesh.from_config(recipe.default_recipe()), False, 1)
     assert not layout.active and layout.mesh.axis_names == mesh.AXES
 
 

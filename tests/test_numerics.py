@@ -85,7 +85,7 @@ def test_importing_the_library_creates_no_arrays():
     out = run_python(
         "import eos_jax.numerics, eos_jax.bits, eos_jax.results, eos_jax.training.optim\n"
         "import eos_jax.training.steps, eos_jax.models, eos_jax.data, eos_jax.training.trainer\n"
-        "import eos_jax.config, eos_jax.experiments.twins, eos_jax.experiments.theory\n"
+        "import eos_jax.recipe, eos_jax.studies.twins, eos_jax.studies.theory\n"
         "import eos_jax.analysis.curvature, eos_jax.analysis.linearisation\n"
         "from jax._src import xla_bridge; print(xla_bridge.backends_are_initialized())"
     )

@@ -9,9 +9,9 @@ import pytest
 from eos_jax import results
 from eos_jax.analysis import regions
 from eos_jax.data import Dataset, normalize, to_unit_float
-from eos_jax.experiments import eos
 from eos_jax.models import create_model
-from eos_jax.training import recipe, trainer
+from eos_jax.studies import eos
+from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 from experiments.configs import eos_cifar5k
@@ -47,7 +47,7 @@ def test_fractions_equal_numpy_on_a_tiny_mlp_with_known_weights():
 
 def test_observer_records_each_layer_at_its_cadence(tmp_path):
     config = full_batch_config(num_steps=10, **{"model_kwargs.hidden": (16, 8)})
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     ensemble = Ensemble([Member("gd", config)], dataset, "unrolled")
     observer, keep = regions.Regions(5, size=48, chunk_size=32, threshold=0.5), KeepLast()
     trainer.Trainer(ensemble, config, str(tmp_path), [observer, keep]).run()
@@ -77,7 +77,7 @@ def test_observer_records_each_layer_at_its_cadence(tmp_path):
 )
 def test_observer_refuses_bad_settings_and_unsupported_models(override, kwargs, message):
     config = full_batch_config(**override)
-    ensemble = Ensemble([Member("gd", config)], recipe.dataset(config), "unrolled")
+    ensemble = Ensemble([Member("gd", config)], build.dataset(config), "unrolled")
     with pytest.raises(ValueError, match=message):
         regions.Regions(**{"every_steps": 5, **kwargs}).setup(ensemble, 10)
 
@@ -94,7 +94,7 @@ def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
     assert r.batch_size % r.microbatches == 0 and config.eos.chunk_size * r.microbatches == 5000
     images, labels = np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)
     shaped = Dataset(images, labels, images, labels, 10, "cifar-shaped", (0.5,) * 3, (0.25,) * 3)
-    model = recipe.model(r, shaped)
+    model = build.model(r, shaped)
     params = model.init(jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32), train=False)
     kernels = {k: v["kernel"].shape for k, v in params["params"].items()}
     fractions = regions.region_fractions(model, params["params"], [{"image": images / 1.0}])

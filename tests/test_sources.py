@@ -4,8 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from eos_jax import bits
-from eos_jax import config as recipe_config
+from eos_jax import bits, recipe
 from eos_jax.training import sources
 
 
@@ -19,7 +18,7 @@ def params():
 
 
 def test_every_source_builds_members_whose_reference_is_the_recipe():
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.augment = True  # every source applies
     for name in sources.names():
         members = sources.make_members(config, name, count=4)
@@ -30,7 +29,7 @@ def test_every_source_builds_members_whose_reference_is_the_recipe():
 
 
 def test_each_source_changes_only_its_knob():
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     ks = [m.config.optimizer.k for m in sources.make_members(config, "update_k", count=6)]
     assert ks == [1, 3, 5, 7, 9, 11]
     seeds = sources.make_members(config, "seed", (4, 5))[1].config.seeds
@@ -68,11 +67,11 @@ def test_each_source_changes_only_its_knob():
 )
 def test_bad_values_are_refused(source, values, message):
     with pytest.raises(ValueError, match=message):
-        sources.make_members(recipe_config.default_recipe(), source, values)
+        sources.make_members(recipe.default_recipe(), source, values)
 
 
 def test_bad_member_counts_and_edits_are_refused():
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     for count in (0, 1):
         with pytest.raises(ValueError, match=f"at least 2 members, got count={count}"):
             sources.make_members(config, "update_k", count=count)
@@ -123,7 +122,7 @@ def test_registry_has_one_object_per_source_with_its_kind():
 
 
 def test_a_source_that_cannot_differ_under_the_recipe_is_refused():
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     assert not config.augment
     with pytest.raises(ValueError, match="'aug_seed' does not apply.*no augmentation"):
         sources.make_members(config, "aug_seed", count=2)

@@ -1,4 +1,4 @@
-"""Smoke runs of every theory experiment on tiny configs, through eos_jax.experiments.theory.run."""
+"""Smoke runs of every theory experiment on tiny configs, through eos_jax.studies.theory.run."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eos_jax import results
-from eos_jax.experiments import theory
+from eos_jax.studies import theory
 from experiments.configs import (
     theory_fig1,
     theory_fig3,
@@ -44,7 +44,7 @@ def test_experiment_writes_its_tables_and_figure(name, tmp_path):
     config, figure = CASES[name]
     workdir = str(tmp_path / name)
     with jax.enable_x64(True):
-        summary = theory.run(config, workdir)
+        summary = theory.execute(config, workdir)
     assert summary["experiment"] == name and summary["table"]
     for file in ("summary.json", "summary.md", "config.json", "fingerprint.json", figure):
         assert os.path.getsize(os.path.join(workdir, file)) > 0, file
@@ -57,7 +57,7 @@ def test_experiment_writes_its_tables_and_figure(name, tmp_path):
 
 def test_heat_smoke_classifies_both_time_steps(tmp_path):
     with jax.enable_x64(True):
-        summary = theory.run(CASES["heat"][0], str(tmp_path / "heat"))
+        summary = theory.execute(CASES["heat"][0], str(tmp_path / "heat"))
     assert [row["observed"] for row in summary["table"]] == ["stable", "unstable"]
 
 
@@ -101,7 +101,7 @@ def test_bad_config_is_one_clear_error_before_any_file(case, tmp_path):
     module, overrides, message = BAD_CONFIGS[case]
     config = _tiny(module, **overrides)
     with jax.enable_x64(True), pytest.raises(ValueError, match=message) as error:
-        theory.run(config, str(tmp_path / "bad"))
+        theory.execute(config, str(tmp_path / "bad"))
     assert "\n" not in str(error.value)
     assert not os.path.exists(tmp_path / "bad")  # nothing written for a config that cannot run
 
@@ -114,13 +114,13 @@ def test_shipped_configs_validate():
 def test_heat_runs_at_the_smallest_allowed_steps(tmp_path):
     config = _tiny(theory_fig1, steps=3, shown_steps=(0, 3))
     with jax.enable_x64(True):
-        summary = theory.run(config, str(tmp_path / "heat"))
+        summary = theory.execute(config, str(tmp_path / "heat"))
     assert all(np.isfinite(row["observed growth/step"]) for row in summary["table"])
 
 
 def test_finished_workdir_is_not_reused(tmp_path):
     config = CASES["heat"][0]
     with jax.enable_x64(True):
-        theory.run(config, str(tmp_path / "heat"))
+        theory.execute(config, str(tmp_path / "heat"))
         with pytest.raises(results.WorkdirError, match="finished"):
-            theory.run(config, str(tmp_path / "heat"))
+            theory.execute(config, str(tmp_path / "heat"))

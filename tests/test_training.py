@@ -10,15 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eos_jax import bits, results
-from eos_jax import config as recipe_config
+from eos_jax import bits, recipe, results
 from eos_jax.data import load_dataset
-from eos_jax.training import recipe, steps, trainer
+from eos_jax.training import build, steps, trainer
 from eos_jax.training.checkpoint import CheckpointError
 
 
 def tiny_config(**overrides):
-    config = recipe_config.default_recipe()
+    config = recipe.default_recipe()
     config.num_steps = 12
     config.batch_size = 64
     config.eval_every_steps = 4
@@ -33,9 +32,9 @@ def tiny_config(**overrides):
 def digits_setup():
     config = tiny_config()
     dataset = load_dataset("digits")
-    stream = recipe.stream(config, dataset)
-    model = recipe.model(config, dataset)
-    tx = recipe.optimizer(config, stream.steps_per_epoch)
+    stream = build.stream(config, dataset)
+    model = build.model(config, dataset)
+    tx = build.optimizer(config, stream.steps_per_epoch)
     state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
     return model, tx, state, stream
 
@@ -64,9 +63,9 @@ def test_train_step_linearises_with_jvp():
     with jax.enable_x64(True):
         config = tiny_config(**{"numerics.param_dtype": "fp64", "numerics.compute_dtype": "fp64"})
         dataset = load_dataset("digits")
-        stream = recipe.stream(config, dataset)
-        model = recipe.model(config, dataset)
-        tx = recipe.optimizer(config, stream.steps_per_epoch)
+        stream = build.stream(config, dataset)
+        model = build.model(config, dataset)
+        tx = build.optimizer(config, stream.steps_per_epoch)
         state = steps.init_state(model, tx, 0, dataset.train_images.shape[1:])
         train_step = steps.make_train_step(model, tx)
         batch = stream.batch(0)

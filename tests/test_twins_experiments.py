@@ -11,8 +11,8 @@ import pytest
 
 from eos_jax import bits, results
 from eos_jax.data import Dataset
-from eos_jax.experiments import twins
-from eos_jax.training import recipe
+from eos_jax.studies import twins
+from eos_jax.training import build
 from experiments.configs import twins_embedded, twins_paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,7 +43,7 @@ def tiny(experiment, **overrides):
 
 def test_table1_writes_table_with_both_spreads(tmp_path):
     config = tiny("table1", **{"twins.seeds": (1, 2), "twins.ks": (1, 3, 5)})
-    summary = twins.run(config, str(tmp_path))
+    summary = twins.execute(config, str(tmp_path))
     acc = np.array(summary["accuracy"])
     assert acc.shape == (2, 3)
     rows = list(csv.DictReader(open(tmp_path / "table1.csv")))
@@ -58,7 +58,7 @@ def test_table1_writes_table_with_both_spreads(tmp_path):
 
 def test_sources_table_has_one_row_per_source_and_a_silent_control(tmp_path):
     config = tiny("sources", **{"twins.sources": ("none", "update_k", "init_seed", "aug_seed")})
-    summary = twins.run(config, str(tmp_path))
+    summary = twins.execute(config, str(tmp_path))
     rows = {r["source"]: r for r in summary["rows"]}
     assert list(rows) == ["none", "update_k", "init_seed", "aug_seed"]
     assert rows["aug_seed"]["members"] == 0 and "no augmentation" in rows["aug_seed"]["note"]
@@ -73,7 +73,7 @@ def test_fig2_keeps_pde_time_fixed_across_learning_rates(tmp_path):
     config = tiny(
         "fig2", **{"twins.lr_divisors": (1, 2), "twins.snapshots": 4, "twins.map_snapshots": (0, 4)}
     )
-    twins.run(config, str(tmp_path))
+    twins.execute(config, str(tmp_path))
     rows = list(csv.DictReader(open(tmp_path / "fig2.csv")))
     for n in ("1", "2"):
         mine = [r for r in rows if r["n"] == n]
@@ -154,7 +154,7 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, over
         **{"twins.experiment": experiment, **overrides},
     )
     with pytest.raises(ValueError, match=message):
-        twins.run(config, str(tmp_path / "w"))
+        twins.execute(config, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
 
 
@@ -167,7 +167,7 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
         len(runs)
         == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6}[experiment]
     )
-    model = recipe.model(runs[0]["recipe"], _cifar_shaped())
+    model = build.model(runs[0]["recipe"], _cifar_shaped())
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False)
     )["params"]
@@ -185,7 +185,7 @@ def _cifar_shaped():
 
 def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
     config = tiny("sources", **{"twins.sources": ("update_k", "seed"), "twins.members": 3})
-    summary = twins.run(config, str(tmp_path))
+    summary = twins.execute(config, str(tmp_path))
     rows = {r["source"]: r for r in summary["rows"]}
     seed = rows["seed"]
     assert seed["final acc std low"] <= seed["final acc std"] <= seed["final acc std high"]
@@ -209,7 +209,7 @@ def test_sweep_compares_the_two_sources_at_each_learning_rate(tmp_path):
         "lr_0.1_update_k",
         "lr_0.1_seed",
     ]
-    summary = twins.run(config, str(tmp_path))
+    summary = twins.execute(config, str(tmp_path))
     assert [r["lr"] for r in summary["rows"]] == [0.05, 0.1]
     for row in summary["rows"]:
         assert row["ratio low"] <= row["ratio"] <= row["ratio high"]
@@ -225,7 +225,7 @@ def test_sweep_compares_the_two_sources_at_each_learning_rate(tmp_path):
 )
 def test_the_verdict_compares_a_rounding_with_a_stochastic_source(tmp_path, compare, message):
     with pytest.raises(ValueError, match=message):
-        twins.run(tiny("sweep", **{"twins.compare": compare}), str(tmp_path / "w"))
+        twins.execute(tiny("sweep", **{"twins.compare": compare}), str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
 
 

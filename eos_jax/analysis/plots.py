@@ -169,7 +169,7 @@ def tensor_maps(maps: dict[int, np.ndarray], tensor: str, lr: float, path: str) 
 
 def onset(curves: dict[str, tuple[str, dict]], path: str) -> None:
     """When rounding starts to matter: per source (curves maps name -> (kind, onset curves of
-    eos_jax.experiments.twins.onset_curves)), the spread across members along training.
+    eos_jax.studies.twins.onset_curves)), the spread across members along training.
     Rounding sources are solid, stochastic ones dashed."""
     panels = (
         ("accuracy std", "std of test accuracy across members", "linear"),

@@ -28,11 +28,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from eos_jax import config as recipe_config
-from eos_jax import results
+from eos_jax import recipe, results
 from eos_jax.data import Dataset, eval_batches
+from eos_jax.training import build, sources, steps
 from eos_jax.training import mesh as mesh_lib
-from eos_jax.training import recipe, sources, steps
 from eos_jax.training.sources import Member
 
 STRATEGIES = ("unrolled", "vmap")
@@ -82,10 +81,10 @@ class Ensemble:
         if not members:
             raise ValueError("an ensemble needs at least 1 member, got none")
         for m in members:
-            recipe_config.validate(m.config)
-            recipe_config.check_x64(recipe_config.dtype_policy(m.config))
+            recipe.validate(m.config)
+            recipe.check_x64(recipe.dtype_policy(m.config))
         self.members, self.dataset, self.strategy = list(members), dataset, strategy
-        streams = [recipe.stream(m.config, dataset, m.reduction_order) for m in members]
+        streams = [build.stream(m.config, dataset, m.reduction_order) for m in members]
         keys = [
             (s.batch_size, s.data_seed, s.aug_seed, s.augment, s.reduction_order) for s in streams
         ]
@@ -93,8 +92,8 @@ class Ensemble:
         self.streams = [streams[keys.index(k)] for k in distinct]
         self.stream_of = [distinct.index(k) for k in keys]  # member -> index in self.streams
         self.steps_per_epoch = self.streams[0].steps_per_epoch
-        self.models = [recipe.model(m.config, dataset) for m in members]
-        self.txs = [recipe.optimizer(m.config, self.steps_per_epoch) for m in members]
+        self.models = [build.model(m.config, dataset) for m in members]
+        self.txs = [build.optimizer(m.config, self.steps_per_epoch) for m in members]
         if strategy == "vmap":
             self._check_vmappable()
         self.mesh = mesh_lib.from_config(members[0].config) if mesh is None else mesh
@@ -110,7 +109,7 @@ class Ensemble:
         if strategy == "vmap" and len(set(makers)) > 1:
             raise ValueError("different steps per member need strategy 'unrolled'")
         self.train_steps = [
-            make(model, tx, m.config.loss, **recipe.step_options(m.config))
+            make(model, tx, m.config.loss, **build.step_options(m.config))
             for make, model, tx, m in zip(makers, self.models, self.txs, self.members, strict=True)
         ]
         self._step, self._eval = (

@@ -23,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from eos_jax import config as recipe_config
+from eos_jax import recipe
 
 AXES = ("member", "data")
 DEFAULT = {"member": 1, "data": -1}  # recipes without a mesh group: all devices on data
@@ -31,7 +31,7 @@ DEFAULT = {"member": 1, "data": -1}  # recipes without a mesh group: all devices
 
 def shape(mesh_config, device_count: int) -> tuple[int, int]:
     """(member, data) sizes with -1 resolved; their product must be the device count."""
-    recipe_config.validate_mesh(mesh_config)
+    recipe.validate_mesh(mesh_config)
     sizes = [mesh_config["member"], mesh_config["data"]]
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:

@@ -22,11 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from eos_jax import bits, distributed, numerics, results
-from eos_jax import config as recipe_config
+from eos_jax import bits, distributed, numerics, recipe, results
+from eos_jax.training import build
 from eos_jax.training import mesh as mesh_lib
 from eos_jax.training import observers as obs
-from eos_jax.training import recipe
 from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
@@ -141,13 +140,13 @@ class Trainer:
         """Trains to the end (or to stop_at_step, checkpointed: run again to continue),
         resuming from the latest checkpoint in workdir. Returns the summary."""
         config, ensemble, workdir = self.config, self.ensemble, self.workdir
-        recipe_config.validate(config, stop_at_step)
+        recipe.validate(config, stop_at_step)
         states = ensemble.init()
-        num_steps = recipe_config.total_steps(config, ensemble.steps_per_epoch)
+        num_steps = recipe.total_steps(config, ensemble.steps_per_epoch)
         for o in self.observers:
             o.setup(ensemble, num_steps)
         # Only now that everything is validated and builds does anything go to disk.
-        policy = recipe_config.dtype_policy(ensemble.members[0].config)
+        policy = recipe.dtype_policy(ensemble.members[0].config)
         saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
         primary = distributed.is_primary()
         if primary:
@@ -227,7 +226,7 @@ class Trainer:
             "resumed_from_step": start,
         }
         if run.stop_reason is not None:
-            planned = recipe_config.total_steps(config, ensemble.steps_per_epoch)
+            planned = recipe.total_steps(config, ensemble.steps_per_epoch)
             summary.update(
                 goal=run.stop_reason, goal_reached_at_step=num_steps, planned_steps=planned
             )
@@ -257,7 +256,7 @@ class Trainer:
 def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
     """Trains one recipe (K = 1) with the default observers; see Trainer.run."""
     member = Member("recipe", config)
-    ensemble = Ensemble([member], recipe.dataset(config), strategy="unrolled")
+    ensemble = Ensemble([member], build.dataset(config), strategy="unrolled")
     return Trainer(ensemble, config, workdir).run(stop_at_step)
 
 

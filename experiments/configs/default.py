@@ -1,13 +1,13 @@
 """Default recipe: the small CNN on the embedded digits data (no download, minutes on a CPU).
 
-The fields and their meaning are defined in the library (eos_jax.config.default_recipe);
+The fields and their meaning are defined in the library (eos_jax.recipe.default_recipe);
 every other config starts from this one and changes what differs.
 """
 
 import ml_collections
 
-from eos_jax import config
+from eos_jax import recipe
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return config.default_recipe()
+    return recipe.default_recipe()

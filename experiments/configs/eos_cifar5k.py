@@ -15,7 +15,7 @@ random one (seeds.subset = 0), not Cohen et al.'s first 5,000 images.
 
 import ml_collections
 
-from eos_jax.experiments import eos
+from eos_jax.studies import eos
 from experiments.configs import default
 
 NETS = {

@@ -12,7 +12,7 @@ The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
 
 import ml_collections
 
-from eos_jax.experiments import eos
+from eos_jax.studies import eos
 from experiments.configs import default
 
 

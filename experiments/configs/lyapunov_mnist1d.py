@@ -8,7 +8,7 @@ Per lr in 0.025, 0.05, 0.08, 0.1: update_k twins k = 1, 3; member 0 carries a ta
 
 import ml_collections
 
-from eos_jax.experiments import lyapunov
+from eos_jax.studies import lyapunov
 from experiments.configs import mnist1d
 
 

@@ -7,7 +7,7 @@ The part after ':' picks the experiment: table1 | fig2 | sources (default source
 
 import ml_collections
 
-from eos_jax.experiments import twins
+from eos_jax.studies import twins
 from experiments.configs import default
 
 

@@ -13,7 +13,7 @@ The part after ':' picks the experiment:
 
 import ml_collections
 
-from eos_jax.experiments import twins
+from eos_jax.studies import twins
 from experiments.configs import mnist1d
 
 HEADLINE = ("update_k", "seed")

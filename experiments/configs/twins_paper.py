@@ -8,7 +8,7 @@ sources: every source alone on the table1 recipe, 6 members each.
   python -m experiments.twins --config=experiments/configs/twins_paper.py:table1 --workdir=...
 """
 
-from eos_jax.experiments import twins
+from eos_jax.studies import twins
 from experiments.configs import resnet56_cifar10
 
 

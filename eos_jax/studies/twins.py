@@ -9,7 +9,7 @@
 - sweep: the verdict's two sources (twins.compare) at each learning rate of twins.sweep_lrs:
   how the rounding/seed ratio depends on the learning rate and on training time.
 
-`run(config, workdir)` trains each ensemble in its own sub-directory of workdir, resuming
+`execute(config, workdir)` trains each ensemble in its own sub-directory of workdir, resuming
 from its checkpoints and skipping finished ones, then writes tables and figures.
 """
 
@@ -20,11 +20,10 @@ import os
 import ml_collections
 import numpy as np
 
-from eos_jax import config as recipe_config
-from eos_jax import distributed, numerics, results
+from eos_jax import distributed, numerics, recipe, results
 from eos_jax.analysis import divergence, plots, statistics
-from eos_jax.experiments.runs import run_trainers
-from eos_jax.training import observers, recipe, sources, trainer
+from eos_jax.studies.runs import train_all
+from eos_jax.training import build, observers, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 
 EXPERIMENTS = ("table1", "fig2", "sources", "sweep")
@@ -83,7 +82,7 @@ def plan(config) -> list[dict]:
     t = config.twins
     if t.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {t.experiment!r}; known: {', '.join(EXPERIMENTS)}")
-    recipe_config.validate(config)
+    recipe.validate(config)
     runs = []
     if t.experiment == "table1":
         _check_list("seeds", t.seeds, 0)
@@ -161,7 +160,7 @@ def _check_compare(compare) -> None:
 
 def configure_numerics(config) -> None:
     """The config's numerics, with x64 on when any member of any ensemble computes in fp64."""
-    recipe_config.configure_numerics(config)
+    recipe.configure_numerics(config)
     if any(sources.needs_x64(r["members"]) for r in plan(config) if "members" in r):
         numerics.enable_x64()
 
@@ -177,12 +176,12 @@ def _trainer(config, r: dict, dataset, workdir: str) -> trainer.Trainer:
     return trainer.Trainer(ens, recipe_, os.path.join(workdir, r["name"]), extra)
 
 
-def run(config, workdir: str) -> dict:
+def execute(config, workdir: str) -> dict:
     """Trains every ensemble of the experiment (resuming), writes tables and figures."""
     runs = plan(config)
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     trainers = {r["name"]: _trainer(config, r, dataset, workdir) for r in runs if "members" in r}
-    summaries = run_trainers(config, workdir, trainers)
+    summaries = train_all(config, workdir, trainers)
     if not distributed.is_primary():  # process 0 alone writes the tables
         return {"table": ""}
     tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2, "sweep": _sweep}[

@@ -426,7 +426,7 @@ def table_markdown(table: list[dict]) -> str:
     return results.markdown_table(table, float_format="{:.6g}")
 
 
-def run(config, workdir: str) -> dict:
+def execute(config, workdir: str) -> dict:
     """Runs config.experiment into workdir; returns the summary written to summary.json.
 
     The caller has switched on float64 (the main does it through numerics.configure).

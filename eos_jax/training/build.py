@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from eos_jax import config as recipe_config
+from eos_jax import recipe
 from eos_jax.data import BatchStream, Dataset, load_dataset
 from eos_jax.models import create_model
 from eos_jax.training import optim
@@ -58,7 +58,7 @@ def _check_microbatches(config, data: Dataset) -> None:
 
 
 def model(config, data: Dataset):
-    policy = recipe_config.dtype_policy(config)
+    policy = recipe.dtype_policy(config)
     return create_model(
         config.model,
         num_classes=data.num_classes,

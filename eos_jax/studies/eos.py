@@ -23,12 +23,11 @@ import os
 import ml_collections
 import numpy as np
 
-from eos_jax import config as recipe_config
-from eos_jax import results
+from eos_jax import recipe, results
 from eos_jax.analysis import linearisation, plots, regions, sharpness
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
-from eos_jax.experiments.runs import run_trainers
-from eos_jax.training import recipe, trainer
+from eos_jax.studies.runs import train_all
+from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 
@@ -112,7 +111,7 @@ def plan(config) -> list[dict]:
         raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
     if e.regions_every_steps is not None and e.regions_every_steps < 0:
         raise ValueError(f"eos.regions_every_steps={e.regions_every_steps!r} must be None or >= 0")
-    recipe_config.validate(config)
+    recipe.validate(config)
     runs = []
     for i, text in enumerate(e.runs):
         overrides = parse_overrides(text)
@@ -121,7 +120,7 @@ def plan(config) -> list[dict]:
             if not _has_field(r, field):
                 raise ValueError(f"eos.runs {text!r}: unknown field {field!r}")
         r.update_from_flattened_dict(overrides)
-        recipe_config.validate(r)
+        recipe.validate(r)
         if r.optimizer.decay_epochs:
             raise ValueError(
                 f"eos.runs {text!r}: the threshold needs a constant lr, got "
@@ -150,10 +149,10 @@ def _observers(config) -> list:
     return out
 
 
-def run(config, workdir: str) -> dict:
+def execute(config, workdir: str) -> dict:
     """Trains every run (resuming, skipping finished ones), writes tables and figures."""
     runs = plan(config)
-    dataset = recipe.dataset(config)
+    dataset = build.dataset(config)
     trainers = {
         r["name"]: trainer.Trainer(
             Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled"),
@@ -163,11 +162,11 @@ def run(config, workdir: str) -> dict:
         )
         for r in runs
     }
-    run_trainers(config, workdir, trainers)
+    train_all(config, workdir, trainers)
     rows, curves = [], {}
     for r in runs:
         sub = os.path.join(workdir, r["name"])
-        row, curve = run_row(r, sub, config.eos.reached_fraction)
+        row, curve = summarize_run(r, sub, config.eos.reached_fraction)
         rows.append(row)
         curves[r["name"]] = curve
     table = _write_table(workdir, "eos", rows)
@@ -180,7 +179,7 @@ def run(config, workdir: str) -> dict:
     return summary
 
 
-def run_row(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, dict]:
+def summarize_run(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, dict]:
     """One run's summary row and its curves, from its metrics.jsonl and summary.json."""
     metrics = trainer.read_metrics(sub)
     records = [x for x in metrics if x.get("kind") == "sharpness"]

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 
-from eos_jax import config as recipe_config
-from eos_jax import distributed, numerics, results
+from eos_jax import distributed, numerics, recipe, results
 
 
-def run_trainers(config, workdir: str, trainers: dict) -> dict[str, dict]:
+def train_all(config, workdir: str, trainers: dict) -> dict[str, dict]:
     """Runs each planned Trainer (name -> Trainer, each in its own sub-directory).
 
     First every member state is built (init edits applied) and every observer checked, so
@@ -18,11 +17,11 @@ def run_trainers(config, workdir: str, trainers: dict) -> dict[str, dict]:
     """
     for t in trainers.values():
         t.ensemble.init()
-        num_steps = recipe_config.total_steps(t.config, t.ensemble.steps_per_epoch)
+        num_steps = recipe.total_steps(t.config, t.ensemble.steps_per_epoch)
         for o in t.observers:
             o.setup(t.ensemble, num_steps)
     if distributed.is_primary():
-        fingerprint = numerics.fingerprint(recipe_config.dtype_policy(config), config)
+        fingerprint = numerics.fingerprint(recipe.dtype_policy(config), config)
         results.prepare_workdir(workdir, config, fingerprint)
     return {
         name: results.read_json(os.path.join(t.workdir, results.SUMMARY))

@@ -21,11 +21,10 @@ import os
 import ml_collections
 import numpy as np
 
-from eos_jax import config as recipe_config
-from eos_jax import results
+from eos_jax import recipe, results
 from eos_jax.analysis import divergence, lyapunov, plots
-from eos_jax.experiments.runs import run_trainers
-from eos_jax.training import recipe, sources, steps, trainer
+from eos_jax.studies.runs import train_all
+from eos_jax.training import build, sources, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 
 
@@ -50,7 +49,7 @@ def plan(config) -> list[dict]:
         raise ValueError(f"lyapunov.every_steps={s.every_steps!r} must be an integer >= 1")
     if not isinstance(s.seed, int) or s.seed < 0:
         raise ValueError(f"lyapunov.seed={s.seed!r} must be an integer >= 0")
-    recipe_config.validate(config)
+    recipe.validate(config)
     runs = []
     for lr in s.lrs:
         r = config.copy_and_resolve_references()
@@ -73,14 +72,14 @@ def _trainer(config, r: dict, dataset, workdir: str) -> trainer.Trainer:
     return trainer.Trainer(ens, r["recipe"], os.path.join(workdir, r["name"]), observers)
 
 
-def run(config, workdir: str) -> dict:
+def execute(config, workdir: str) -> dict:
     """Trains every lr (resuming, skipping finished ones), writes the table and figure."""
     runs = plan(config)
-    dataset = recipe.dataset(config)
-    run_trainers(config, workdir, {r["name"]: _trainer(config, r, dataset, workdir) for r in runs})
+    dataset = build.dataset(config)
+    train_all(config, workdir, {r["name"]: _trainer(config, r, dataset, workdir) for r in runs})
     rows, curves = [], {}
     for r in runs:
-        row, curve = run_row(r, os.path.join(workdir, r["name"]))
+        row, curve = summarize_run(r, os.path.join(workdir, r["name"]))
         rows.append(row)
         curves[r["lr"]] = curve
     results.write_csv(os.path.join(workdir, "lyapunov.csv"), rows)
@@ -97,7 +96,7 @@ def _rate(steps_: np.ndarray, values: np.ndarray, a: int, b: int) -> float | Non
     return None if b <= a else float((values[b] - values[a]) / (steps_[b] - steps_[a]))
 
 
-def run_row(r: dict, sub: str) -> tuple[dict, dict]:
+def summarize_run(r: dict, sub: str) -> tuple[dict, dict]:
     """One lr's row and curves, from its metrics.jsonl and summary.json."""
     records = trainer.read_metrics(sub)
     dist = {
