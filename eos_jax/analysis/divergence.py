@@ -154,7 +154,8 @@ class WatchTensor(Observer):
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError unless the tensor exists, every_steps >= 1 and every map step is a
         watched step (0 or a multiple of every_steps, up to num_steps)."""
-        tensors = bits.named_leaves(ensemble.unpack(ensemble.init())[0].params)
+        shapes = jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
+        tensors = [bits.path_name(path) for path, _ in shapes]
         if self.tensor not in tensors:
             raise ValueError(f"no tensor {self.tensor!r} to watch; known: {', '.join(tensors)}")
         self.check_every_steps("watch")

@@ -16,10 +16,7 @@ def train_all(config, workdir: str, trainers: dict) -> dict[str, dict]:
     finished one is read back. Returns the summaries by name.
     """
     for t in trainers.values():
-        t.ensemble.init()
-        num_steps = recipe.total_steps(t.config, t.ensemble.steps_per_epoch)
-        for o in t.observers:
-            o.setup(t.ensemble, num_steps)
+        t.prepare()
     if distributed.is_primary():
         fingerprint = numerics.fingerprint(recipe.dtype_policy(config), config)
         results.prepare_workdir(workdir, config, fingerprint)

@@ -188,6 +188,13 @@ class Ensemble:
             states.append(step.init(state) if hasattr(step, "init") else state)
         return self._pack(states)
 
+    def param_shapes(self):
+        """Member 0's parameter tree as shapes and dtypes (jax.eval_shape: nothing computed)."""
+        shape = self.dataset.image_shape
+        return jax.eval_shape(
+            lambda: steps.init_state(self.models[0], self.txs[0], 0, shape).params
+        )
+
     def init_edits(self) -> list[dict | None]:
         """Per member: what its init edit changed (tensor, entry, values), or None."""
         params = steps.init_state(

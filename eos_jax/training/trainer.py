@@ -124,6 +124,7 @@ class Trainer:
             *observers,
         ]
         self.checkpointer: Checkpointer | None = None
+        self._initial = None  # the members' initial states, once prepared
 
     def diverged(self, what: str) -> TrainingDiverged:
         """Records a divergence in diverged.json (the run stays unfinished); returns the error."""
@@ -136,15 +137,26 @@ class Trainer:
             )
         return TrainingDiverged(f"{what}; {where} in {self.checkpointer.directory}")
 
+    def prepare(self):
+        """Validates the recipe, builds the members' initial states (init edits applied) and
+        sets up every observer, once: bad input fails here, before anything is written.
+        `run` reuses what was prepared. Returns the initial states."""
+        if self._initial is None:
+            recipe.validate(self.config)
+            self.num_steps = recipe.total_steps(self.config, self.ensemble.steps_per_epoch)
+            initial = self.ensemble.init()
+            for o in self.observers:
+                o.setup(self.ensemble, self.num_steps)
+            self._initial = initial
+        return self._initial
+
     def run(self, stop_at_step: int | None = None) -> dict:
         """Trains to the end (or to stop_at_step, checkpointed: run again to continue),
         resuming from the latest checkpoint in workdir. Returns the summary."""
         config, ensemble, workdir = self.config, self.ensemble, self.workdir
         recipe.validate(config, stop_at_step)
-        states = ensemble.init()
-        num_steps = recipe.total_steps(config, ensemble.steps_per_epoch)
-        for o in self.observers:
-            o.setup(ensemble, num_steps)
+        states, self._initial = self.prepare(), None  # the step donates them
+        num_steps = self.num_steps
         # Only now that everything is validated and builds does anything go to disk.
         policy = recipe.dtype_policy(ensemble.members[0].config)
         saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
