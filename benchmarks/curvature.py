@@ -37,7 +37,7 @@ def hvp_over_gradient(config) -> dict:
     model = build.model(config, dataset)
     tx = build.optimizer(config, 1)
     state = steps.init_state(model, tx, 0, dataset.image_shape)
-    batches = sharpness.train_chunks(dataset, 1000, 1000)
+    batches = curvature.train_chunks(dataset, 1000, 1000)
     op = curvature.hvp_fn(model, config.loss, state.params, state.batch_stats, batches)
     v = jax.random.normal(jax.random.key(0), (op.dim,), op.dtype)
     jax.block_until_ready((op.loss_and_gradient(), op(v)))
@@ -63,7 +63,7 @@ def warm_start_hvps(config) -> list[int]:
         observer = sharpness.Sharpness(_EVERY.value, size=1000, chunk_size=1000)
         trainer.Trainer(ensemble, config, workdir, [observer]).run()
         records = trainer.read_metrics(workdir)
-    return [r["num_hvps"] for r in records if r["kind"] == "sharpness"]
+    return [int(n) for n in sharpness.Sharpness.read(records).member("num_hvps", 0)[1]]
 
 
 def main(argv):

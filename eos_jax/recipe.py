@@ -29,6 +29,10 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.data_dir = placeholder(str)
     c.train_subset = placeholder(int)
     c.augment = False
+    # How far the augmentation moves an example: pad this many zeros per side and crop back
+    # (pixels of an image, samples of a 1-D signal; data.pipeline.augment_batch). None: 4,
+    # the paper's RandomCrop(32, padding=4); on MNIST-1D's 40 samples a shift of up to 10%.
+    c.augment_padding = placeholder(int)
     c.batch_size = 128
     # True: an epoch is floor(N / batch) full batches; False: the last, smaller batch is kept
     # (PyTorch's DataLoader default, which the paper's authors used: 391 CIFAR-10 steps).
@@ -115,13 +119,7 @@ def validate(config, stop_at_step: int | None = None) -> None:
         value = _get(config, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"config.{name}={value!r} must be an integer >= 1")
-    microbatches = config.get("microbatches", 1)
-    if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
-        raise ValueError(f"config.microbatches={microbatches!r} must be an integer >= 1")
-    if config.batch_size % microbatches:
-        raise ValueError(
-            f"config.microbatches={microbatches} must divide config.batch_size={config.batch_size}"
-        )
+    check_microbatches(config.get("microbatches", 1), [config.batch_size])
     goal = config.get("stop_at_train_loss")
     if goal is not None and not (isinstance(goal, (int, float)) and math.isfinite(goal)):
         raise ValueError(f"config.stop_at_train_loss={goal!r} must be a finite number or None")
@@ -137,6 +135,11 @@ def validate(config, stop_at_step: int | None = None) -> None:
             raise ValueError(f"config.{name}={value!r} must be a finite number >= 0")
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; allowed: {', '.join(LOSSES)}")
+    padding = config.get("augment_padding")
+    if padding is not None and (
+        not isinstance(padding, int) or isinstance(padding, bool) or padding < 0
+    ):
+        raise ValueError(f"config.augment_padding={padding!r} must be an integer >= 0 or None")
     if config.get("data_order", "auto") not in DATA_ORDERS:
         raise ValueError(
             f"config.data_order={config.data_order!r}; allowed: {', '.join(DATA_ORDERS)}"
@@ -145,6 +148,18 @@ def validate(config, stop_at_step: int | None = None) -> None:
         validate_mesh(config.mesh)
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
+
+
+def check_microbatches(n, batch_sizes=()) -> None:
+    """ValueError unless n (config.microbatches) is an integer >= 1 dividing every batch size
+    given: the one check of the recipe, the stream's batches and the step's."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"config.microbatches={n!r} must be an integer >= 1")
+    bad = sorted(s for s in set(batch_sizes) if s % n)
+    if bad:
+        raise ValueError(
+            f"config.microbatches={n} must divide every batch; batches of {bad} examples do not"
+        )
 
 
 def _mesh_size(mesh, name: str) -> int:

@@ -141,6 +141,18 @@ def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4g}")
     return "\n".join(lines) + "\n"
 
 
+def write_table(
+    workdir: str, name: str, rows: Sequence[dict[str, Any]], shown: Sequence[dict] | None = None
+) -> str:
+    """Writes every column of `rows` to workdir/name.csv and `shown` (default: the rows; a
+    version for reading, e.g. fewer columns or intervals as text) to workdir/name.md, both
+    atomically; returns the Markdown table."""
+    write_csv(os.path.join(workdir, f"{name}.csv"), rows)
+    table = markdown_table(rows if shown is None else shown)
+    atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
+    return table
+
+
 def _jsonl_line(record: dict[str, Any]) -> str:
     return json.dumps(_to_jsonable(record), sort_keys=True) + "\n"
 

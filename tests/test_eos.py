@@ -52,7 +52,7 @@ def test_microbatches_sum_to_the_full_batch_gradient():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"microbatches": 5}, "config.microbatches=5 must divide config.batch_size=64"),
+        ({"microbatches": 5}, "config.microbatches=5 must divide every batch; batches of [64]"),
         ({"microbatches": 0}, "config.microbatches=0 must be an integer >= 1"),
         ({"stop_at_train_accuracy": 1.5}, "config.stop_at_train_accuracy=1.5 must be in"),
         ({"stop_at_train_loss": float("nan")}, "config.stop_at_train_loss=nan must be"),
@@ -109,7 +109,7 @@ def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path)
         "label": labels[:48],
     }
     op = curvature.hvp_fn(model, "mse", state.params, {}, [batch])
-    top = curvature.top_eigenvalues(op, op.dim, k=2, method="lanczos", tol=1e-6)
+    top = curvature.top_eigenvalues(op, op.dim, k=2, tol=1e-6)
     np.testing.assert_allclose(last["eigenvalues"], top.eigenvalues, rtol=1e-3)
     assert max(last["residuals"]) < 1e-4
     assert last["total_sharpness"] == pytest.approx(last["sharpness"] + 0.01)
@@ -135,7 +135,7 @@ def test_sharpness_observer_refuses_bad_settings():
 def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
     config = eos_digits.get_config(experiment)
     runs = eos.plan(config)
-    predicted = [r["predicted"] for r in runs]
+    predicted = [r.predicted for r in runs]
     expected = {
         "plateau": [30, 40, 50, 60],
         "weight_decay": [10 - wd for wd in eos_digits.WDS],
@@ -143,9 +143,9 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         "depth": [40] * 5,
     }[experiment]
     np.testing.assert_allclose(predicted, expected, rtol=1e-12)
-    assert len({r["name"] for r in runs}) == len(runs)
+    assert len({r.name for r in runs}) == len(runs)
     if experiment == "depth":
-        assert runs[2]["recipe"].model_kwargs.hidden == (200, 200, 200)
+        assert runs[2].recipe.model_kwargs.hidden == (200, 200, 200)
 
 
 @pytest.mark.parametrize(
@@ -156,6 +156,15 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         (("optimizer.lrr=0.1",), "unknown field"),
         (("optimizer.lr=-1",), "config.optimizer.lr=-1.0 must be a finite number > 0"),
         (("optimizer.decay_epochs=(1,)",), "needs a constant lr"),
+        # a sweep-wide setting inside one run used to be accepted and silently ignored
+        (("optimizer.lr=0.05 eos.sharpness_every_steps=10",), "setting of the whole sweep"),
+        # wrong types used to end in a ConfigDict traceback
+        (("num_steps=10.5",), "eos.runs 'num_steps=10.5'"),
+        (("optimizer.lr='abc'",), "eos.runs \"optimizer.lr='abc'\""),
+        # used to fail after config.json and the run folder were written
+        (("model_kwargs.hidden=()",), "hidden"),
+        # lr * wd > 2: a negative predicted threshold, and a run that exited 0 at loss 6e29
+        (("optimizer.lr=0.5 optimizer.weight_decay=5.0",), "weight decay alone makes"),
     ],
 )
 def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):

@@ -81,7 +81,7 @@ def tiny_config():
 
 def test_experiment_runs_end_to_end_and_resumes_with_the_same_records(tmp_path):
     config = tiny_config()
-    summary = experiment.run(config, str(tmp_path / "all"))
+    summary = experiment.execute(config, str(tmp_path / "all"))
     assert [r["lr"] for r in summary["runs"]] == [0.05, 0.1]
     for row in summary["runs"]:
         assert np.isfinite(row["exponent"]) and row["distance_end"] > 0
@@ -96,9 +96,13 @@ def test_experiment_runs_end_to_end_and_resumes_with_the_same_records(tmp_path):
     experiment._trainer(config, runs[0], dataset, str(tmp_path / "split")).run()
 
     def lyap(sub):
-        return [r for r in trainer.read_metrics(str(sub)) if r["kind"] == "lyapunov"]
+        return lyapunov.Lyapunov.read(trainer.read_metrics(str(sub)))
 
-    assert lyap(tmp_path / "split" / "lr0.05") == lyap(tmp_path / "all" / "lr0.05")
+    split, whole = lyap(tmp_path / "split" / "lr0.05"), lyap(tmp_path / "all" / "lr0.05")
+    np.testing.assert_array_equal(split.steps, whole.steps)
+    assert split.values.keys() == whole.values.keys()
+    for field in whole.values:  # bit for bit (NaN where there is no value, both sides)
+        np.testing.assert_array_equal(split[field], whole[field])
 
 
 @pytest.mark.parametrize(
@@ -106,7 +110,9 @@ def test_experiment_runs_end_to_end_and_resumes_with_the_same_records(tmp_path):
     [
         ("lyapunov.lrs", (0.05, -1.0), "positive"),
         ("lyapunov.lrs", (0.05, 0.05), "repeats"),
-        ("lyapunov.ks", (1, 3, 5), "two k values"),
+        ("lyapunov.ks", (1, 3, 5), "two different k values"),
+        ("lyapunov.ks", (1, 1), "two different k values"),
+        ("lyapunov.lrs", ("a",), "positive learning rates"),
         ("lyapunov.every_steps", 0, "every_steps"),
     ],
 )
@@ -114,5 +120,5 @@ def test_bad_settings_fail_before_anything_is_written(tmp_path, field, value, me
     config = tiny_config()
     config.update_from_flattened_dict({field: value})
     with pytest.raises(ValueError, match=message):
-        experiment.run(config, str(tmp_path / "x"))
+        experiment.execute(config, str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")

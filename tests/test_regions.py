@@ -88,8 +88,8 @@ def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
     a CIFAR-shaped stand-in (two blank images)."""
     config = eos_cifar5k.get_config(net)
     runs = eos.plan(config)
-    np.testing.assert_allclose([r["predicted"] for r in runs], [50, 100, 200], rtol=1e-12)
-    r = runs[0]["recipe"]
+    np.testing.assert_allclose([r.predicted for r in runs], [50, 100, 200], rtol=1e-12)
+    r = runs[0].recipe
     assert (r.dataset, r.train_subset, r.batch_size, r.loss) == ("cifar10", 5000, 5000, "mse")
     assert r.batch_size % r.microbatches == 0 and config.eos.chunk_size * r.microbatches == 5000
     images, labels = np.zeros((2, 32, 32, 3), np.uint8), np.zeros(2, np.int32)

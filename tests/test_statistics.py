@@ -15,10 +15,6 @@ def coverage(make_interval, truth, repetitions=400, seed=0):
     return float(np.mean(hits))
 
 
-def test_population_std_is_ddof_0():
-    assert st.population_std([1.0, 3.0]) == 1.0
-
-
 def test_chi2_std_interval_covers_at_nominal_rate_with_6_members():
     rate = coverage(lambda rng: st.std_interval(rng.normal(0.9, 0.02, 6)), 0.02)
     assert 0.92 <= rate <= 0.98  # nominal 0.95; binomial sd over 400 repetitions ~0.011

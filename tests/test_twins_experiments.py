@@ -167,7 +167,7 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
         len(runs)
         == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6}[experiment]
     )
-    model = build.model(runs[0]["recipe"], _cifar_shaped())
+    model = build.model(runs[0].recipe, _cifar_shaped())
     shapes = jax.eval_shape(
         lambda: model.init(jax.random.key(0), np.zeros((1, 32, 32, 3)), train=False)
     )["params"]
@@ -175,7 +175,7 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
     assert names[config.twins.tensor] == (3, 3, 3, 16)
     assert names[config.twins.watch] == (3, 3, 32, 32)  # stage 2, block 6, first conv
     if experiment == "fig2":
-        assert model.activation == "swish" and runs[-1]["recipe"].optimizer.momentum == 0
+        assert model.activation == "swish" and runs[-1].recipe.optimizer.momentum == 0
 
 
 def _cifar_shaped():
@@ -203,7 +203,7 @@ def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
 def test_sweep_compares_the_two_sources_at_each_learning_rate(tmp_path):
     config = tiny("sweep", **{"twins.sweep_lrs": (0.05, 0.1), "twins.members": 2})
     runs = twins.plan(config)
-    assert [r["name"] for r in runs] == [
+    assert [r.name for r in runs] == [
         "lr_0.05_update_k",
         "lr_0.05_seed",
         "lr_0.1_update_k",
@@ -233,9 +233,9 @@ def test_mnist1d_headline_configs_plan_the_documented_ensembles():
     from experiments.configs import twins_mnist1d
 
     headline = twins.plan(twins_mnist1d.get_config("headline"))
-    assert [r["name"] for r in headline] == ["source_update_k", "source_seed"]
-    assert [len(r["members"]) for r in headline] == [12, 12]
-    names = [r["name"] for r in twins.plan(twins_mnist1d.get_config("sources"))]
+    assert [r.name for r in headline] == ["source_update_k", "source_seed"]
+    assert [len(r.members) for r in headline] == [12, 12]
+    names = [r.name for r in twins.plan(twins_mnist1d.get_config("sources"))]
     assert "source_none" not in names and "source_dtype" not in names
     assert len(twins.plan(twins_mnist1d.get_config("sweep"))) == 8
     assert len(twins.plan(twins_mnist1d.get_config("table1"))) == 6

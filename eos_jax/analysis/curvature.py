@@ -1,133 +1,75 @@
-"""Curvature of the data loss: Hessian-vector products, top eigenvalues, trace and density.
+"""Curvature of the data loss: Hessian-vector products and the top eigenvalues.
 
-Everything works on one flat parameter vector (the leaves of `params` concatenated in
-tree order), so eigensolvers see an ordinary symmetric operator v -> H v of size `dim`.
+Everything works on one flat parameter vector (analysis.flat.StateSpace of the params), so
+the eigensolver sees an ordinary symmetric operator v -> H v of size `dim`.
 
 - `hvp_fn` builds the operator H of the DATA loss (mean over a fixed subset of examples,
-  processed in chunks) at the train-mode forward pass: BatchNorm normalises with the
-  statistics of each chunk, as in training, and the running statistics are not updated.
-  The product is forward-over-reverse (`jax.jvp` of `jax.grad`): about the cost of 1.5-2
-  gradients. Coupled L2 weight decay wd adds wd * I, i.e. exactly wd to every eigenvalue;
-  it is kept out of H and added by `total_eigenvalues` (or `with_weight_decay`).
+  `train_chunks`, processed in chunks) at the train-mode forward pass, steps.train_mode_loss:
+  BatchNorm normalises with the statistics of each chunk, as in training, and the running
+  statistics are not updated. The product is forward-over-reverse (`jax.jvp` of
+  `jax.grad`): about two gradients' time on this project's CPU (benchmarks/README.md).
+  Coupled L2 weight decay wd adds wd * I, i.e. exactly wd to every eigenvalue; it is kept
+  out of H and added by `total_eigenvalues`.
 - `top_eigenvalues` finds the k largest ALGEBRAIC eigenvalues (not largest magnitude: at the
-  start of training a large negative eigenvalue is common) by LOBPCG (jax's
-  `lobpcg_standard`, warm-startable with the previous eigenvectors) or by Lanczos with full
-  reorthogonalisation. Both report residuals ||Hv - lambda v|| / |lambda| computed here with
-  explicit products, and the number of products used.
-- `hutchinson_trace` and `slq_density` estimate the trace and the spectral density.
+  start of training a large negative eigenvalue is common) by Lanczos with full
+  reorthogonalisation, warm-startable from the previous eigenvectors, and reports residuals
+  ||Hv - lambda v|| / |lambda| computed with explicit products, and the number of products.
+  (LOBPCG was measured slower here, 18-66 products per call against Lanczos's 11-21, with
+  its loop rolled inside `lax.while_loop`: docs/curvature.md.)
 
 Data always enters jitted functions as arguments: closing over a batch lets XLA
-constant-fold the convolutions of it (DESIGN.md, pitfalls).
+constant-fold the convolutions of it (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.sparse.linalg import lobpcg_standard
 
+from eos_jax.analysis.flat import StateSpace
+from eos_jax.data import eval_batches
+from eos_jax.recipe import LOSSES
 from eos_jax.training import steps
 
-METHODS = ("lobpcg", "lanczos")
-
-
 # --------------------------------------------------------------------------------------
-# Flat parameter vectors
+# The fixed subset and the Hessian-vector product
 # --------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class FlatLayout:
-    """How a pytree of float arrays maps to one flat vector (hashable, so that jitted
-    functions can take it as a static argument and compile once per layout).
-
-    Like `jax.flatten_util.ravel_pytree`, but the unravel function is a plain value that
-    compares equal across calls, and the flat dtype is the promotion of the leaf dtypes.
-    """
-
-    treedef: Any
-    shapes: tuple[tuple[int, ...], ...]
-    dtypes: tuple[Any, ...]
-
-    @classmethod
-    def of(cls, tree) -> FlatLayout:
-        leaves, treedef = jax.tree.flatten(tree)
-        for leaf in leaves:
-            if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
-                raise ValueError(f"FlatLayout needs float leaves, got dtype {leaf.dtype}")
-        return cls(
-            treedef,
-            tuple(tuple(np.shape(x)) for x in leaves),
-            tuple(jnp.dtype(x.dtype) for x in leaves),
-        )
-
-    @property
-    def dim(self) -> int:
-        return int(sum(math.prod(s) for s in self.shapes))
-
-    @property
-    def dtype(self):
-        return jnp.result_type(*self.dtypes) if self.dtypes else jnp.dtype(jnp.float32)
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
-
-    def ravel(self, tree) -> jax.Array:
-        leaves = jax.tree.leaves(tree)
-        if not leaves:
-            return jnp.zeros((0,), self.dtype)
-        return jnp.concatenate([jnp.ravel(x).astype(self.dtype) for x in leaves])
-
-    def unravel(self, flat: jax.Array):
-        pieces = jnp.split(flat, np.cumsum(self.sizes)[:-1]) if self.shapes else []
-        leaves = [
-            p.reshape(s).astype(d) for p, s, d in zip(pieces, self.shapes, self.dtypes, strict=True)
-        ]
-        return jax.tree.unflatten(self.treedef, leaves)
+def train_chunks(
+    dataset, size: int | None, chunk_size: int, owner: str = "sharpness"
+) -> list[dict[str, np.ndarray]]:
+    """The first `size` training examples (None: all), normalised, unaugmented, in chunks of
+    `chunk_size` (the last may be smaller); `owner` names the setting's owner in errors."""
+    n = dataset.num_train if size is None else size
+    if not (isinstance(n, int) and 1 <= n <= dataset.num_train):
+        raise ValueError(f"{owner} size={size!r} must be an integer in [1, {dataset.num_train}]")
+    if not (isinstance(chunk_size, int) and chunk_size >= 1):
+        raise ValueError(f"{owner} chunk_size={chunk_size!r} must be an integer >= 1")
+    out, taken = [], 0
+    for b in eval_batches(dataset, "train", chunk_size):
+        if taken >= n:
+            break
+        keep = min(len(b["label"]), n - taken)
+        out.append({k: v[:keep] for k, v in b.items()})
+        taken += keep
+    return out
 
 
-# --------------------------------------------------------------------------------------
-# The Hessian-vector product
-# --------------------------------------------------------------------------------------
-
-
-def chunks(images, labels, chunk_size: int) -> list[dict[str, np.ndarray]]:
-    """Splits a fixed subset into batches of `chunk_size` (the last may be smaller), in order."""
-    n = len(images)
-    if len(labels) != n:
-        raise ValueError(f"images and labels differ in length: {n} vs {len(labels)}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
-    return [
-        {"image": images[i : i + chunk_size], "label": labels[i : i + chunk_size]}
-        for i in range(0, n, chunk_size)
-    ]
-
-
-def _data_loss(model, loss, layout, train, flat_params, batch_stats, images, labels):
+def _data_loss(model, loss, space, flat_params, batch_stats, images, labels):
     """Mean data loss of one chunk as a function of the flat parameters."""
-    variables = {"params": layout.unravel(flat_params)}
-    if batch_stats:
-        variables["batch_stats"] = batch_stats
-    if train:
-        # mutable: BN uses batch statistics; the updated running averages are dropped.
-        logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
-    else:
-        logits = model.apply(variables, images, train=False)
-    return steps.loss_fn(loss, logits, labels)
+    batch = {"image": images, "label": labels}
+    return steps.train_mode_loss(model, loss, space.unflatten(flat_params), batch_stats, batch)[0]
 
 
-def _chunk_hvp(model, loss, layout, train, flat_params, batch_stats, images, labels, v):
-    grad = jax.grad(_data_loss, argnums=4)
-    args = (model, loss, layout, train)
+def _chunk_hvp(model, loss, space, flat_params, batch_stats, images, labels, v):
+    grad = jax.grad(_data_loss, argnums=3)
+    args = (model, loss, space)
     return jax.jvp(
         lambda w: grad(*args, w, batch_stats, images, labels),
         (flat_params,),
@@ -145,30 +87,13 @@ def _weighted_sum(per_chunk: Sequence[jax.Array], counts: Sequence[int]) -> jax.
 
 
 @functools.cache
-def _jitted_chunk_hvp(model, loss, layout, train):
-    return jax.jit(functools.partial(_chunk_hvp, model, loss, layout, train))
+def _jitted_chunk_hvp(model, loss, space):
+    return jax.jit(functools.partial(_chunk_hvp, model, loss, space))
 
 
 @functools.cache
-def _jitted_chunk_loss_grad(model, loss, layout, train):
-    return jax.jit(jax.value_and_grad(functools.partial(_data_loss, model, loss, layout, train)))
-
-
-@functools.cache
-def _traced_matmat(model, loss, layout, train):
-    """(arguments, V (n, k)) -> H V inside a trace; all chunks in one program, columns by vmap."""
-
-    def matmat(arguments, V):
-        flat_params, batch_stats, images, labels = arguments
-        counts = [int(x.shape[0]) for x in images]
-        one = functools.partial(_chunk_hvp, model, loss, layout, train, flat_params, batch_stats)
-        per_chunk = [
-            jax.vmap(lambda v, x=x, y=y: one(x, y, v), in_axes=1, out_axes=1)(V)
-            for x, y in zip(images, labels, strict=True)
-        ]
-        return _weighted_sum(per_chunk, counts).astype(V.dtype)
-
-    return matmat
+def _jitted_chunk_loss_grad(model, loss, space):
+    return jax.jit(jax.value_and_grad(functools.partial(_data_loss, model, loss, space)))
 
 
 class HessianOperator:
@@ -177,14 +102,14 @@ class HessianOperator:
     `calls` counts the products computed (each is one pass over every chunk).
     """
 
-    def __init__(self, model, loss, params, batch_stats, batches, train=True):
-        if loss not in steps.LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(steps.LOSSES)}")
+    def __init__(self, model, loss, params, batch_stats, batches):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
         if not batches:
             raise ValueError("batches is empty: give at least one chunk of examples")
-        self.layout = FlatLayout.of(params)
-        self.key = (model, loss, self.layout, bool(train))
-        self.flat_params = self.layout.ravel(params)
+        self.space = StateSpace.of(params)
+        self.key = (model, loss, self.space)
+        self.flat_params = self.space.flatten(params)
         self.batch_stats = batch_stats
         self.images = [jnp.asarray(b["image"]) for b in batches]
         self.labels = [jnp.asarray(b["label"]) for b in batches]
@@ -193,15 +118,11 @@ class HessianOperator:
 
     @property
     def dim(self) -> int:
-        return self.layout.dim
+        return self.space.dim
 
     @property
     def dtype(self):
         return self.flat_params.dtype
-
-    @property
-    def arguments(self):
-        return (self.flat_params, self.batch_stats, self.images, self.labels)
 
     def __call__(self, v: jax.Array) -> jax.Array:
         v = jnp.asarray(v, self.dtype)
@@ -226,21 +147,14 @@ class HessianOperator:
         return value, _weighted_sum([r[1] for r in results], self.counts)
 
 
-def hvp_fn(
-    model, loss: str, params, batch_stats, batches, *, train: bool = True
-) -> HessianOperator:
+def hvp_fn(model, loss: str, params, batch_stats, batches) -> HessianOperator:
     """The data-loss Hessian at `params` as an operator on flat vectors.
 
-    batches: a list of {'image', 'label'} chunks (see `chunks`) covering the fixed subset;
-    the loss is the mean over all their examples. train=True uses the train-mode forward
-    pass (BN batch statistics per chunk), as the optimiser sees it.
+    batches: a list of {'image', 'label'} chunks (see `train_chunks`) covering the fixed
+    subset; the loss is the mean over all their examples, at the train-mode forward pass
+    (BN batch statistics per chunk), as the optimiser sees it.
     """
-    return HessianOperator(model, loss, params, batch_stats, batches, train=train)
-
-
-def with_weight_decay(hvp: Callable, weight_decay: float) -> Callable:
-    """v -> H v + wd v: the Hessian of data loss + (wd/2)||w||^2 (coupled L2, as in SGD)."""
-    return lambda v: hvp(v) + weight_decay * v
+    return HessianOperator(model, loss, params, batch_stats, batches)
 
 
 # --------------------------------------------------------------------------------------
@@ -269,7 +183,7 @@ def total_eigenvalues(result: Result, weight_decay: float) -> np.ndarray:
 
 
 class _Counted:
-    """Wraps a flat hvp, counts calls, and gives a traced matmat for LOBPCG."""
+    """Wraps a flat hvp and counts its calls."""
 
     def __init__(self, hvp, dim):
         self.hvp, self.dim, self.calls = hvp, dim, 0
@@ -284,41 +198,14 @@ class _Counted:
         return jnp.asarray(self.hvp(v), self.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("matmat", "max_iters"))
-def _lobpcg(matmat, arguments, X, tol, max_iters):
-    """lobpcg_standard with the data as arguments, plus H U for the residual check (in the
-    same program: one compilation)."""
-
-    def A(V):
-        return matmat(arguments, V)
-
-    theta, U, iterations = lobpcg_standard(A, X, m=max_iters, tol=tol)
-    return theta, U, iterations, A(U)
-
-
-@functools.cache
-def _generic_matmat(hvp):
-    """matmat for a plain traceable hvp (cached per function, so LOBPCG compiles once)."""
-
-    def matmat(arguments, V):
-        del arguments
-        return jax.vmap(hvp, in_axes=1, out_axes=1)(V).astype(V.dtype)
-
-    return matmat
-
-
-def _check_solver_args(dim, k, method, tol, max_iters):
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+def _check_solver_args(dim, k, tol, max_iters):
     if not (isinstance(k, int) and k >= 1):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not 0 < tol < 1:
         raise ValueError(f"tol must be in (0, 1), got {tol!r}")
     if not (isinstance(max_iters, int) and max_iters >= 1):
         raise ValueError(f"max_iters must be a positive integer, got {max_iters!r}")
-    if method == "lobpcg" and 5 * k >= dim:
-        raise ValueError(f"lobpcg needs 5 * k < dim, got k={k}, dim={dim}; use method='lanczos'")
-    if method == "lanczos" and k > dim:
+    if k > dim:
         raise ValueError(f"k={k} exceeds the dimension {dim}")
 
 
@@ -340,55 +227,6 @@ def _relative_residuals(values, vectors, HV) -> np.ndarray:
     """||H v - lambda v|| / |lambda| per column."""
     r = jnp.linalg.norm(HV - vectors * jnp.asarray(values, vectors.dtype)[None, :], axis=0)
     return np.asarray(r, np.float64) / np.maximum(np.abs(np.asarray(values, np.float64)), 1e-300)
-
-
-def top_eigenvalues(
-    hvp: Callable,
-    dim: int,
-    k: int = 1,
-    method: str = "lobpcg",
-    init=None,
-    tol: float = 1e-3,
-    max_iters: int = 200,
-    seed: int = 0,
-) -> Result:
-    """The k largest algebraic eigenvalues of a symmetric operator given by products.
-
-    hvp: flat vector -> flat vector (a `HessianOperator`, or any traceable function).
-    init: previous eigenvectors (dim, j <= k) for a warm start (LOBPCG: the starting
-    block; Lanczos: their sum is the starting vector); None starts from a random block.
-    tol: target for ||Hv - lambda v|| / |lambda| of every returned pair (reported, not
-    guaranteed: the solver stops at max_iters iterations).
-    """
-    _check_solver_args(dim, k, method, tol, max_iters)
-    op = _Counted(hvp, dim)
-    if method == "lobpcg":
-        return _top_lobpcg(op, dim, k, init, tol, max_iters, seed)
-    return _top_lanczos(op, dim, k, init, tol, max_iters, seed)
-
-
-def _top_lobpcg(op, dim, k, init, tol, max_iters, seed) -> Result:
-    X = _start_block(init, dim, k, op.dtype, seed)
-    # lobpcg_standard calls a pair converged when ||r|| < tol' * 10 * dim * (lambda + ||Av||).
-    # For a top eigenpair lambda ~ ||Av||, so that is ||r|| / lambda < 20 * dim * tol': pass
-    # tol' = tol / (20 dim) to ask for our relative residual tol.
-    inner_tol = tol / (20.0 * dim)
-    if isinstance(op.hvp, HessianOperator):
-        matmat, arguments = _traced_matmat(*op.hvp.key), op.hvp.arguments
-    else:
-        matmat, arguments = _generic_matmat(op.hvp), ()
-    theta, U, iterations, HU = _lobpcg(matmat, arguments, X, inner_tol, max_iters)
-    iterations = int(iterations)
-    # One A(X) before the loop, then per iteration A on [X, P, R] (3k) and on the new X (k);
-    # then k for the residual check.
-    used = k + 4 * k * iterations + k
-    op.calls += used
-    if isinstance(op.hvp, HessianOperator):
-        op.hvp.calls += used
-    order = np.argsort(-np.asarray(theta))
-    theta, U, HU = np.asarray(theta)[order], U[:, order], HU[:, order]
-    residuals = _relative_residuals(theta, U, HU)
-    return Result(theta, U, residuals, op.calls, iterations)
 
 
 @jax.jit
@@ -442,7 +280,26 @@ def _tridiagonal_eig(alphas, betas):
     return np.linalg.eigh(T)
 
 
-def _top_lanczos(op, dim, k, init, tol, max_iters, seed) -> Result:
+def top_eigenvalues(
+    hvp: Callable,
+    dim: int,
+    k: int = 1,
+    init=None,
+    tol: float = 1e-3,
+    max_iters: int = 200,
+    seed: int = 0,
+) -> Result:
+    """The k largest algebraic eigenvalues of a symmetric operator given by products, by
+    Lanczos with full reorthogonalisation.
+
+    hvp: flat vector -> flat vector (a `HessianOperator`, or any traceable function).
+    init: previous eigenvectors (dim, j <= k) for a warm start (their sum is the starting
+    vector); None starts from a random vector.
+    tol: target for ||Hv - lambda v|| / |lambda| of every returned pair (reported, not
+    guaranteed: the solver stops at max_iters iterations).
+    """
+    _check_solver_args(dim, k, tol, max_iters)
+    op = _Counted(hvp, dim)
     if init is None:
         q0 = jax.random.normal(jax.random.key(seed), (dim,), op.dtype)
     else:
@@ -471,88 +328,3 @@ def _top_lanczos(op, dim, k, init, tol, max_iters, seed) -> Result:
     HV = jnp.stack([op(vectors[:, i]) for i in range(kk)], axis=1)  # k explicit products
     residuals = _relative_residuals(values, vectors, HV)
     return Result(values, vectors, residuals, op.calls, len(alphas))
-
-
-# --------------------------------------------------------------------------------------
-# Trace and spectral density
-# --------------------------------------------------------------------------------------
-
-
-class TraceEstimate(NamedTuple):
-    trace: float
-    standard_error: float
-    num_hvps: int
-
-
-def hutchinson_trace(
-    hvp: Callable, dim: int, num_samples: int = 32, seed: int = 0
-) -> TraceEstimate:
-    """tr H ~ mean of z^T H z over Rademacher z (unbiased; the variance is
-    2 * sum of squared off-diagonal entries, smaller than Gaussian z's)."""
-    if num_samples < 2:
-        raise ValueError(f"num_samples must be at least 2 (for an error bar), got {num_samples}")
-    op = _Counted(hvp, dim)
-    keys = jax.random.split(jax.random.key(seed), num_samples)
-    values = []
-    for key in keys:
-        z = jax.random.rademacher(key, (dim,), op.dtype)
-        values.append(float(jnp.vdot(z, op(z))))
-    values = np.array(values)
-    return TraceEstimate(
-        float(values.mean()), float(values.std(ddof=1) / np.sqrt(num_samples)), op.calls
-    )
-
-
-class SpectralDensity(NamedTuple):
-    """Gaussian-smoothed spectral density on a grid (integrates to ~1 over the grid), and
-    the quadrature it came from: nodes (num_samples, m) and weights (each row sums to 1)."""
-
-    grid: np.ndarray
-    density: np.ndarray
-    nodes: np.ndarray
-    weights: np.ndarray
-    num_hvps: int
-
-
-def slq_density(
-    hvp: Callable,
-    dim: int,
-    num_samples: int = 4,
-    num_steps: int = 40,
-    grid_size: int = 500,
-    sigma: float | None = None,
-    seed: int = 0,
-) -> SpectralDensity:
-    """Stochastic Lanczos quadrature (Ubaru et al. 2017; Ghorbani et al. 2019).
-
-    For each random unit vector z, m Lanczos steps give T_m = S diag(theta) S^T; the
-    measure sum_j S_0j^2 delta(theta_j) is the m-point Gauss quadrature of z's spectral
-    measure sum_i (u_i . z)^2 delta(lambda_i), whose mean over z is the density
-    (1/dim) sum_i delta(lambda_i). Each node is smoothed by a Gaussian of width sigma
-    (default: 1% of the spectral range found).
-    """
-    if num_samples < 1 or num_steps < 1:
-        raise ValueError(f"num_samples and num_steps must be >= 1, got {num_samples}, {num_steps}")
-    op = _Counted(hvp, dim)
-    keys = jax.random.split(jax.random.key(seed), num_samples)
-    nodes, weights = [], []
-    m = min(num_steps, dim)
-    for key in keys:
-        z = jax.random.normal(key, (dim,), op.dtype)
-        alphas, betas, _ = _lanczos(op, z, m)
-        theta, S = _tridiagonal_eig(alphas, betas)
-        pad = m - len(theta)  # early invariant subspace: pad with zero-weight nodes
-        nodes.append(np.concatenate([theta, np.full(pad, theta[-1])]))
-        weights.append(np.concatenate([S[0, :] ** 2, np.zeros(pad)]))
-    nodes, weights = np.array(nodes), np.array(weights)
-    lo, hi = nodes.min(), nodes.max()
-    span = max(hi - lo, 1e-12 * max(abs(lo), abs(hi), 1.0))
-    if sigma is None:
-        sigma = 0.01 * span
-    if sigma <= 0:
-        raise ValueError(f"sigma must be positive, got {sigma}")
-    grid = np.linspace(lo - 5 * sigma, hi + 5 * sigma, grid_size)
-    gauss = np.exp(-((grid[None, None, :] - nodes[:, :, None]) ** 2) / (2 * sigma**2))
-    gauss /= np.sqrt(2 * np.pi) * sigma
-    density = np.einsum("sj,sjg->g", weights, gauss) / num_samples
-    return SpectralDensity(grid, density, nodes, weights, op.calls)

@@ -10,7 +10,6 @@ observers that record them: MemberDistance (every member against member 0) and W
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -19,7 +18,7 @@ import scipy.special
 
 from eos_jax import bits
 from eos_jax.training import steps
-from eos_jax.training.observers import Observer, last_by_member, member_records
+from eos_jax.training.observers import Observer, record_fields
 
 
 def momentum(opt_state):
@@ -76,40 +75,27 @@ def softmax_l2(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(diff, axis=-1)))
 
 
-def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str]) -> list[dict]:
-    """Paper Table 1 rows from accuracy[seed, perturbation]: one row per seed with its
-    population std across perturbations, then a row of the std across seeds per perturbation."""
-    accuracy = np.asarray(accuracy, np.float64)
-    rows = [
-        {
-            "seed": str(s),
-            **{lab: float(a) for lab, a in zip(labels, row, strict=True)},
-            "std over perturbations": float(np.std(row)),
-        }
-        for s, row in zip(seeds, accuracy, strict=True)
-    ]
-    rows.append(
-        {
-            "seed": "std over seeds",
-            **{lab: float(v) for lab, v in zip(labels, np.std(accuracy, 0), strict=True)},
-            "std over perturbations": "",
-        }
-    )
-    return rows
+# The statistics of bits.diff_stats, in its order: what MemberDistance and WatchTensor read.
+DIFF_STATS = ("max_ulp", "max_abs", "mean_abs", "max_rel", "rel_l1", "l2", "frac_differ")
 
 
 class MemberDistance(Observer):
     """Per member against member 0: churn, softmax L2 and the distances of params and
     momentum (kind 'divergence'); the summary adds the last values and their means."""
 
+    kind = "divergence"
+    fields = {
+        **record_fields("churn", "softmax_l2"),
+        **{f"params_{k}": (lambda r, k=k: r["params"]["total"][k]) for k in DIFF_STATS},
+    }
+
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
 
     def __call__(self, run) -> None:
         logits, members = run.test_logits(), run.members()
-        member_records(
+        self.write(
             run,
-            "divergence",
             [
                 {
                     "churn": churn(logits[0], x),
@@ -121,13 +107,10 @@ class MemberDistance(Observer):
         )
 
     def summarize(self, records, summary) -> None:
-        last = last_by_member(records, "divergence")
+        series = self.read(records)
         for i, member in enumerate(summary["members"]):
-            member.update(
-                churn=last[i]["churn"],
-                softmax_l2=last[i]["softmax_l2"],
-                **{f"params_{k}": v for k, v in last[i]["params"]["total"].items()},
-            )
+            member.update({k: float(series[k][i, -1]) for k in ("churn", "softmax_l2")})
+            member.update({f"params_{k}": float(series[f"params_{k}"][i, -1]) for k in DIFF_STATS})
         others = summary["members"][1:]
         for key in ("churn", "softmax_l2", "params_rel_l1"):
             summary[f"mean_{key}"] = float(np.mean([m[key] for m in others])) if others else 0.0
@@ -147,6 +130,8 @@ class WatchTensor(Observer):
     bits.diff_stats); at map_steps its tensor_map per member goes to maps/step_<s>.npz."""
 
     at_start = True
+    kind = "watch"
+    fields = record_fields(*DIFF_STATS)
 
     def __init__(self, tensor: str, every_steps: int, map_steps=()):
         self.tensor, self.every_steps, self.map_steps = tensor, every_steps, tuple(map_steps)
@@ -177,9 +162,7 @@ class WatchTensor(Observer):
         leaves = [bits.named_leaves(m.params)[self.tensor] for m in run.members()]
         ref = leaves[0]
         others = [x.astype(ref.dtype) for x in leaves]
-        member_records(
-            run, "watch", [{"tensor": self.tensor, **bits.diff_stats(ref, x)} for x in others]
-        )
+        self.write(run, [{"tensor": self.tensor, **bits.diff_stats(ref, x)} for x in others])
         if run.step in self.map_steps:
             maps = {f"member{i}": tensor_map(ref, x) for i, x in enumerate(others)}
             run.save_arrays(_map_name(run.step), maps)

@@ -3,26 +3,28 @@
 A tangent-carrying step (`tangent_step`, a make_step for the Ensemble) makes a member's state
 a `TangentState`: the TrainState plus a unit tangent over its floating leaves (parameters,
 momentum, BatchNorm statistics) and the accumulated log growth. Each step runs the plain
-train step (the state's bits are those of the plain run) and one `jax.jvp` of it, then
-renormalises the tangent and adds log ||dU t|| to `log_growth` (Benettin with R = 1). The
-running exponent is log_growth / steps (per step); the `Lyapunov` observer records it,
-with the growth over the last window, for every member that carries a tangent.
+train step (the state's bits are those of the plain run) and one exact linearisation of it
+(linearisation.tangent_map), then renormalises the tangent and adds log ||dU t|| to
+`log_growth` (Benettin with R = 1). This is the project's one tangent mechanism: a one-off
+propagation is the same step run on the batches wanted. The `Lyapunov` observer records
+log_growth and the running exponent log_growth / step for every member that carries a
+tangent; its reader adds the exponent over each window between records, and `restraint`
+compares a twin pair's distance with the linearised growth of the same stretch.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eos_jax import results
-from eos_jax.analysis.linearisation import StateSpace
+from eos_jax.analysis.flat import StateSpace
+from eos_jax.analysis.linearisation import tangent_map
 from eos_jax.training import steps
-from eos_jax.training.observers import Observer
+from eos_jax.training.observers import Observer, read_series, record_fields
 
 
 @flax.struct.dataclass
@@ -62,11 +64,7 @@ class TangentStep:
     def __call__(self, state: TangentState, batch):
         before = plain(state)
         after, metrics = self.train_step(before, batch)
-        space = StateSpace.of(before)
-        _, out = jax.jvp(
-            lambda s: self.train_step(s, batch)[0], (before,), (space.to_tangent(state.tangent),)
-        )
-        t = StateSpace.of(after).flatten(out)
+        t = tangent_map(self.train_step, before, batch, state.tangent)
         growth = jnp.linalg.norm(t)
         return TangentState(
             after.step,
@@ -91,68 +89,63 @@ def tangent_step(seed: int = 0, make_step=steps.make_train_step):
 
 
 class Lyapunov(Observer):
-    """For each member whose state carries a tangent (kind 'lyapunov'): log_growth (since
-    step 0), exponent = log_growth / step (the running finite-time exponent, per step) and
-    window_exponent = the growth since the previous record / its steps (None at step 0)."""
+    """For each member whose state carries a tangent (kind 'lyapunov'): log_growth since
+    step 0 and exponent = log_growth / step, the running finite-time exponent per step
+    (None at step 0). `read` adds window_exponent: the growth since the member's previous
+    record over its steps (NaN at the first)."""
 
     at_start = True
+    kind = "lyapunov"
+    fields = record_fields("log_growth", "exponent")
 
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
-        self._last: dict[int, tuple[int, float]] = {}
 
     def setup(self, ensemble, num_steps: int) -> None:
         self.check_every_steps("lyapunov")
         if not any(isinstance(s, TangentStep) for s in ensemble.train_steps):
             raise ValueError("the Lyapunov observer needs a member with a tangent_step")
-        self._last = {}
 
     def __call__(self, run) -> None:
-        if not self._last and run.step > 0:  # resumed: the previous records are on disk
-            self._last = {
-                r["member"]: (r["step"], r["log_growth"])
-                for r in _read_records(run.trainer.workdir)
-            }
         for i, (m, s) in enumerate(zip(run.ensemble.members, run.members(), strict=True)):
             if not isinstance(s, TangentState):
                 continue
             step, log_growth = int(s.step), float(s.log_growth)
-            previous = self._last.get(i)
-            window = (
-                (log_growth - previous[1]) / (step - previous[0])
-                if previous and step > previous[0]
-                else None
-            )
-            self._last[i] = (step, log_growth)
             run.write(
                 {
                     "step": run.step,
                     "member": i,
                     "label": m.label,
-                    "kind": "lyapunov",
+                    "kind": self.kind,
                     "log_growth": log_growth,
                     "exponent": log_growth / step if step else None,
-                    "window_exponent": window,
                 }
             )
 
+    @classmethod
+    def read(cls, records):
+        series = read_series(records, cls.kind, cls.fields)
+        log_growth = series["log_growth"]
+        window = np.full_like(log_growth, np.nan)
+        for i, row in enumerate(log_growth):
+            at = np.flatnonzero(~np.isnan(row))
+            window[i, at[1:]] = np.diff(row[at]) / np.diff(series.steps[at])
+        return type(series)(series.steps, {**series.values, "window_exponent": window})
+
     def summarize(self, records, summary) -> None:
-        for i, member in enumerate(summary["members"]):
-            rows = [r for r in records if r.get("kind") == "lyapunov" and r["member"] == i]
-            if rows:
-                member.update(lyapunov_exponent=rows[-1]["exponent"])
+        exponents = self.read(records)["exponent"]  # rows: members up to the last with a tangent
+        for i, row in enumerate(exponents):
+            row = row[~np.isnan(row)]
+            if row.size:
+                summary["members"][i].update(lyapunov_exponent=float(row[-1]))
 
 
-def _read_records(workdir: str) -> list[dict]:
-    path = os.path.join(workdir, "metrics.jsonl")
-    rows = results.read_jsonl(path) if os.path.exists(path) else []
-    return [r for r in rows if r.get("kind") == "lyapunov"]
-
-
-def window_exponents(records: list[dict], member: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, exponent over each window ending there) from one member's 'lyapunov' records."""
-    rows = [r for r in records if r.get("kind") == "lyapunov" and r["member"] == member]
-    return (
-        np.array([r["step"] for r in rows[1:]]),
-        np.array([r["window_exponent"] for r in rows[1:]], float),
-    )
+def restraint(distance: np.ndarray, log_growth: np.ndarray, start: int, end: int) -> float | None:
+    """The restraint factor of a twin pair over records start..end: D(end) / (D(start)
+    exp(L(end) - L(start))), their distance against the linearised growth of the same
+    stretch (< 1: the nonlinearity held the difference back; > 1: it grew faster, by fresh
+    rounding or a switch); None where there is no stretch (end <= start) or D(start) = 0."""
+    if end <= start or not distance[start] > 0:
+        return None
+    growth = np.exp(log_growth[end] - log_growth[start])
+    return float(distance[end] / (distance[start] * growth))

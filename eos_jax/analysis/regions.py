@@ -26,10 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eos_jax.analysis.curvature import train_chunks
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD, REGIONS
-from eos_jax.analysis.sharpness import train_chunks
 from eos_jax.models import CNN1D, MLP, SmallCNN
-from eos_jax.training.observers import Observer, member_records
+from eos_jax.training.observers import Observer, read_series
 
 # model class -> the names of the layers whose outputs are the activation functions' inputs
 PREACTIVATION_LAYERS = {MLP: r"hidden\d+", SmallCNN: r"conv\d+", CNN1D: r"conv\d+"}
@@ -92,6 +92,7 @@ class Regions(Observer):
     """
 
     at_start = True
+    kind = "regions"
 
     def __init__(
         self,
@@ -108,8 +109,16 @@ class Regions(Observer):
         self.check_every_steps("regions")
         if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"regions threshold={self.threshold!r} must be a finite number > 0")
-        for model in ensemble.models:
-            preactivation_pattern(model)
+        pattern = re.compile(preactivation_pattern(ensemble.models[0]))
+        layers = {
+            path[0].key
+            for path, _ in jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
+        }
+        if not any(pattern.fullmatch(layer) for layer in layers):
+            raise ValueError(
+                f"regions: the model has no hidden layer to measure (layers: "
+                f"{', '.join(sorted(layers))}); turn the observer off (eos.regions_every_steps=0)"
+            )
         self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size, "regions")
 
     def __call__(self, run) -> None:
@@ -118,12 +127,26 @@ class Regions(Observer):
             fractions = region_fractions(model, state.params, self.batches, self.threshold)
             size = sum(len(b["label"]) for b in self.batches)
             values.append({**fractions, "threshold": float(self.threshold), "size": size})
-        member_records(run, "regions", values)
+        self.write(run, values)
+
+    @classmethod
+    def read(cls, records):
+        """A Series with one field per region and layer, named 'region/layer'."""
+        first = next((r for r in records if r.get("kind") == cls.kind), None)
+        layers = list(first[REGIONS[0]]) if first else []
+        fields = {
+            f"{region}/{layer}": (lambda r, region=region, layer=layer: r[region][layer])
+            for region in REGIONS
+            for layer in layers
+        }
+        return read_series(records, cls.kind, fields)
 
     def summarize(self, records, summary) -> None:
+        series = self.read(records)
+        layers = [f.split("/", 1)[1] for f in series.values if f.startswith("transitioning/")]
         for i, member in enumerate(summary["members"]):
-            rows = [r for r in records if r.get("kind") == "regions" and r["member"] == i]
+            band = {layer: series.member(f"transitioning/{layer}", i)[1] for layer in layers}
             member.update(
-                initial_transitioning=rows[0]["transitioning"],
-                last_transitioning=rows[-1]["transitioning"],
+                initial_transitioning={layer: float(v[0]) for layer, v in band.items()},
+                last_transitioning={layer: float(v[-1]) for layer, v in band.items()},
             )

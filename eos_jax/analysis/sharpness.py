@@ -22,47 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from eos_jax.analysis import curvature
-from eos_jax.data import eval_batches
 from eos_jax.training import steps
-from eos_jax.training.observers import Observer, member_records
-
-
-def train_chunks(
-    dataset, size: int | None, chunk_size: int, owner: str = "sharpness"
-) -> list[dict[str, np.ndarray]]:
-    """The first `size` training examples (None: all), normalised, unaugmented, in chunks;
-    `owner` names the setting's owner in errors."""
-    n = dataset.num_train if size is None else size
-    if not (isinstance(n, int) and 1 <= n <= dataset.num_train):
-        raise ValueError(f"{owner} size={size!r} must be an integer in [1, {dataset.num_train}]")
-    if not (isinstance(chunk_size, int) and chunk_size >= 1):
-        raise ValueError(f"{owner} chunk_size={chunk_size!r} must be an integer >= 1")
-    batches = list(eval_batches(dataset, "train", chunk_size))
-    out, taken = [], 0
-    for b in batches:
-        if taken >= n:
-            break
-        keep = min(len(b["label"]), n - taken)
-        out.append({k: v[:keep] for k, v in b.items()})
-        taken += keep
-    return out
+from eos_jax.training.observers import Observer, record_fields
 
 
 @functools.cache
 def _chunk_loss(model, loss: str):
-    """(params, batch_stats, images, labels) -> (summed loss, correct count), train-mode
-    forward pass (as the Hessian's), jitted once per model and loss."""
+    """(params, batch_stats, chunk) -> (summed loss, correct count) at the train-mode forward
+    pass (steps.train_mode_loss, as the Hessian's), jitted once per model and loss."""
 
-    def fn(params, batch_stats, images, labels):
-        variables = {"params": params}
-        if batch_stats:
-            variables["batch_stats"] = batch_stats
-            logits, _ = model.apply(variables, images, train=True, mutable=["batch_stats"])
-        else:
-            logits = model.apply(variables, images, train=True)
-        n = labels.shape[0]
-        correct = jnp.sum(steps.predictions(logits) == labels)
-        return steps.loss_fn(loss, logits, labels) * n, correct
+    def fn(params, batch_stats, batch):
+        value, (logits, _) = steps.train_mode_loss(model, loss, params, batch_stats, batch)
+        n = batch["label"].shape[0]
+        correct = jnp.sum(steps.predictions(logits) == batch["label"])
+        return value * n, correct
 
     return jax.jit(fn)
 
@@ -70,7 +43,7 @@ def _chunk_loss(model, loss: str):
 def set_loss(model, loss: str, params, batch_stats, batches) -> tuple[float, float]:
     """(mean loss, accuracy) over all examples of `batches` (chunk means weighted by size)."""
     fn = _chunk_loss(model, loss)
-    totals = [fn(params, batch_stats, b["image"], b["label"]) for b in batches]
+    totals = [fn(params, batch_stats, b) for b in batches]
     n = sum(len(b["label"]) for b in batches)
     return (
         float(sum(float(t[0]) for t in totals) / n),
@@ -88,6 +61,8 @@ class Sharpness(Observer):
     """
 
     at_start = True
+    kind = "sharpness"
+    fields = record_fields("sharpness", "total_sharpness", "num_hvps", "train_set_loss")
 
     def __init__(
         self,
@@ -113,8 +88,8 @@ class Sharpness(Observer):
             raise ValueError(f"sharpness tol={self.tol!r} must be in (0, 1)")
         if not (isinstance(self.max_iters, int) and self.max_iters > self.k):
             raise ValueError(f"sharpness max_iters={self.max_iters!r} must be an integer > k")
-        self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size)
-        self.full = train_chunks(ensemble.dataset, None, self.loss_chunk_size)
+        self.batches = curvature.train_chunks(ensemble.dataset, self.size, self.chunk_size)
+        self.full = curvature.train_chunks(ensemble.dataset, None, self.loss_chunk_size)
         self._vectors = {}
 
     def __call__(self, run) -> None:
@@ -126,7 +101,6 @@ class Sharpness(Observer):
                 op,
                 op.dim,
                 k=self.k,
-                method="lanczos",
                 init=self._vectors.get(i),
                 tol=self.tol,
                 max_iters=self.max_iters,
@@ -143,21 +117,22 @@ class Sharpness(Observer):
                     "residuals": [float(x) for x in top.residuals],
                     "num_hvps": int(top.num_hvps),
                     "sharpness": float(top.eigenvalues[0]),
-                    "total_sharpness": float(top.eigenvalues[0]) + wd,
+                    "total_sharpness": float(curvature.total_eigenvalues(top, wd)[0]),
                     "weight_decay": wd,
                     "train_set_loss": set_loss_,
                     "train_set_accuracy": set_accuracy,
                 }
             )
-        member_records(run, "sharpness", values)
+        self.write(run, values)
         run.progress(sharpness=" ".join(f"{v['sharpness']:.3g}" for v in values))
 
     def summarize(self, records, summary) -> None:
+        series = self.read(records)
         for i, member in enumerate(summary["members"]):
-            rows = [r for r in records if r.get("kind") == "sharpness" and r["member"] == i]
+            sharpness = series.member("sharpness", i)[1]
             member.update(
-                initial_sharpness=rows[0]["sharpness"],
-                last_sharpness=rows[-1]["sharpness"],
-                max_sharpness=max(r["sharpness"] for r in rows),
-                sharpness_hvps_per_call=float(np.mean([r["num_hvps"] for r in rows])),
+                initial_sharpness=float(sharpness[0]),
+                last_sharpness=float(sharpness[-1]),
+                max_sharpness=float(sharpness.max()),
+                sharpness_hvps_per_call=float(np.mean(series.member("num_hvps", i)[1])),
             )

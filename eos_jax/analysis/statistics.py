@@ -39,11 +39,6 @@ class Estimate:
     sizes: tuple[int, ...]
 
 
-def population_std(values) -> float:
-    """The std with ddof=0 (the paper's), in float64."""
-    return float(np.std(_as_sample(values, "values", minimum=1)))
-
-
 def std_interval(
     values, *, confidence: float = 0.95, method: str = "normal", resamples: int = 10_000, seed=0
 ) -> Estimate:

@@ -18,6 +18,7 @@ per layer, the fraction of pre-activations in the paper's transitioning band, in
 from __future__ import annotations
 
 import ast
+import dataclasses
 import os
 
 import ml_collections
@@ -26,7 +27,7 @@ import numpy as np
 from eos_jax import recipe, results
 from eos_jax.analysis import linearisation, plots, regions, sharpness
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
-from eos_jax.studies.runs import train_all
+from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
@@ -51,6 +52,14 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     e.regions_size = 512  # the first `regions_size` training examples
     e.regions_threshold = REGION_THRESHOLD  # t: activated z > t, transitioning |z| <= t
     return e
+
+
+@dataclasses.dataclass(frozen=True)
+class EosRun(PlannedRun):
+    """One run of a sweep: its overrides (as written) and its predicted threshold."""
+
+    overrides: str = ""
+    predicted: float = float("nan")
 
 
 def parse_overrides(text: str) -> dict:
@@ -100,8 +109,8 @@ def _has_field(config, field: str) -> bool:
     return True
 
 
-def plan(config) -> list[dict]:
-    """The runs: name, recipe, overrides, predicted threshold. Bad settings: ValueError."""
+def plan(config) -> list[EosRun]:
+    """The runs of the sweep, each alone (K = 1). Bad settings: ValueError."""
     e = config.eos
     if e.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
@@ -117,23 +126,31 @@ def plan(config) -> list[dict]:
         overrides = parse_overrides(text)
         r = config.copy_and_resolve_references()
         for field in overrides:
+            if field.split(".")[0] == "eos":
+                raise ValueError(
+                    f"eos.runs {text!r}: {field} is a setting of the whole sweep, not of one "
+                    f"run; set it as --config.{field}"
+                )
             if not _has_field(r, field):
                 raise ValueError(f"eos.runs {text!r}: unknown field {field!r}")
-        r.update_from_flattened_dict(overrides)
+        try:
+            r.update_from_flattened_dict(overrides)
+        except TypeError as error:  # ConfigDict refuses a value of another type
+            raise ValueError(f"eos.runs {text!r}: {error}") from None
         recipe.validate(r)
         if r.optimizer.decay_epochs:
             raise ValueError(
                 f"eos.runs {text!r}: the threshold needs a constant lr, got "
                 f"optimizer.decay_epochs={tuple(r.optimizer.decay_epochs)}"
             )
-        runs.append(
-            dict(
-                name=_name(i, overrides),
-                recipe=r,
-                overrides=text,
-                predicted=predicted_threshold(r),
+        predicted = predicted_threshold(r)
+        if predicted <= 0:
+            raise ValueError(
+                f"eos.runs {text!r}: the weight decay alone makes this step unstable (predicted "
+                f"data-loss threshold c / lr - wd = {predicted:.3g} <= 0): lower lr or wd"
             )
-        )
+        members = [Member("recipe", r)]
+        runs.append(EosRun(_name(i, overrides), r, members, overrides=text, predicted=predicted))
     return runs
 
 
@@ -154,22 +171,23 @@ def execute(config, workdir: str) -> dict:
     runs = plan(config)
     dataset = build.dataset(config)
     trainers = {
-        r["name"]: trainer.Trainer(
-            Ensemble([Member("recipe", r["recipe"])], dataset, "unrolled"),
-            r["recipe"],
-            os.path.join(workdir, r["name"]),
+        r.name: trainer.Trainer(
+            Ensemble(r.members, dataset, "unrolled"),
+            r.recipe,
+            os.path.join(workdir, r.name),
             _observers(config),
         )
         for r in runs
     }
-    train_all(config, workdir, trainers)
+    summaries = train_all(config, workdir, trainers)
     rows, curves = [], {}
     for r in runs:
-        sub = os.path.join(workdir, r["name"])
-        row, curve = summarize_run(r, sub, config.eos.reached_fraction)
+        records = trainer.read_metrics(os.path.join(workdir, r.name))
+        row, curve = summarize_run(r, records, summaries[r.name], config.eos.reached_fraction)
         rows.append(row)
-        curves[r["name"]] = curve
-    table = _write_table(workdir, "eos", rows)
+        curves[r.name] = curve
+    shown = [{k: row[k] for k in SHOWN if k in row} for row in rows]
+    table = results.write_table(workdir, "eos", rows, shown)
     plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
     plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
     if all("transitioning" in c for c in curves.values()):
@@ -179,22 +197,22 @@ def execute(config, workdir: str) -> dict:
     return summary
 
 
-def summarize_run(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[dict, dict]:
-    """One run's summary row and its curves, from its metrics.jsonl and summary.json."""
-    metrics = trainer.read_metrics(sub)
-    records = [x for x in metrics if x.get("kind") == "sharpness"]
-    bands = [x for x in metrics if x.get("kind") == "regions"]
-    done = results.read_json(os.path.join(sub, results.SUMMARY))
-    steps = np.array([x["step"] for x in records])
-    values = np.array([x["sharpness"] for x in records])
+def summarize_run(
+    r: EosRun, records: list[dict], done: dict, reached_fraction: float = 0.95
+) -> tuple[dict, dict]:
+    """One run's row and curves, from its records (through the observers' readers) and its
+    summary."""
+    measured = sharpness.Sharpness.read(records)
+    steps, values = measured.member("sharpness", 0)
     last_half = values[steps >= done["steps"] / 2]
     observed = float(np.median(last_half))
-    predicted = r["predicted"]
+    predicted = r.predicted
     reached = steps[values >= reached_fraction * predicted]
-    opt, recipe_ = r["recipe"].optimizer, r["recipe"]
+    opt, recipe_ = r.recipe.optimizer, r.recipe
+    train_loss = measured.member("train_set_loss", 0)[1]
     row = {
-        "name": r["name"],
-        "overrides": r["overrides"],
+        "name": r.name,
+        "overrides": r.overrides,
         "model": recipe_.model,
         "hidden": str(tuple(recipe_.model_kwargs.get("hidden", ()))),
         "optimizer": optimizer_kind(opt),
@@ -209,24 +227,27 @@ def summarize_run(r: dict, sub: str, reached_fraction: float = 0.95) -> tuple[di
         "initial_sharpness": float(values[0]),
         "max_sharpness": float(values.max()),
         "reached_at_step": int(reached[0]) if reached.size else None,
-        "final_train_loss": float(records[-1]["train_set_loss"]),
+        "final_train_loss": float(train_loss[-1]),
         "final_test_accuracy": done["members"][0]["last_test_accuracy"],
-        "hvps_per_call": float(np.mean([x["num_hvps"] for x in records])),
+        "hvps_per_call": float(np.mean(measured.member("num_hvps", 0)[1])),
     }
     curve = {
         "steps": steps.tolist(),
         "sharpness": values.tolist(),
-        "loss": [x["train_set_loss"] for x in records],
+        "loss": train_loss.tolist(),
         "predicted": predicted,
-        "label": f"{r['name']}: predicted {predicted:.3g}",
+        "label": f"{r.name}: predicted {predicted:.3g}",
     }
-    if bands:
-        row["transitioning_first"] = _layers(bands[0]["transitioning"])
-        row["transitioning_last"] = _layers(bands[-1]["transitioning"])
-        curve["regions_steps"] = [x["step"] for x in bands]
-        curve["transitioning"] = {
-            layer: [x["transitioning"][layer] for x in bands] for layer in bands[0]["transitioning"]
+    bands = regions.Regions.read(records)
+    layers = [f.split("/", 1)[1] for f in bands.values if f.startswith("transitioning/")]
+    if layers:
+        transitioning = {
+            layer: bands.member(f"transitioning/{layer}", 0)[1].tolist() for layer in layers
         }
+        row["transitioning_first"] = _layers({k: v[0] for k, v in transitioning.items()})
+        row["transitioning_last"] = _layers({k: v[-1] for k, v in transitioning.items()})
+        curve["regions_steps"] = bands.steps.tolist()
+        curve["transitioning"] = transitioning
     return row, curve
 
 
@@ -239,11 +260,3 @@ SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "hidden", "steps
 SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
 SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss")
 SHOWN += ("transitioning_first", "transitioning_last")  # with the Regions observer
-
-
-def _write_table(workdir: str, name: str, rows: list[dict]) -> str:
-    """Every column to CSV; the ones worth reading (SHOWN) to Markdown."""
-    results.write_csv(os.path.join(workdir, f"{name}.csv"), rows)
-    table = results.markdown_table([{k: row[k] for k in SHOWN if k in row} for row in rows])
-    results.atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
-    return table

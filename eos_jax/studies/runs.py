@@ -1,10 +1,29 @@
-"""What every multi-run experiment does with its planned trainers (twins, eos, lyapunov)."""
+"""What every multi-run study has: typed planned runs, and how its trainers are run."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 from eos_jax import distributed, numerics, recipe, results
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One trainer of a study: its sub-directory `name`, its recipe and its members."""
+
+    name: str
+    recipe: Any  # an ml_collections.ConfigDict (eos_jax.recipe)
+    members: list  # training.sources.Member, K >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NotApplicable:
+    """A planned run that cannot differ under the recipe (shown in tables, never trained)."""
+
+    name: str
+    reason: str
 
 
 def train_all(config, workdir: str, trainers: dict) -> dict[str, dict]:

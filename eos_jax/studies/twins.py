@@ -9,12 +9,14 @@
 - sweep: the verdict's two sources (twins.compare) at each learning rate of twins.sweep_lrs:
   how the rounding/seed ratio depends on the learning rate and on training time.
 
-`execute(config, workdir)` trains each ensemble in its own sub-directory of workdir, resuming
-from its checkpoints and skipping finished ones, then writes tables and figures.
+`execute(config, workdir)` trains each planned ensemble (a `TwinsRun`) in its own
+sub-directory of workdir, resuming from its checkpoints and skipping finished ones, then
+writes tables and figures; the observers' readers give it their records as arrays.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
@@ -22,7 +24,7 @@ import numpy as np
 
 from eos_jax import distributed, numerics, recipe, results
 from eos_jax.analysis import divergence, plots, statistics
-from eos_jax.studies.runs import train_all
+from eos_jax.studies.runs import NotApplicable, PlannedRun, train_all
 from eos_jax.training import build, observers, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 
@@ -64,6 +66,15 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     return t
 
 
+@dataclasses.dataclass(frozen=True)
+class TwinsRun(PlannedRun):
+    """A planned twins ensemble; a fig2 run trains at lr / n and watches one tensor every n
+    steps."""
+
+    n: int | None = None
+    watch: tuple | None = None  # (tensor, every_steps, map steps) for WatchTensor
+
+
 def _check_list(name: str, values, minimum: int | None = None) -> None:
     """ValueError unless `values` is a non-empty list without repeats (of ints >= minimum)."""
     values = tuple(values)
@@ -75,10 +86,10 @@ def _check_list(name: str, values, minimum: int | None = None) -> None:
         raise ValueError(f"twins.{name} must hold integers >= {minimum}, got {values}")
 
 
-def plan(config) -> list[dict]:
-    """The ensembles an experiment trains: name, recipe, members and extra observers' settings.
-    A source that does not apply to the recipe is kept as {'name', 'not_applicable': why}.
-    Every bad setting is a ValueError here (bad tensors / entries: when an Ensemble inits)."""
+def plan(config) -> list[TwinsRun | NotApplicable]:
+    """The ensembles an experiment trains. A source that does not apply to the recipe is a
+    NotApplicable entry. Every bad setting is a ValueError here (bad tensors / entries: when
+    an Ensemble inits)."""
     t = config.twins
     if t.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {t.experiment!r}; known: {', '.join(EXPERIMENTS)}")
@@ -91,7 +102,7 @@ def plan(config) -> list[dict]:
             r = config.copy_and_resolve_references()
             r.seeds.init = r.seeds.data = r.seeds.aug = int(seed)
             members = sources.make_members(r, "update_k", t.ks)
-            runs.append(dict(name=f"seed_{seed}", recipe=r, members=members))
+            runs.append(TwinsRun(f"seed_{seed}", r, members))
     elif t.experiment == "sources":
         _check_list("sources", t.sources)
         _check_compare(t.compare)
@@ -103,12 +114,12 @@ def plan(config) -> list[dict]:
         for name in t.sources:
             reason = sources.get(name).not_applicable(config)
             if reason:
-                runs.append(dict(name=f"source_{name}", not_applicable=reason))
+                runs.append(NotApplicable(f"source_{name}", reason))
                 continue
             members = sources.make_members(
                 config, name, tuple(t.member_values), t.members, t.tensor, t.index
             )
-            runs.append(dict(name=f"source_{name}", recipe=config, members=members))
+            runs.append(TwinsRun(f"source_{name}", config, members))
     elif t.experiment == "sweep":
         _check_compare(t.compare)
         _check_list("sweep_lrs", t.sweep_lrs)
@@ -119,7 +130,7 @@ def plan(config) -> list[dict]:
             r.optimizer.lr = float(lr)
             for name in t.compare:
                 members = sources.make_members(r, name, (), t.members, t.tensor, t.index)
-                runs.append(dict(name=f"lr_{lr:g}_{name}", recipe=r, lr=float(lr), members=members))
+                runs.append(TwinsRun(f"lr_{lr:g}_{name}", r, members))
     else:
         _check_list("lr_divisors", t.lr_divisors, 1)
         if not isinstance(t.snapshots, int) or t.snapshots < 1:
@@ -136,15 +147,9 @@ def plan(config) -> list[dict]:
             )
             r.num_steps = r.eval_every_steps = n * t.snapshots
             r.log_every_steps = r.checkpoint_every_steps = max(n * t.snapshots // 10, 1)
-            runs.append(
-                dict(
-                    name=f"lr_div_{n}",
-                    recipe=r,
-                    n=n,
-                    members=sources.make_members(r, "update_k", (1, 3)),
-                    watch=(t.watch, n, tuple(n * s for s in t.map_snapshots)),
-                )
-            )
+            members = sources.make_members(r, "update_k", (1, 3))
+            watch = (t.watch, n, tuple(n * s for s in t.map_snapshots))
+            runs.append(TwinsRun(f"lr_div_{n}", r, members, n=n, watch=watch))
     return runs
 
 
@@ -158,29 +163,34 @@ def _check_compare(compare) -> None:
         )
 
 
-def configure_numerics(config) -> None:
-    """The config's numerics, with x64 on when any member of any ensemble computes in fp64."""
+def configure_numerics(config) -> list[TwinsRun | NotApplicable]:
+    """The config's numerics, with x64 on when any member of any ensemble computes in fp64.
+    Returns the plan, for `execute`."""
     recipe.configure_numerics(config)
-    if any(sources.needs_x64(r["members"]) for r in plan(config) if "members" in r):
+    planned = plan(config)
+    if any(sources.needs_x64(r.members) for r in planned if isinstance(r, TwinsRun)):
         numerics.enable_x64()
+    return planned
 
 
-def _trainer(config, r: dict, dataset, workdir: str) -> trainer.Trainer:
+def _trainer(config, r: TwinsRun, dataset, workdir: str) -> trainer.Trainer:
     """The Trainer of one planned ensemble, with the member-distance (and watch) observers."""
-    ens = Ensemble(r["members"], dataset, config.twins.strategy)
-    recipe_ = r["recipe"]
-    every = config.twins.get("divergence_every_steps") or recipe_.eval_every_steps
+    ens = Ensemble(r.members, dataset, config.twins.strategy)
+    every = config.twins.get("divergence_every_steps") or r.recipe.eval_every_steps
     extra = [divergence.MemberDistance(every)]
-    if "watch" in r:
-        extra.append(divergence.WatchTensor(*r["watch"]))
-    return trainer.Trainer(ens, recipe_, os.path.join(workdir, r["name"]), extra)
+    if r.watch is not None:
+        extra.append(divergence.WatchTensor(*r.watch))
+    return trainer.Trainer(ens, r.recipe, os.path.join(workdir, r.name), extra)
 
 
-def execute(config, workdir: str) -> dict:
-    """Trains every ensemble of the experiment (resuming), writes tables and figures."""
-    runs = plan(config)
+def execute(config, workdir: str, planned: list | None = None) -> dict:
+    """Trains every ensemble of the experiment (resuming), writes tables and figures.
+    planned: `plan(config)` when already made (configure_numerics returns it)."""
+    runs = plan(config) if planned is None else planned
     dataset = build.dataset(config)
-    trainers = {r["name"]: _trainer(config, r, dataset, workdir) for r in runs if "members" in r}
+    trainers = {
+        r.name: _trainer(config, r, dataset, workdir) for r in runs if isinstance(r, TwinsRun)
+    }
     summaries = train_all(config, workdir, trainers)
     if not distributed.is_primary():  # process 0 alone writes the tables
         return {"table": ""}
@@ -190,13 +200,6 @@ def execute(config, workdir: str) -> dict:
     summary = tabulate(config, runs, summaries, workdir)
     results.finish(workdir, summary)
     return summary
-
-
-def _write_table(workdir: str, name: str, rows: list[dict]) -> str:
-    results.write_csv(os.path.join(workdir, f"{name}.csv"), rows)
-    table = results.markdown_table(rows)
-    results.atomic_write_text(os.path.join(workdir, f"{name}.md"), table)
-    return table
 
 
 def table1_rows(accuracy: np.ndarray, seeds, labels) -> tuple[list[dict], dict]:
@@ -216,16 +219,13 @@ def table1_rows(accuracy: np.ndarray, seeds, labels) -> tuple[list[dict], dict]:
 
 
 def _table1(config, runs, summaries, workdir) -> dict:
-    labels = [m["label"] for m in summaries[runs[0]["name"]]["members"]]
-    acc = np.array([[m["final_accuracy"] for m in summaries[r["name"]]["members"]] for r in runs])
+    labels = [m["label"] for m in summaries[runs[0].name]["members"]]
+    acc = np.array([[m["final_accuracy"] for m in summaries[r.name]["members"]] for r in runs])
     rows, over_seeds = table1_rows(acc, config.twins.seeds, labels)
-    results.write_csv(os.path.join(workdir, "table1.csv"), rows)
     results.write_csv(os.path.join(workdir, "table1_std_over_seeds.csv"), [over_seeds])
-    table = results.markdown_table(
-        [{**r, "seed": str(r["seed"])} for r in rows]
-        + [{"seed": "std over seeds", **over_seeds, "std over perturbations": ""}]
-    )
-    results.atomic_write_text(os.path.join(workdir, "table1.md"), table)
+    shown = [{**r, "seed": str(r["seed"])} for r in rows]
+    shown.append({"seed": "std over seeds", **over_seeds, "std over perturbations": ""})
+    table = results.write_table(workdir, "table1", rows, shown)
     plots.table1(acc, config.twins.seeds, labels, os.path.join(workdir, "table1.png"))
     return {
         "table": table,
@@ -274,31 +274,26 @@ def onset_curves(sub: str) -> dict[str, tuple[list[int], list[float]]]:
     """Along training: the std of test accuracy across members, and the mean over members
     1.. of churn and weight D against member 0."""
     records = trainer.read_metrics(sub)
-    by_step: dict[int, list[float]] = {}
-    for r in records:
-        if r.get("kind") == "eval":
-            by_step.setdefault(r["step"], []).append(r["test_accuracy"])
+    evals, distances = observers.Evaluate.read(records), divergence.MemberDistance.read(records)
     return {
-        "accuracy std": (list(by_step), [float(np.std(v)) for v in by_step.values()]),
-        "churn": _mean_over_members(sub, "divergence", lambda r: r["churn"]),
-        "weight D": _mean_over_members(sub, "divergence", lambda r: r["params"]["total"]["rel_l1"]),
+        "accuracy std": (evals.steps.tolist(), np.std(evals["test_accuracy"], 0).tolist()),
+        "churn": _mean_over_members(distances, "churn"),
+        "weight D": _mean_over_members(distances, "params_rel_l1"),
     }
 
 
 def _sources(config, runs, summaries, workdir) -> dict:
     rows, curves = [], {}
     for r in runs:
-        name = r["name"].removeprefix("source_")
+        name = r.name.removeprefix("source_")
         kind = sources.get(name).kind
-        if "not_applicable" in r:
-            rows.append({"source": name, "kind": kind, "members": 0, "note": r["not_applicable"]})
+        if isinstance(r, NotApplicable):
+            rows.append({"source": name, "kind": kind, "members": 0, "note": r.reason})
             continue
-        sub = os.path.join(workdir, r["name"])
-        rows.append({"source": name, "kind": kind, **source_statistics(sub, summaries[r["name"]])})
+        sub = os.path.join(workdir, r.name)
+        rows.append({"source": name, "kind": kind, **source_statistics(sub, summaries[r.name])})
         curves[name] = (kind, onset_curves(sub))
-    results.write_csv(os.path.join(workdir, "sources.csv"), rows)
-    table = results.markdown_table([_with_intervals(row) for row in rows])
-    results.atomic_write_text(os.path.join(workdir, "sources.md"), table)
+    table = results.write_table(workdir, "sources", rows, [_with_intervals(row) for row in rows])
     plots.sources(
         [r for r in rows if r["members"]],
         {name: c["weight D"] for name, (_, c) in curves.items()},
@@ -348,7 +343,7 @@ def _sweep(config, runs, summaries, workdir) -> dict:
         )
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio_curves[float(lr)] = (steps, list(np.divide(num, den)))
-    table = _write_table(workdir, "sweep", rows)
+    table = results.write_table(workdir, "sweep", rows)
     plots.sweep(rows, ratio_curves, f"{rounding}/{seed}", os.path.join(workdir, "sweep.png"))
     return {"table": table, "rows": rows}
 
@@ -356,56 +351,49 @@ def _sweep(config, runs, summaries, workdir) -> dict:
 def _fig2(config, runs, summaries, workdir) -> dict:
     rows, curves = [], {}
     for r in runs:
-        lr = r["recipe"].optimizer.lr
-        sub = os.path.join(workdir, r["name"])
-        watched = [
-            rec
-            for rec in trainer.read_metrics(sub)
-            if rec.get("kind") == "watch" and rec["member"] == 1
-        ]
-        curves[lr] = ([rec["step"] * lr for rec in watched], [rec["rel_l1"] for rec in watched])
+        lr = r.recipe.optimizer.lr
+        watched = divergence.WatchTensor.read(trainer.read_metrics(os.path.join(workdir, r.name)))
+        at, distance = watched.member("rel_l1", 1)
+        max_ulp = watched.member("max_ulp", 1)[1]
+        curves[lr] = ((at * lr).tolist(), distance.tolist())
         rows += [
             {
-                "n": r["n"],
+                "n": r.n,
                 "lr": lr,
-                "snapshot": rec["step"] // r["n"],
-                "pde_time": rec["step"] * lr,
-                "D": rec["rel_l1"],
-                "max_ulp": rec["max_ulp"],
+                "snapshot": int(step) // r.n,
+                "pde_time": int(step) * lr,
+                "D": float(d),
+                "max_ulp": float(u),
             }
-            for rec in watched
+            for step, d, u in zip(at, distance, max_ulp, strict=True)
         ]
     results.write_csv(os.path.join(workdir, "fig2.csv"), rows)
     plots.fig2(
         curves,
-        {r["recipe"].optimizer.lr: r["n"] for r in runs},
+        {r.recipe.optimizer.lr: r.n for r in runs},
         config.twins.watch,
         os.path.join(workdir, "fig2.png"),
     )
-    largest_lr = min(runs, key=lambda r: r["n"])
-    sub = os.path.join(workdir, largest_lr["name"])
+    largest_lr = min(runs, key=lambda r: r.n)
+    sub = os.path.join(workdir, largest_lr.name)
     maps = {
-        s: np.load(divergence.map_path(sub, s * largest_lr["n"]))["member1"]
+        s: np.load(divergence.map_path(sub, s * largest_lr.n))["member1"]
         for s in config.twins.map_snapshots
     }
     if maps:
         plots.tensor_maps(
             maps,
             config.twins.watch,
-            largest_lr["recipe"].optimizer.lr,
+            largest_lr.recipe.optimizer.lr,
             os.path.join(workdir, "fig2_maps.png"),
         )
     final = [
-        {"n": r["n"], "lr": lr, "final D": curves[lr][1][-1]}
-        for r, lr in ((r, r["recipe"].optimizer.lr) for r in runs)
+        {"n": r.n, "lr": r.recipe.optimizer.lr, "final D": curves[r.recipe.optimizer.lr][1][-1]}
+        for r in runs
     ]
     return {"table": results.markdown_table(final), "final": final}
 
 
-def _mean_over_members(sub: str, kind: str, value) -> tuple[list[int], list[float]]:
-    """(steps, mean over members 1.. of value(record)) from a run's metrics.jsonl."""
-    by_step: dict[int, list[float]] = {}
-    for rec in trainer.read_metrics(sub):
-        if rec.get("kind") == kind and rec["member"] > 0:
-            by_step.setdefault(rec["step"], []).append(value(rec))
-    return list(by_step), [float(np.mean(v)) for v in by_step.values()]
+def _mean_over_members(series: observers.Series, field: str) -> tuple[list[int], list[float]]:
+    """(steps, mean over members 1.. of a field) of an observer's Series."""
+    return series.steps.tolist(), np.mean(series[field][1:], 0).tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from eos_jax import recipe
 from eos_jax.data import BatchStream, Dataset, load_dataset
+from eos_jax.data.pipeline import DEFAULT_CROP_PADDING
 from eos_jax.models import create_model
 from eos_jax.training import optim
 
@@ -24,12 +25,14 @@ def stream(config, data: Dataset, reduction_order: int | None = None) -> BatchSt
     order = config.get("data_order", "auto")
     if order == "auto":
         order = "fixed" if config.batch_size >= data.num_train else "reshuffle"
+    padding = config.get("augment_padding")  # None: the paper's 4
     return BatchStream(
         data,
         config.batch_size,
         data_seed=config.seeds.data,
         aug_seed=config.seeds.aug,
         augment=config.augment,
+        crop_padding=DEFAULT_CROP_PADDING if padding is None else padding,
         drop_last=config.get("drop_last_batch", True),
         reshuffle=order == "reshuffle",
         reduction_order=reduction_order,
@@ -45,16 +48,12 @@ def step_options(config) -> dict:
 
 
 def _check_microbatches(config, data: Dataset) -> None:
-    """ValueError unless config.microbatches divides every batch of the stream."""
-    n = config.get("microbatches", 1)
-    sizes = {config.batch_size}
+    """ValueError unless config.microbatches divides every batch of the stream (the last,
+    smaller one included when it is kept)."""
+    sizes = [config.batch_size]
     if not config.get("drop_last_batch", True) and data.num_train % config.batch_size:
-        sizes.add(data.num_train % config.batch_size)
-    bad = sorted(s for s in sizes if s % n)
-    if bad:
-        raise ValueError(
-            f"config.microbatches={n} must divide every batch; batches of {bad} examples do not"
-        )
+        sizes.append(data.num_train % config.batch_size)
+    recipe.check_microbatches(config.get("microbatches", 1), sizes)
 
 
 def model(config, data: Dataset):

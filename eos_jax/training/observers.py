@@ -2,14 +2,19 @@
 
 An observer runs every `every_steps` steps and at the last step (at step 0 too if
 `at_start`), reads the run through `Run` (device values are fetched only then), and writes
-records to metrics.jsonl. `summarize` derives its part of summary.json from the records,
-so a resumed run needs no observer state. Measurements that compare members live in
-eos_jax.analysis (they import this module, never the other way round).
+records of its `kind` to metrics.jsonl (`write`). It owns their layout: `read(records)`
+gives them back as arrays by member and step (a `Series`), and summaries, study tables and
+figures read through it, never through the records' keys. `summarize` derives its part of
+summary.json from the records, so a resumed run needs no observer state. Measurements that
+compare members live in eos_jax.analysis (they import this module, never the other way
+round).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,11 +22,53 @@ from eos_jax import bits
 from eos_jax.training import steps
 
 
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """An observer's records as arrays: `steps` (S,), sorted, and per field a (members, S)
+    float array (NaN where a member has no record at a step, or its value is None)."""
+
+    steps: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def __getitem__(self, field: str) -> np.ndarray:
+        return self.values[field]
+
+    def member(self, field: str, member: int) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one member where it has a value."""
+        row = self.values[field][member]
+        keep = ~np.isnan(row)
+        return self.steps[keep], row[keep]
+
+
+def read_series(records: list[dict], kind: str, fields: dict[str, Callable[[dict], float]]):
+    """The records of `kind` as a Series, each field read by its getter."""
+    rows = [r for r in records if r.get("kind") == kind]
+    steps_ = sorted({r["step"] for r in rows})
+    column = {s: j for j, s in enumerate(steps_)}
+    members = 1 + max((r["member"] for r in rows), default=-1)
+    values = {f: np.full((members, len(steps_)), np.nan) for f in fields}
+    for r in rows:
+        for field, get in fields.items():
+            value = get(r)
+            values[field][r["member"], column[r["step"]]] = np.nan if value is None else value
+    return Series(np.array(steps_, dtype=np.int64), values)
+
+
+def record_fields(*names: str) -> dict[str, Callable[[dict], float]]:
+    """Getters of a record's top-level values (an observer's `fields`), by name."""
+    return {name: (lambda record, name=name: record[name]) for name in names}
+
+
 class Observer:
-    """Base class: override `__call__(run)` and, if it adds to the summary, `summarize`."""
+    """Base class: override `__call__(run)` and, if it adds to the summary, `summarize`.
+
+    kind: the records' kind; fields: {name: getter from a record}, what `read` returns.
+    """
 
     every_steps: int = 1
     at_start: bool = False
+    kind: str = ""
+    fields: dict[str, Callable[[dict], float]] = {}
 
     def setup(self, ensemble, num_steps: int) -> None:
         """Checks the observer's settings against the run before anything is written."""
@@ -40,18 +87,18 @@ class Observer:
     def __call__(self, run) -> None:
         raise NotImplementedError
 
+    def write(self, run, values: list[dict]) -> None:
+        """One record of this observer's kind per member at the run's step."""
+        for i, (m, v) in enumerate(zip(run.ensemble.members, values, strict=True)):
+            run.write({"step": run.step, "member": i, "label": m.label, "kind": self.kind, **v})
+
+    @classmethod
+    def read(cls, records: list[dict]) -> Series:
+        """This observer's records as arrays by member and step."""
+        return read_series(records, cls.kind, cls.fields)
+
     def summarize(self, records: list[dict], summary: dict) -> None:
         """Adds to summary (its 'members' list holds one dict per member) from the records."""
-
-
-def member_records(run, kind: str, values: list[dict]) -> None:
-    """One record per member of `kind` at the run's step."""
-    for i, (m, v) in enumerate(zip(run.ensemble.members, values, strict=True)):
-        run.write({"step": run.step, "member": i, "label": m.label, "kind": kind, **v})
-
-
-def last_by_member(records: list[dict], kind: str) -> dict[int, dict]:
-    return {r["member"]: r for r in records if r.get("kind") == kind}
 
 
 class TrainLog(Observer):
@@ -63,6 +110,9 @@ class TrainLog(Observer):
     ends the run there as if it were the last step.
     """
 
+    kind = "train"
+    fields = record_fields("train_loss", "train_accuracy")
+
     def __init__(self, every_steps: int, stop_at_loss=None, stop_at_accuracy=None):
         self.every_steps = every_steps
         self.stop_at_loss, self.stop_at_accuracy = stop_at_loss, stop_at_accuracy
@@ -70,9 +120,8 @@ class TrainLog(Observer):
     def __call__(self, run) -> None:
         metrics = {k: np.asarray(v) for k, v in run.metrics.items()}
         loss, accuracy = metrics["loss"], metrics["accuracy"]
-        member_records(
+        self.write(
             run,
-            "train",
             [
                 {"train_loss": loss[i], "train_accuracy": accuracy[i]}
                 for i in range(len(run.ensemble))
@@ -108,6 +157,9 @@ class Evaluate(Observer):
     the members' test predictions go to predictions.npz ('member<i>', and 'labels'), for
     per-example statistics (e.g. how much of the accuracy spread is test-set noise)."""
 
+    kind = "eval"
+    fields = record_fields("test_accuracy")
+
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
 
@@ -117,7 +169,7 @@ class Evaluate(Observer):
         run.check_finite("test logits", logits)
         labels = run.ensemble.dataset.test_labels
         accuracies = [accuracy(x, labels) for x in logits]
-        member_records(run, "eval", [{"test_accuracy": a} for a in accuracies])
+        self.write(run, [{"test_accuracy": a} for a in accuracies])
         run.progress(acc=" ".join(f"{a:.3f}" for a in accuracies))
         if run.step == run.num_steps:
             predicted = {
@@ -126,11 +178,10 @@ class Evaluate(Observer):
             run.save_arrays(PREDICTIONS, {"labels": labels, **predicted})
 
     def summarize(self, records, summary) -> None:
+        series = self.read(records)
         for i, member in enumerate(summary["members"]):
-            evals = [
-                r["test_accuracy"] for r in records if r.get("kind") == "eval" and r["member"] == i
-            ]
-            member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=evals[-1])
+            evals = series.member("test_accuracy", i)[1]
+            member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=float(evals[-1]))
         summary["final_accuracy_std"] = float(
             np.std([m["final_accuracy"] for m in summary["members"]])
         )

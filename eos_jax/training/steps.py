@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-LOSSES = ("cross_entropy", "mse")
+from eos_jax import recipe
+from eos_jax.recipe import LOSSES
 
 
 @flax.struct.dataclass
@@ -83,6 +84,18 @@ def _apply(model: nn.Module, params, batch_stats, images, train: bool):
     return logits, updates.get("batch_stats", batch_stats)
 
 
+def train_mode_loss(model: nn.Module, loss: str, params, batch_stats, batch):
+    """The mean loss of one batch at the train-mode forward pass (BatchNorm normalises with
+    the batch's own statistics): (loss, (logits, updated batch_stats)).
+
+    The one definition of the loss that training differentiates: the train step, the
+    data-loss Hessian (analysis.curvature) and the sharpness observer's full-set loss all
+    evaluate it, chunk by chunk.
+    """
+    logits, new_stats = _apply(model, params, batch_stats, batch["image"], True)
+    return loss_fn(loss, logits, batch["label"]), (logits, new_stats)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -97,13 +110,11 @@ def make_train_step(
     loop around conv gradients is slow on CPU). With BatchNorm each part normalises with its
     own statistics and the running statistics are updated once per part.
     """
-    if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
-        raise ValueError(f"microbatches={microbatches!r} must be an integer >= 1")
+    recipe.check_microbatches(microbatches)
 
     def gradients(params, batch_stats, batch):
         def objective(params):
-            logits, new_stats = _apply(model, params, batch_stats, batch["image"], True)
-            return loss_fn(loss, logits, batch["label"]), (logits, new_stats)
+            return train_mode_loss(model, loss, params, batch_stats, batch)
 
         (value, (logits, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         accuracy = jnp.mean(predictions(logits) == batch["label"])
@@ -113,12 +124,8 @@ def make_train_step(
         if microbatches == 1:
             value, accuracy, batch_stats, grads = gradients(state.params, state.batch_stats, batch)
         else:
-            size, remainder = divmod(batch["label"].shape[0], microbatches)
-            if remainder:
-                raise ValueError(
-                    f"batch of {batch['label'].shape[0]} examples does not split into "
-                    f"microbatches={microbatches} equal parts"
-                )
+            recipe.check_microbatches(microbatches, [batch["label"].shape[0]])
+            size = batch["label"].shape[0] // microbatches
             batch_stats, values, accuracies, grads = state.batch_stats, [], [], []
             for i in range(microbatches):
                 part = jax.tree.map(lambda x, i=i: x[i * size : (i + 1) * size], batch)

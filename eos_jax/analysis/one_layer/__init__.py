@@ -1,4 +1,5 @@
-"""The one-layer CNN of the paper's theory as a gradient-descent PDE (REFERENCE.md section 4).
+"""The one-layer CNN of the paper's theory as a gradient-descent PDE (paper Section 4;
+docs/paper.md, section 4).
 
 Model: p = mean_x s((K * I)(x)), s(z) = z sigmoid(beta z), loss BCE(sigmoid(p), y) plus
 (alpha/2)||K||^2, trained by full-batch gradient descent in float64; GD with learning rate lr

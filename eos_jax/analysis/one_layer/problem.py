@@ -20,8 +20,9 @@ from eos_jax.models.one_layer import OneLayerConv, valid_correlation_fft
 def checkerboard(size: int = 256) -> np.ndarray:
     """The paper's input: +1 where i + j is even, -1 elsewhere (float64).
 
-    This phase gives REFERENCE.md's equilibrium loss 0.29149; the other phase breaks the
-    tie between the 25313 and 25312 positions of each sign the other way (loss 0.29150).
+    This phase gives the equilibrium loss 0.29149 of docs/paper.md, section 4; the other
+    phase breaks the tie between the 25313 and 25312 positions of each sign the other way
+    (loss 0.29150).
     """
     i = np.arange(size)
     return np.where((i[:, None] + i[None, :]) % 2 == 0, 1.0, -1.0)
