@@ -3,9 +3,10 @@
 Everything that can change the bits of a run is decided here, once, before the JAX backend
 starts, and recorded in a fingerprint saved beside the run's results.
 
-Call order in an entry point::
+Call order in an entry point (the mains do this through
+``eos_jax.recipe.configure_numerics(config)``)::
 
-    policy = numerics.DtypePolicy.from_names("fp32", "fp32")
+    policy = numerics.DtypePolicy("fp32", "fp32")  # param dtype, compute dtype
     numerics.configure(policy, matmul_precision="highest", cpu_threads=2)
     ...  # only now create arrays
 """

@@ -1,4 +1,5 @@
-"""REFERENCE.md section 4 as tests: stability bounds, the one-layer PDE, restrained instability.
+"""The paper's Section 4 as tests (docs/paper.md, section 4): stability bounds, the one-layer
+PDE, restrained instability.
 
 Every fp64 test runs inside `jax.enable_x64(True)` (the test session is fp32 by default).
 Tolerances are stated where they are used, with the reason.

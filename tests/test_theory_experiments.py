@@ -1,4 +1,4 @@
-"""Smoke runs of every theory experiment on tiny configs, through eos_jax.studies.theory.run."""
+"""Smoke runs of every theory experiment on tiny configs, through eos_jax.studies.theory.execute."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""The one-layer convolution model of the paper's theory (REFERENCE.md section 4).
+"""The one-layer convolution model of the paper's theory (Section 4; docs/paper.md, section 4).
 
 p = mean_x s((K * I)(x)), with * a 'valid' stride-1 cross-correlation and
 s(z) = z * sigmoid(beta * z). The output p is the logit of a binary classifier.

@@ -1,4 +1,4 @@
-"""The paper's recipe (REFERENCE.md section 2): ResNet-56 on CIFAR-10, 200 epochs.
+"""The paper's recipe (docs/paper.md, section 2): ResNet-56 on CIFAR-10, 200 epochs.
 
 Nesterov SGD, momentum 0.9, coupled L2 weight decay 5e-4, lr 0.1 divided by 10 at epochs
 40, 80, 120 and 160; batch 128 with the last partial batch kept (391 steps an epoch), crop +

@@ -1,9 +1,9 @@
 """Shared settings of the theory configs (not a config itself): the one-layer CNN setup.
 
-REFERENCE.md section 4: a 256x256 +-1 checkerboard, a 32x32 kernel drawn by
+docs/paper.md, section 4: a 256x256 +-1 checkerboard, a 32x32 kernel drawn by
 np.random.RandomState(7).randn(32, 32), label 1, swish with beta = 1, float64 full-batch GD.
 The paper does not state the init's std; init_std = 1 (randn unscaled) reproduces the
-reference's numbers (equilibrium loss 0.29149, response 3.865, restrained loss peaks 1-3).
+numbers expected there (equilibrium loss 0.29149, response 3.865, restrained loss peaks 1-3).
 """
 
 import ml_collections

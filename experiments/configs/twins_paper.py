@@ -1,4 +1,4 @@
-"""Lockstep twin experiments on the paper's recipe (REFERENCE.md sections 2-3).
+"""Lockstep twin experiments on the paper's recipe (docs/paper.md, sections 2-3).
 
 table1: ResNet-56, CIFAR-10, 200 epochs, seeds 1..6 x k in {1, 3, 5, 7, 9, 11}.
 fig2:   Swish ResNet-56 (s(x) = x * sigmoid(5x)), plain SGD, weight decay 5e-4,
