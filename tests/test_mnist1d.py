@@ -160,3 +160,63 @@ def test_cnn1d_rejects_images():
     model = create_model("cnn1d")
     with pytest.raises(ValueError, match=r"\(N, L, C\).*\(1, 8, 8, 1\)"):
         model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False)
+
+
+# ---------------------------------------------------------------- the held-out split
+
+HELDOUT = 500  # generated in ~0.1 s; the real one is 100,000 (~20 s once, then cached)
+
+
+def test_heldout_split_is_deterministic_balanced_and_disjoint(cache, tmp_path):
+    data = load_mnist1d(num_samples=SMALL, heldout_size=HELDOUT, cache_dir=cache)
+    images, labels = data.split("heldout")
+    assert images.shape == (HELDOUT, 40, 1) and images.dtype == np.float32
+    assert labels.dtype == np.int32 and np.bincount(labels).tolist() == [50] * 10
+    assert data.splits == ("train", "test", "heldout") and not images.flags.writeable
+    # The same arguments in another folder: the same bits, the same stored hash.
+    again = load_mnist1d(num_samples=SMALL, heldout_size=HELDOUT, cache_dir=tmp_path / "other")
+    names = m1d.HELDOUT_ARRAY_NAMES
+    assert m1d.content_sha256(vars(again), names) == m1d.content_sha256(vars(data), names)
+    path = m1d.cache_path(cache, m1d.heldout_args(HELDOUT))
+    with np.load(path) as stored:
+        assert str(stored["sha256"]) == m1d.content_sha256(vars(data), names)
+    # Another generator seed than the train/test one: no signal in common.
+    assert m1d.DEFAULT_HELDOUT_SEED != m1d.DEFAULT_SEED
+    seen = {row.tobytes() for row in np.concatenate([data.train_images, data.test_images])}
+    assert not seen & {row.tobytes() for row in images}
+    other_seed = load_mnist1d(
+        num_samples=SMALL, heldout_size=HELDOUT, heldout_seed=5, cache_dir=cache
+    )
+    assert not np.array_equal(other_seed.heldout_images, images)
+    np.testing.assert_array_equal(other_seed.train_images, data.train_images)
+
+
+def test_heldout_cache_is_reused_and_a_corrupt_one_refused(cache, monkeypatch):
+    load_mnist1d(num_samples=SMALL, heldout_size=HELDOUT, cache_dir=cache)
+    assert len(list(cache.iterdir())) == 2  # train/test and held-out, one file each
+    path = m1d.cache_path(cache, m1d.heldout_args(HELDOUT))
+
+    def fail(args):
+        raise AssertionError("generated despite a cache hit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(m1d, "generate", fail)
+        load_mnist1d(num_samples=SMALL, heldout_size=HELDOUT, cache_dir=cache)
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(DatasetCacheError, match=str(path)) as error:
+        load_mnist1d(num_samples=SMALL, heldout_size=HELDOUT, cache_dir=cache)
+    assert "\n" not in str(error.value)
+
+
+def test_heldout_options_through_the_registry_and_their_errors(cache):
+    options = {"num_samples": SMALL, "heldout_size": 100, "heldout_seed": 9}
+    data = load_dataset("mnist1d", data_dir=str(cache), train_subset=50, dataset_kwargs=options)
+    assert data.num_train == 50 and len(data.split("heldout")[1]) == 100  # subset keeps it
+    plain = load_dataset("mnist1d", data_dir=str(cache), dataset_kwargs={"num_samples": SMALL})
+    assert plain.splits == ("train", "test")
+    with pytest.raises(ValueError, match="no heldout split.*dataset_kwargs.heldout_size"):
+        plain.split("heldout")
+    with pytest.raises(ValueError, match="heldout_seed=3 must differ from seed=3"):
+        load_mnist1d(num_samples=SMALL, seed=3, heldout_size=100, heldout_seed=3, cache_dir=cache)
+    with pytest.raises(ValueError, match="heldout_size=105 must be a positive multiple of 10"):
+        load_mnist1d(num_samples=SMALL, heldout_size=105, cache_dir=cache)

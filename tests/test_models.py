@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
@@ -17,6 +18,7 @@ from eos_jax.models.resnet import CifarResNet
 CIFAR = (2, 32, 32, 3)
 DIGITS = (2, 8, 8, 1)
 SMALL = (4, 8, 8, 3)  # parameter shapes do not depend on the image size of a ResNet
+SIGNALS = (2, 40, 1)  # MNIST-1D
 
 
 def init_key():
@@ -39,9 +41,9 @@ def count(tree) -> int:
     return sum(leaf.size for leaf in jax.tree.leaves(tree))
 
 
-# Independent hand counts from the architecture descriptions (REFERENCE.md section 2 etc.).
-def conv_params(c_in, c_out, k, bias=False):
-    return k * k * c_in * c_out + (c_out if bias else 0)
+# Independent hand counts from the architecture descriptions (docs/paper.md, section 2 etc.).
+def conv_params(c_in, c_out, k, bias=False, dims=2):
+    return k**dims * c_in * c_out + (c_out if bias else 0)
 
 
 def bn_params(c):
@@ -52,17 +54,19 @@ def dense_params(n_in, n_out):
     return n_in * n_out + n_out
 
 
-def resnet_hand_count(depth, num_classes=10, in_channels=3):
+def resnet_hand_count(depth, num_classes=10, in_channels=3, dims=2):
+    """dims=1: the 1-D ResNets, kernels (k, C_in, C_out)."""
+    conv_params_ = functools.partial(conv_params, dims=dims)
     n = (depth - 2) // 6
-    total = conv_params(in_channels, 16, 3) + bn_params(16)
+    total = conv_params_(in_channels, 16, 3) + bn_params(16)
     c_in = 16
     for width in (16, 32, 64):
         for _ in range(n):
             total += (
-                conv_params(c_in, width, 3) + conv_params(width, width, 3) + 2 * bn_params(width)
+                conv_params_(c_in, width, 3) + conv_params_(width, width, 3) + 2 * bn_params(width)
             )
             if c_in != width:  # projection shortcut
-                total += conv_params(c_in, width, 1) + bn_params(width)
+                total += conv_params_(c_in, width, 1) + bn_params(width)
             c_in = width
     return total + dense_params(64, num_classes)
 
@@ -87,6 +91,12 @@ PARAM_COUNTS = {
     "resnet44": (CIFAR, 661_338, resnet_hand_count(44)),
     "resnet56": (CIFAR, 855_770, resnet_hand_count(56)),
     "resnet110": (CIFAR, 1_730_714, resnet_hand_count(110)),
+    # 1-D: (N, 40, 1) MNIST-1D signals, every 3x3 kernel a 3 (hence ~1/3 of the 2-D count).
+    "resnet1d_20": (SIGNALS, 93_914, resnet_hand_count(20, in_channels=1, dims=1)),
+    "resnet1d_32": (SIGNALS, 159_322, resnet_hand_count(32, in_channels=1, dims=1)),
+    "resnet1d_44": (SIGNALS, 224_730, resnet_hand_count(44, in_channels=1, dims=1)),
+    "resnet1d_56": (SIGNALS, 290_138, resnet_hand_count(56, in_channels=1, dims=1)),
+    "resnet1d_110": (SIGNALS, 584_474, resnet_hand_count(110, in_channels=1, dims=1)),
     "vgg11": (CIFAR, 9_225_610, vgg_hand_count(VGG_A, with_bn=False)),
     "vgg11_bn": (CIFAR, 9_228_362, vgg_hand_count(VGG_A, with_bn=True)),
     "vgg16": (CIFAR, 14_719_818, vgg_hand_count(VGG_D, with_bn=False)),
@@ -248,7 +258,8 @@ def test_swish_variant(resnet20_variables):
 
 
 @pytest.mark.parametrize(
-    "name", sorted(set(MODELS) - {"resnet32", "resnet44", "resnet56", "resnet110"})
+    "name",
+    sorted(set(MODELS) - {f"resnet{p}{d}" for p in ("", "1d_") for d in (32, 44, 56, 110)}),
 )
 def test_dtypes_are_honoured(name):
     shape = PARAM_COUNTS[name][0]

@@ -7,7 +7,10 @@ shareable batch streams.
 - 'digits': scikit-learn's bundled 8x8 handwritten digits; no download, the default for
   tests and quick runs.
 - 'mnist1d': 40-sample 1-D signals generated offline by the `mnist1d` package and cached
-  on disk (mnist1d.py); its options (`num_samples`, `seed`) come in `dataset_kwargs`.
+  on disk (mnist1d.py); its options (`num_samples`, `seed`, `heldout_size`,
+  `heldout_seed`) come in `dataset_kwargs`. With heldout_size > 0 it also has a 'heldout'
+  split: that many more signals from another generator seed, for accuracy on the
+  distribution rather than on the 2,000 test signals.
 - 'cifar10', 'cifar100', 'mnist', 'fashion_mnist': read from a tensorflow-datasets
   data_dir prepared beforehand in array_record format (random access without TensorFlow).
   Loading never downloads: a dataset that is not prepared is a `DatasetNotPreparedError`
@@ -23,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-# The paper's CIFAR-10 normalisation (REFERENCE.md section 2).
+# The paper's CIFAR-10 normalisation (docs/paper.md, section 2).
 CIFAR10_MEAN = (0.507, 0.487, 0.441)
 CIFAR10_STD = (0.267, 0.256, 0.276)
 
@@ -41,7 +44,8 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train and test splits as read-only host arrays, plus what normalisation needs.
+    """Train and test splits as read-only host arrays, plus what normalisation needs; some
+    datasets (mnist1d with heldout_size) carry a third, 'heldout' split, None elsewhere.
 
     Images are NHWC, either uint8 (0..255) or float32 in [0, 1]; 1-D signals (mnist1d) are
     NLC float32, already standardised. Labels are int32. `mean` and `std` are per channel,
@@ -57,10 +61,17 @@ class Dataset:
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    heldout_images: np.ndarray | None = None
+    heldout_labels: np.ndarray | None = None
 
     def __post_init__(self):
         for array in (self.train_images, self.train_labels, self.test_images, self.test_labels):
             array.setflags(write=False)
+        if (self.heldout_images is None) != (self.heldout_labels is None):
+            raise ValueError("heldout_images and heldout_labels come together or not at all")
+        if self.heldout_images is not None:
+            self.heldout_images.setflags(write=False)
+            self.heldout_labels.setflags(write=False)
 
     @property
     def image_shape(self) -> tuple[int, ...]:
@@ -70,10 +81,19 @@ class Dataset:
     def num_train(self) -> int:
         return len(self.train_labels)
 
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "test") + (() if self.heldout_images is None else ("heldout",))
+
     def split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """(images, labels) of 'train' or 'test'."""
-        if split not in ("train", "test"):
-            raise ValueError(f"unknown split {split!r}; known: train, test")
+        """(images, labels) of 'train', 'test' or, where the dataset has one, 'heldout'."""
+        if split == "heldout" and self.heldout_images is None:
+            raise ValueError(
+                f"dataset {self.name!r} has no heldout split (mnist1d makes one with "
+                "dataset_kwargs.heldout_size)"
+            )
+        if split not in self.splits:
+            raise ValueError(f"unknown split {split!r}; known: {', '.join(self.splits)}")
         return getattr(self, f"{split}_images"), getattr(self, f"{split}_labels")
 
 
@@ -92,7 +112,8 @@ def load_dataset(
     full dataset. `data_dir` is the tensorflow-datasets data directory (None: tfds's
     default, $TFDS_DATA_DIR or ~/tensorflow_datasets); 'mnist1d' caches in its mnist1d/
     folder (None: mnist1d.default_cache_dir()); 'digits' ignores it. `dataset_kwargs` are
-    options of the dataset itself (mnist1d: num_samples, seed); the others take none.
+    options of the dataset itself (mnist1d: num_samples, seed, heldout_size, heldout_seed);
+    the others take none.
     """
     dataset_kwargs = dict(dataset_kwargs or {})
     if dataset_kwargs and name != "mnist1d":
@@ -163,9 +184,10 @@ def _load_mnist1d(data_dir: str | None, options: dict[str, Any]) -> Dataset:
     """MNIST-1D, cached in `data_dir`/mnist1d (None: the default cache folder)."""
     from eos_jax.data import mnist1d
 
-    unknown = sorted(set(options) - {"num_samples", "seed"})
+    known = ("num_samples", "seed", "heldout_size", "heldout_seed")
+    unknown = sorted(set(options) - set(known))
     if unknown:
-        raise ValueError(f"mnist1d has no option(s) {unknown}; its options: num_samples, seed")
+        raise ValueError(f"mnist1d has no option(s) {unknown}; its options: {', '.join(known)}")
     cache_dir = None if data_dir is None else Path(data_dir) / "mnist1d"
     return mnist1d.load_mnist1d(cache_dir=cache_dir, **options)
 

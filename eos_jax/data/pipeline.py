@@ -6,7 +6,8 @@ decide what a step sees, so each source of randomness can be switched on by itse
 
 - `data_seed`: the order of examples; epoch e is the permutation drawn by
   `np.random.default_rng((data_seed, e))`.
-- `aug_seed`: the crop offsets and flips of step s, drawn by `np.random.default_rng((aug_seed, s))`.
+- `aug_seed`: the augmentation of step s (`augment_batch`: crop offsets and flips of images,
+  shifts of signals), drawn by `np.random.default_rng((aug_seed, s))`.
 - `reduction_order`: if set (a seed), the examples of step s are shuffled inside the batch
   by `np.random.default_rng((reduction_order, s))`: the same examples, hence the same
   gradient in exact arithmetic, summed in a different floating-point order.
@@ -24,6 +25,8 @@ from collections.abc import Iterator
 import numpy as np
 
 from eos_jax.data.datasets import Dataset
+
+DEFAULT_CROP_PADDING = 4  # the paper's RandomCrop(32, padding=4)
 
 
 def to_unit_float(images: np.ndarray) -> np.ndarray:
@@ -63,13 +66,55 @@ def draw_crop_and_flip(
     return offsets, flips
 
 
+def shift(signals: np.ndarray, offsets: np.ndarray, padding: int) -> np.ndarray:
+    """Zero-pads NLC signals by `padding` at both ends of the length axis and crops a window
+    of the original length starting at `offsets` (N,) in [0, 2 * padding]: the signal moves
+    by padding - offset samples, the vacated end filled with zeros. One gather for the batch.
+    """
+    n, length, _ = signals.shape
+    padded = np.pad(signals, ((0, 0), (padding, padding), (0, 0)))
+    return padded[np.arange(n)[:, None], offsets[:, None] + np.arange(length)]
+
+
+def draw_shift(rng: np.random.Generator, batch_size: int, padding: int) -> np.ndarray:
+    """Uniform window starts in [0, 2 * padding] for a batch of signals."""
+    return rng.integers(0, 2 * padding + 1, size=batch_size)
+
+
+def augment_batch(images: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
+    """The stream's augmentation of one batch (before normalisation), chosen by its rank.
+
+    - NHWC images: the paper's PyTorch RandomCrop(32, padding) + RandomHorizontalFlip
+      (`crop_and_flip`).
+    - NLC signals (MNIST-1D): the same random crop along the one spatial axis, i.e. a random
+      shift by up to `padding` samples with zeros shifted in (`shift`), and no flip. Greydanus
+      (2020) builds every MNIST-1D signal from a template by padding, a random translation,
+      scaling, shearing and added noise; translation is the transform a classifier must be
+      invariant to and the one a crop reproduces, so the shift is the natural augmentation.
+      A mirror image is not: reversing a signal changes its digit (templates are not
+      symmetric), just as flipping a handwritten digit would. The generator standardises
+      its signals to mean 0, so the zeros shifted in are the data's mean level.
+    """
+    if images.ndim == 4:
+        offsets, flips = draw_crop_and_flip(rng, len(images), padding)
+        return crop_and_flip(images, offsets, flips, padding)
+    if images.ndim == 3:
+        return shift(images, draw_shift(rng, len(images), padding), padding)
+    raise ValueError(
+        f"augmentation needs NHWC images or NLC signals, got a batch of shape {images.shape}"
+    )
+
+
 class BatchStream:
     """Training batches of a dataset, indexed by the global step (see the module docstring).
 
     With `drop_last` an epoch has floor(N / batch_size) full batches and the remainder of
     its permutation is skipped; without it the last batch of an epoch is smaller.
-    Augmentation is the paper's (PyTorch RandomCrop(padding) + RandomHorizontalFlip),
-    applied to the [0, 1] image before normalisation, so padded pixels become -mean/std.
+    Augmentation is the paper's (PyTorch RandomCrop(padding) + RandomHorizontalFlip) for
+    images and a random shift for 1-D signals (`augment_batch`), applied to the [0, 1] image
+    before normalisation, so padded pixels become -mean/std (0 for MNIST-1D). `crop_padding`
+    is the paper's 4 pixels of a 32-pixel image; on MNIST-1D's 40 samples the same 4 is a
+    shift of up to 10% of the signal (the recipe's config.augment_padding sets it).
     """
 
     def __init__(
@@ -81,12 +126,14 @@ class BatchStream:
         aug_seed: int,
         augment: bool,
         drop_last: bool = True,
-        crop_padding: int = 4,
+        crop_padding: int = DEFAULT_CROP_PADDING,
         reshuffle: bool = True,
         reduction_order: int | None = None,
     ):
         if not 1 <= batch_size <= dataset.num_train:
             raise ValueError(f"batch_size={batch_size} not in [1, {dataset.num_train}]")
+        if isinstance(crop_padding, bool) or not isinstance(crop_padding, int) or crop_padding < 0:
+            raise ValueError(f"crop_padding={crop_padding!r} must be an integer >= 0")
         self.dataset = dataset
         self.batch_size = batch_size
         self.data_seed = data_seed
@@ -115,8 +162,7 @@ class BatchStream:
         images = to_unit_float(self.dataset.train_images[indices])
         if self.augment:
             rng = np.random.default_rng((self.aug_seed, step))
-            offsets, flips = draw_crop_and_flip(rng, len(indices), self.crop_padding)
-            images = crop_and_flip(images, offsets, flips, self.crop_padding)
+            images = augment_batch(images, rng, self.crop_padding)
         # Shuffled after augmentation, so every example keeps its crop and flip.
         order = self._within_batch_order(step, len(indices))
         return {

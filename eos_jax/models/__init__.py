@@ -1,8 +1,8 @@
 """The model zoo: every model by name, built with `create_model(name, ...)`.
 
 All models are Flax linen modules called as `model.apply(variables, x, train=...)` on NHWC
-float images and return logits (N, num_classes); `cnn1d` takes 1-D signals (N, L, C)
-instead (`mlp` takes either); `one_layer_conv` returns one logit (N,) and ignores
+float images and return logits (N, num_classes); `cnn1d` and `resnet1d_*` take 1-D signals
+(N, L, C) instead (`mlp` takes either); `one_layer_conv` returns one logit (N,) and ignores
 num_classes. Models with BN keep running statistics in 'batch_stats'.
 """
 
@@ -22,8 +22,16 @@ from eos_jax.models.resnet import CifarResNet
 from eos_jax.models.small import MLP, SmallCNN
 from eos_jax.models.vgg import VGG
 
+RESNET_DEPTHS = (20, 32, 44, 56, 110)
+
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    **{f"resnet{d}": functools.partial(CifarResNet, depth=d) for d in (20, 32, 44, 56, 110)},
+    **{
+        f"resnet{d}": functools.partial(CifarResNet, depth=d, spatial_dims=2) for d in RESNET_DEPTHS
+    },
+    **{
+        f"resnet1d_{d}": functools.partial(CifarResNet, depth=d, spatial_dims=1)
+        for d in RESNET_DEPTHS
+    },
     "vgg11": functools.partial(VGG, depth=11, use_batch_norm=False),
     "vgg11_bn": functools.partial(VGG, depth=11, use_batch_norm=True),
     "vgg16": functools.partial(VGG, depth=16, use_batch_norm=False),

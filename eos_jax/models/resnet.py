@@ -1,6 +1,12 @@
 """CIFAR ResNet of He et al. 2016 (depth 6n+2), with PyTorch-equivalent layers and init.
 
-Architecture (REFERENCE.md section 2): 3x3 conv(16, no bias) -> BN -> act; three stages of
+One implementation for images (N, H, W, C) and signals (N, L, C): `spatial_dims` (2 or 1)
+makes every conv square over that many axes (3x3 or 3, 1x1 or 1) and the final pool
+average over them; everything else, BatchNorm included (PyTorch's BatchNorm2d / 1d, the
+same statistics per channel), is shared. The 1-D ResNets (`resnet1d_20` ...) are for
+MNIST-1D's (N, 40, 1) signals: lengths 40 -> 20 -> 10 over the three stages.
+
+Architecture (docs/paper.md, section 2): 3x3 conv(16, no bias) -> BN -> act; three stages of
 n basic blocks with widths 16/32/64, stride 2 at the start of stages 2 and 3; a block is
 conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act; where the shape changes the
 shortcut is a 1x1 conv (stride 2, no bias) + BN projection ("option B"); global average
@@ -17,11 +23,14 @@ Layer names (stages and blocks are 1-based, as in the paper's wording)::
     params['head']['kernel' | 'bias']                   (64, num_classes), (num_classes,)
 
 e.g. "stage 2, block 6, first conv" of ResNet-56 is params['stage2_block6']['conv1']['kernel'],
-shape (3, 3, 32, 32). The 'batch_stats' collection mirrors the BN paths ('mean', 'var').
+shape (3, 3, 32, 32) (1-D: (3, 32, 32)). The 'batch_stats' collection mirrors the BN paths
+('mean', 'var'). Conv kernels ~ N(0, 2 / (k^spatial_dims * C_out)) (He fan-out), dense as
+PyTorch's nn.Linear (layers.py).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -34,35 +43,41 @@ STAGE_WIDTHS = (16, 32, 64)
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-act-conv3x3-BN + shortcut, then act; 1x1 conv + BN shortcut on shape change."""
+    """conv3x3-BN-act-conv3x3-BN + shortcut, then act; 1x1 conv + BN shortcut on shape change.
+
+    Over `spatial_dims` axes: 3x3 / 1x1 convs on images (2), 3 / 1 on signals (1)."""
 
     features: int
     strides: int
     activation: Callable[[jax.Array], jax.Array]
+    spatial_dims: int = 2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        y = conv(self.features, 3, strides=self.strides, name="conv1", **dtypes)(x)
+        conv_ = functools.partial(conv, spatial_dims=self.spatial_dims, **dtypes)
+        y = conv_(self.features, 3, strides=self.strides, name="conv1")(x)
         y = self.activation(batch_norm(train, name="bn1", **dtypes)(y))
-        y = conv(self.features, 3, name="conv2", **dtypes)(y)
+        y = conv_(self.features, 3, name="conv2")(y)
         y = batch_norm(train, name="bn2", **dtypes)(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
-            project = conv(self.features, 1, strides=self.strides, name="shortcut_conv", **dtypes)
+            project = conv_(self.features, 1, strides=self.strides, name="shortcut_conv")
             shortcut = batch_norm(train, name="shortcut_bn", **dtypes)(project(x))
         return self.activation(y + shortcut)
 
 
 class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 images; see the module docstring for layers and names."""
+    """ResNet-(6n+2) for 32x32 images (spatial_dims=2) or (N, L, C) signals (spatial_dims=1);
+    see the module docstring for layers and names."""
 
     depth: int = 56
     num_classes: int = 10
     activation: str = "relu"
     swish_beta: float = 5.0
+    spatial_dims: int = 2
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -70,17 +85,23 @@ class CifarResNet(nn.Module):
     def __call__(self, x, train: bool):
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
+        layouts = {1: "(N, L, C) signals", 2: "(N, H, W, C) images"}
+        if self.spatial_dims not in layouts:
+            raise ValueError(f"ResNet spatial_dims must be 1 or 2, got {self.spatial_dims}")
+        if x.ndim != self.spatial_dims + 2:
+            layout = layouts[self.spatial_dims]
+            raise ValueError(f"this ResNet takes {layout}, got shape {x.shape}")
         blocks_per_stage = (self.depth - 2) // 6
         act = activation_fn(self.activation, self.swish_beta)
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
 
-        x = conv(STAGE_WIDTHS[0], 3, name="stem_conv", **dtypes)(x)
+        x = conv(STAGE_WIDTHS[0], 3, spatial_dims=self.spatial_dims, name="stem_conv", **dtypes)(x)
         x = act(batch_norm(train, name="stem_bn", **dtypes)(x))
         for stage, width in enumerate(STAGE_WIDTHS, start=1):
             for block in range(1, blocks_per_stage + 1):
                 strides = 2 if stage > 1 and block == 1 else 1
-                x = BasicBlock(width, strides, act, name=f"stage{stage}_block{block}", **dtypes)(
-                    x, train
-                )
-        x = jnp.mean(x, axis=(1, 2))
+                name = f"stage{stage}_block{block}"
+                block_ = BasicBlock(width, strides, act, self.spatial_dims, name=name, **dtypes)
+                x = block_(x, train)
+        x = jnp.mean(x, axis=tuple(range(1, 1 + self.spatial_dims)))
         return pytorch_dense(self.num_classes, x.shape[-1], name="head", **dtypes)(x)

@@ -86,7 +86,8 @@ class Ensemble:
         self.members, self.dataset, self.strategy = list(members), dataset, strategy
         streams = [build.stream(m.config, dataset, m.reduction_order) for m in members]
         keys = [
-            (s.batch_size, s.data_seed, s.aug_seed, s.augment, s.reduction_order) for s in streams
+            (s.batch_size, s.data_seed, s.aug_seed, s.augment, s.crop_padding, s.reduction_order)
+            for s in streams
         ]
         distinct = list(dict.fromkeys(keys))
         self.streams = [streams[keys.index(k)] for k in distinct]
