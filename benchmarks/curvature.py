@@ -1,13 +1,17 @@
-r"""What sharpness tracking costs: Hessian-vector product / gradient time at batch 1,000, and
-the products per warm-started Lanczos call (k = 1) along a full-batch GD run.
+r"""What sharpness tracking costs, in gradients' time: a Hessian-vector product made fresh
+(forward-over-reverse every time) and reused (the gradient map linearised once per point),
+one whole warm-started measurement, and the products per warm-started Lanczos call (k = 1)
+along a full-batch GD run.
 
   python -m benchmarks.curvature [--steps=1500 --every=11 --repeats=20]
 
-Both on the EoS recipe (experiments/configs/eos_digits.py: fc-tanh MLP (200, 200), MSE, the
-first 1,000 digits) and the HVP ratio also on the small CNN (16, 32, 32). Timings alternate
-gradient and product calls in one process (the machine is shared: read the ratios, not the
-absolute times). The run is GD at 2/lr = 40, measured every `--every` steps (an odd number
-sees both phases of the period-2 oscillation at the edge).
+Models: the EoS recipe (experiments/configs/eos_digits.py: fc-tanh MLP (200, 200), MSE, the
+first 1,000 digits in one chunk) and the MNIST-1D 1-D CNN (experiments/configs/mnist1d.py,
+cross-entropy, the first 1,000 signals). Timings alternate the kinds of call in one
+process (the machine is shared: read the ratios, not the absolute times). The warm
+measurement starts from the top eigenvector at a point one GD step away, as the Sharpness
+observer does between two measurements. The run is GD at 2/lr = 40, measured every
+`--every` steps (an odd number sees both phases of the period-2 oscillation at the edge).
 """
 
 import statistics
@@ -23,34 +27,60 @@ from eos_jax.analysis import curvature, sharpness
 from eos_jax.training import build, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
-from experiments.configs import eos_digits
+from experiments.configs import eos_digits, mnist1d
 
 _STEPS = flags.DEFINE_integer("steps", 1500, "GD steps of the warm-start run.")
 _EVERY = flags.DEFINE_integer("every", 11, "Steps between sharpness measurements.")
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls of each kind (median reported).")
 
 
-def hvp_over_gradient(config) -> dict:
-    """Median seconds of loss+gradient and of one HVP over the first 1,000 training examples
-    in one chunk, at the initial weights; both jitted and warmed up first."""
+def _median_ms(fn) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(_REPEATS.value):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def hvp_costs(config) -> dict:
+    """Median milliseconds of loss+gradient, a fresh HVP, the linearisation, a reused HVP,
+    and one warm measurement (operator at a moved point + warm Lanczos to tol 1e-3), over
+    the first 1,000 training examples in one chunk at the initial weights; all jitted and
+    warmed up first. Also the bytes the reused linearisation holds."""
     dataset = build.dataset(config)
     model = build.model(config, dataset)
     tx = build.optimizer(config, 1)
     state = steps.init_state(model, tx, 0, dataset.image_shape)
     batches = curvature.train_chunks(dataset, 1000, 1000)
-    op = curvature.hvp_fn(model, config.loss, state.params, state.batch_stats, batches)
-    v = jax.random.normal(jax.random.key(0), (op.dim,), op.dtype)
-    jax.block_until_ready((op.loss_and_gradient(), op(v)))
-    grad_t, hvp_t = [], []
-    for _ in range(_REPEATS.value):
-        t = time.perf_counter()
-        jax.block_until_ready(op.loss_and_gradient())
-        grad_t.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        jax.block_until_ready(op(v))
-        hvp_t.append(time.perf_counter() - t)
-    g, h = statistics.median(grad_t), statistics.median(hvp_t)
-    return {"model": config.model, "params": op.dim, "grad_ms": 1e3 * g, "hvp_ms": 1e3 * h}
+    args = (model, config.loss, state.params, state.batch_stats, batches)
+    fresh, reused = curvature.hvp_fn(*args, False), curvature.hvp_fn(*args)
+    v = jax.random.normal(jax.random.key(0), (fresh.dim,), fresh.dtype)
+    first = curvature.top_eigenvalues(reused, reused.dim, tol=1e-3)
+    _, gradient = reused.loss_and_gradient()
+    moved = reused.space.unflatten(reused.flat_params - 1e-3 * gradient)
+
+    def warm_measurement():
+        op = curvature.hvp_fn(model, config.loss, moved, state.batch_stats, batches)
+        return curvature.top_eigenvalues(op, op.dim, init=first.eigenvectors, tol=1e-3)
+
+    def linearise():
+        return curvature.hvp_fn(*args)._linearised()
+
+    held = sum(x.nbytes for x in jax.tree.leaves(reused._linearised()))
+    out = {
+        "model": config.model,
+        "params": fresh.dim,
+        "grad_ms": _median_ms(reused.loss_and_gradient),
+        "fresh_ms": _median_ms(lambda: fresh(v)),
+        "linearise_ms": _median_ms(linearise),
+        "reused_ms": _median_ms(lambda: reused(v)),
+        "warm_ms": _median_ms(lambda: warm_measurement().eigenvalues),
+        "warm_products": warm_measurement().num_hvps,
+        "held_mb": held / 2**20,
+    }
+    return out
 
 
 def warm_start_hvps(config) -> list[int]:
@@ -71,15 +101,19 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # orbax logs every checkpoint
     config = eos_digits.get_config("plateau")
     recipe.configure_numerics(config)
-    cnn = eos_digits.get_config("plateau")
-    cnn.model, cnn.model_kwargs = "small_cnn", {"widths": (16, 32, 32)}
-    print("| model | params | loss+gradient ms | HVP ms | HVP / gradient |")
-    print("|---|---|---|---|---|")
+    cnn = mnist1d.get_config()
+    print(
+        "| model | params | gradient ms | fresh HVP / gradient | linearise / gradient | "
+        "reused HVP / gradient | warm measurement / gradient (products) | linearisation MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for c in (config, cnn):
-        r = hvp_over_gradient(c)
+        r = hvp_costs(c)
+        g = r["grad_ms"]
         print(
-            f"| {r['model']} | {r['params']} | {r['grad_ms']:.2f} | {r['hvp_ms']:.2f} | "
-            f"{r['hvp_ms'] / r['grad_ms']:.2f} |"
+            f"| {r['model']} | {r['params']} | {g:.2f} | {r['fresh_ms'] / g:.2f} | "
+            f"{r['linearise_ms'] / g:.2f} | {r['reused_ms'] / g:.2f} | "
+            f"{r['warm_ms'] / g:.1f} ({r['warm_products']}) | {r['held_mb']:.1f} |"
         )
     counts = warm_start_hvps(config)
     warm = np.array(counts[1:])

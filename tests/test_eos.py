@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eos_jax import recipe, results
-from eos_jax.analysis import curvature, sharpness
+from eos_jax.analysis import curvature, linearisation, sharpness
 from eos_jax.data import normalize, to_unit_float
 from eos_jax.studies import eos
 from eos_jax.training import build, steps, trainer
@@ -205,6 +205,8 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
             "eos.sharpness_every_steps": 5,
             "eos.regions_size": 48,
             "eos.regions_every_steps": 10,
+            "eos.edge_every_steps": 10,
+            "eos.midpoint": True,
         }
     )
     config.model_kwargs.hidden = (16,)
@@ -230,3 +232,17 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     names = ("summary.json", "eos.csv", "eos.md", "sharpness.png", "predicted_vs_observed.png")
     for name in (*names, "regions.png"):
         assert os.path.exists(tmp_path / name)
+    # the edge mode: recorded at 0, 10, 20; |mu| in the table
+    edge = linearisation.EdgeRadius.read(records)
+    assert edge.steps.tolist() == [0, 10, 20] and np.all(edge["radius"] > 0)
+    assert 0 < first["edge_radius"] < 10 and "edge_radius" in summary["table"]
+    # midpoints: measured at every measurement but step 0 (no previous iterate); the step
+    # before a measurement writes nothing; the Rayleigh quotient along the oscillation is at
+    # most the top eigenvalue at the same point (to the eigensolver's tolerance)
+    measured = sharpness.Sharpness.read(records)
+    assert measured.steps.tolist() == [0, 5, 10, 15, 20]
+    mid_steps, mid = measured.member("midpoint_sharpness", 0)
+    assert mid_steps.tolist() == [5, 10, 15, 20] and np.all(mid > 0)
+    along = measured.member("oscillation_curvature", 0)[1]
+    assert np.all(along <= mid * (1 + 1e-3)), (along, mid)
+    assert np.isfinite(first["midpoint_plateau"]) and np.isfinite(first["oscillation_plateau"])

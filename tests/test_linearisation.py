@@ -51,20 +51,21 @@ def regression(kind, lr, wd=0.01):
     return steps.make_train_step(model, tx, "mse"), state, batch, sigma
 
 
+def mode_roots(kind, lr, h):
+    """The eigenvalues of dU in one mode of curvature h: GD 1 - a; heavy ball the roots of
+    z^2 - (1 + mu - a) z + mu; Nesterov of z^2 - (1 + mu - a (1 + mu)) z + mu (1 - a), with
+    a = lr * h (docs/curvature.md)."""
+    mu, a = KINDS[kind][0], lr * h
+    if kind == "gd":
+        return np.array([1 - a])
+    if kind == "heavy_ball":
+        return np.roots([1, -(1 + mu - a), mu])
+    return np.roots([1, -(1 + mu - a * (1 + mu)), mu * (1 - a)])
+
+
 def closed_form_radius(kind, lr, curvatures):
-    """max over modes of the largest |root|: GD 1 - a; heavy ball z^2 - (1 + mu - a) z + mu;
-    Nesterov z^2 - (1 + mu - a (1 + mu)) z + mu (1 - a), with a = lr * h (docs/curvature.md)."""
-    mu = KINDS[kind][0]
-    radii = []
-    for h in curvatures:
-        a = lr * h
-        if kind == "gd":
-            radii.append(abs(1 - a))
-        elif kind == "heavy_ball":
-            radii.append(np.abs(np.roots([1, -(1 + mu - a), mu])).max())
-        else:
-            radii.append(np.abs(np.roots([1, -(1 + mu - a * (1 + mu)), mu * (1 - a)])).max())
-    return max(radii)
+    """max over modes of the largest |root|."""
+    return max(np.abs(mode_roots(kind, lr, h)).max() for h in curvatures)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -116,6 +117,25 @@ def test_verdict_flips_at_the_threshold(kind):
             # rounding
             assert bool(radius < 1) is stable, (factor, radius)
             assert abs(radius - 1) > 1e-3
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_edge_mode_is_the_root_farthest_from_one_and_crosses_one_at_the_threshold(kind):
+    with jax.enable_x64(True):
+        wd, mu = 0.01, KINDS[kind][0]
+        _, _, _, sigma = regression(kind, 0.1, wd)
+        c = {"gd": 2.0, "heavy_ball": 2 + 2 * mu, "nesterov": (2 + 2 * mu) / (1 + 2 * mu)}[kind]
+        for factor in (0.5, 0.999, 1.001):
+            lr = factor * c / (sigma[-1] + wd)
+            train_step, state, batch, _ = regression(kind, lr, wd)
+            mode = lin.edge_mode(lin.update_map(train_step, batch), state, tol=1e-12)
+            roots = np.concatenate([mode_roots(kind, lr, h) for h in sigma + wd])
+            farthest = roots[np.argmax(np.abs(roots - 1))]
+            # exact JVPs, Krylov space of dimension <= 6: Ritz values exact to rounding
+            assert abs(mode.eigenvalue - farthest) < 1e-8, (factor, mode, farthest)
+            assert mode.radius == pytest.approx(abs(farthest), rel=1e-8)
+            if factor != 0.5:  # 0.1% from the threshold moves |mu| by >= 1e-3: not rounding
+                assert (mode.radius < 1) == (factor < 1), (factor, mode.radius)
 
 
 def exact_power_sequence(A, v, steps_count):

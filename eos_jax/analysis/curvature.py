@@ -6,8 +6,12 @@ the eigensolver sees an ordinary symmetric operator v -> H v of size `dim`.
 - `hvp_fn` builds the operator H of the DATA loss (mean over a fixed subset of examples,
   `train_chunks`, processed in chunks) at the train-mode forward pass, steps.train_mode_loss:
   BatchNorm normalises with the statistics of each chunk, as in training, and the running
-  statistics are not updated. The product is forward-over-reverse (`jax.jvp` of
-  `jax.grad`): about two gradients' time on this project's CPU (benchmarks/README.md).
+  statistics are not updated. The product is forward-over-reverse: by default each chunk's
+  gradient map is linearised once at the point (`jax.linearize`, ~0.5 gradient) and every
+  product reuses it (about 1.1-1.6 gradients each instead of ~2 for a fresh `jax.jvp` of
+  `jax.grad`; benchmarks/README.md), at the price of keeping the linearisation's residuals
+  (the forward pass's activations of every chunk) in memory while the operator lives;
+  `reuse_linearisation=False` recomputes them in every product instead.
   Coupled L2 weight decay wd adds wd * I, i.e. exactly wd to every eigenvalue; it is kept
   out of H and added by `total_eigenvalues`.
 - `top_eigenvalues` finds the k largest ALGEBRAIC eigenvalues (not largest magnitude: at the
@@ -67,14 +71,27 @@ def _data_loss(model, loss, space, flat_params, batch_stats, images, labels):
     return steps.train_mode_loss(model, loss, space.unflatten(flat_params), batch_stats, batch)[0]
 
 
-def _chunk_hvp(model, loss, space, flat_params, batch_stats, images, labels, v):
+def _chunk_gradient(model, loss, space, batch_stats, images, labels):
+    """w -> the gradient of one chunk's mean data loss at flat parameters w."""
     grad = jax.grad(_data_loss, argnums=3)
-    args = (model, loss, space)
-    return jax.jvp(
-        lambda w: grad(*args, w, batch_stats, images, labels),
-        (flat_params,),
-        (v.astype(flat_params.dtype),),
-    )[1]
+    return lambda w: grad(model, loss, space, w, batch_stats, images, labels)
+
+
+def _chunk_hvp(model, loss, space, flat_params, batch_stats, images, labels, v):
+    gradient = _chunk_gradient(model, loss, space, batch_stats, images, labels)
+    return jax.jvp(gradient, (flat_params,), (v.astype(flat_params.dtype),))[1]
+
+
+def _chunk_linearisation(model, loss, space, flat_params, batch_stats, images, labels):
+    """The chunk's gradient map linearised at flat_params: v -> H_chunk v, a
+    jax.tree_util.Partial holding the residuals (so a jitted function can return it)."""
+    gradient = _chunk_gradient(model, loss, space, batch_stats, images, labels)
+    return jax.linearize(gradient, flat_params)[1]
+
+
+@jax.jit
+def _apply_linear(linear, v):
+    return linear(v)
 
 
 def _weighted_sum(per_chunk: Sequence[jax.Array], counts: Sequence[int]) -> jax.Array:
@@ -92,6 +109,11 @@ def _jitted_chunk_hvp(model, loss, space):
 
 
 @functools.cache
+def _jitted_chunk_linearisation(model, loss, space):
+    return jax.jit(functools.partial(_chunk_linearisation, model, loss, space))
+
+
+@functools.cache
 def _jitted_chunk_loss_grad(model, loss, space):
     return jax.jit(jax.value_and_grad(functools.partial(_data_loss, model, loss, space)))
 
@@ -100,9 +122,11 @@ class HessianOperator:
     """v -> H v for the data loss over a fixed subset; call it with a flat vector.
 
     `calls` counts the products computed (each is one pass over every chunk).
+    reuse_linearisation: linearise each chunk's gradient once (at the first product) and
+    reuse it (faster; holds the residuals), or recompute it in every product.
     """
 
-    def __init__(self, model, loss, params, batch_stats, batches):
+    def __init__(self, model, loss, params, batch_stats, batches, reuse_linearisation=True):
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
         if not batches:
@@ -115,6 +139,8 @@ class HessianOperator:
         self.labels = [jnp.asarray(b["label"]) for b in batches]
         self.counts = [int(x.shape[0]) for x in self.images]
         self.calls = 0
+        self.reuse_linearisation = reuse_linearisation
+        self._linear = None  # each chunk's linearised gradient map, made at the first product
 
     @property
     def dim(self) -> int:
@@ -129,12 +155,20 @@ class HessianOperator:
         if v.shape != (self.dim,):
             raise ValueError(f"vector shape {v.shape} does not match the dimension ({self.dim},)")
         self.calls += 1
-        fn = _jitted_chunk_hvp(*self.key)
-        per_chunk = [
-            fn(self.flat_params, self.batch_stats, x, y, v)
-            for x, y in zip(self.images, self.labels, strict=True)
-        ]
-        return _weighted_sum(per_chunk, self.counts)
+        if not self.reuse_linearisation:
+            fn = _jitted_chunk_hvp(*self.key)
+            chunks = zip(self.images, self.labels, strict=True)
+            per_chunk = [fn(self.flat_params, self.batch_stats, x, y, v) for x, y in chunks]
+            return _weighted_sum(per_chunk, self.counts)
+        return _weighted_sum([_apply_linear(f, v) for f in self._linearised()], self.counts)
+
+    def _linearised(self) -> list:
+        """Each chunk's gradient map linearised at the operator's point, made once."""
+        if self._linear is None:
+            fn = _jitted_chunk_linearisation(*self.key)
+            chunks = zip(self.images, self.labels, strict=True)
+            self._linear = [fn(self.flat_params, self.batch_stats, x, y) for x, y in chunks]
+        return self._linear
 
     def loss_and_gradient(self) -> tuple[jax.Array, jax.Array]:
         """Mean data loss and its flat gradient over the same chunks (for timing and checks)."""
@@ -147,14 +181,17 @@ class HessianOperator:
         return value, _weighted_sum([r[1] for r in results], self.counts)
 
 
-def hvp_fn(model, loss: str, params, batch_stats, batches) -> HessianOperator:
+def hvp_fn(
+    model, loss: str, params, batch_stats, batches, reuse_linearisation: bool = True
+) -> HessianOperator:
     """The data-loss Hessian at `params` as an operator on flat vectors.
 
     batches: a list of {'image', 'label'} chunks (see `train_chunks`) covering the fixed
     subset; the loss is the mean over all their examples, at the train-mode forward pass
-    (BN batch statistics per chunk), as the optimiser sees it.
+    (BN batch statistics per chunk), as the optimiser sees it. reuse_linearisation: see
+    HessianOperator.
     """
-    return HessianOperator(model, loss, params, batch_stats, batches)
+    return HessianOperator(model, loss, params, batch_stats, batches, reuse_linearisation)
 
 
 # --------------------------------------------------------------------------------------
@@ -238,6 +275,12 @@ def _reorthogonalise(Q, w):
     return w
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _grow(Q, rows: int):
+    """Q with zero rows appended up to `rows` (a larger basis)."""
+    return jnp.concatenate([Q, jnp.zeros((rows - Q.shape[0], Q.shape[1]), Q.dtype)])
+
+
 @functools.partial(jax.jit, donate_argnums=0)
 def _set_row(Q, j, q):
     return Q.at[j].set(q)
@@ -247,11 +290,14 @@ def _lanczos(op: _Counted, q0, steps_max, stop=None, check_every=5):
     """Lanczos with full reorthogonalisation; returns (alphas, betas, Q rows used).
 
     A Python loop of jitted products (a rolled loop around conv gradients is slow on CPU).
-    stop(alphas, betas) is asked every `check_every` steps whether to end early.
+    stop(alphas, betas) is asked every `check_every` steps whether to end early. The basis
+    starts with room for 8 vectors and doubles when full: reorthogonalising against a
+    preallocated basis of steps_max rows cost more than the products themselves for a
+    55k-parameter MLP (benchmarks/README.md), and a warm start usually needs 6.
     """
     dim = q0.shape[0]
     steps_max = min(steps_max, dim)
-    Q = jnp.zeros((steps_max + 1, dim), op.dtype)
+    Q = jnp.zeros((min(8, steps_max + 1), dim), op.dtype)
     q = q0 / jnp.linalg.norm(q0)
     Q = _set_row(Q, 0, q)
     alphas, betas = [], []
@@ -269,6 +315,8 @@ def _lanczos(op: _Counted, q0, steps_max, stop=None, check_every=5):
         if stop is not None and (j + 1) % check_every == 0 and stop(alphas, betas):
             break
         q = w / beta
+        if j + 1 == Q.shape[0]:
+            Q = _grow(Q, min(2 * Q.shape[0], steps_max + 1))
         Q = _set_row(Q, j + 1, q)
     m = len(alphas)
     return np.array(alphas), np.array(betas), Q[:m]

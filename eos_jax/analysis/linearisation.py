@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eos_jax.analysis.flat import StateSpace
+from eos_jax.training.observers import Observer, record_fields
 
 OPTIMIZERS = ("gd", "heavy_ball", "nesterov")
 SPECTRAL_METHODS = ("arnoldi", "power")
@@ -224,3 +225,81 @@ def stability_threshold(kind: str, lr: float, mu: float = 0.0, weight_decay: flo
     lambda + wd > 0); above it: the top mode grows."""
     _check_optimizer(kind, lr, mu, weight_decay)
     return critical_lr_curvature(kind, mu) / lr - weight_decay
+
+
+# --------------------------------------------------------------------------------------
+# The edge mode: one stability number for every optimiser
+# --------------------------------------------------------------------------------------
+
+
+class EdgeMode(NamedTuple):
+    """eigenvalue: mu, the eigenvalue of dU farthest from 1; radius: |mu| (< 1: the step is
+    linearly stable in that mode, 1: at the edge, > 1: unstable); residual: Arnoldi's
+    estimate for the shifted pair; num_jvps: products used."""
+
+    eigenvalue: complex
+    radius: float
+    residual: float
+    num_jvps: int
+
+
+def edge_mode(
+    update: UpdateMap, state, num_iters: int = 30, tol: float = 1e-3, seed: int = 0
+) -> EdgeMode:
+    """The eigenvalue mu of dU(state) farthest from 1 (Arnoldi on dU - I), and |mu|.
+
+    Why not the plain spectral radius: directions of (near) zero curvature have mu ~ 1, so
+    rho(dU) ~ 1 at every step of an overparameterised net. The linear instability of
+    gradient descent is a mode leaving the unit circle away from 1: mu = 1 - lr (lambda +
+    wd) crossing -1 for GD, a root of the momentum companion matrix crossing the circle for
+    heavy ball and Nesterov (docs/curvature.md). So |mu| is one number with one threshold,
+    1, for GD, heavy ball, Nesterov and coupled weight decay: the three formulas and the
+    shift by wd are all its crossing. (A mode with negative curvature larger than the top
+    one also has mu far from 1, above it: an escape, not the edge; eigenvalue.real > 1 says
+    which.)
+    """
+    dim = StateSpace.of(state).dim
+    product = update.linear_operator(state)
+    shifted = spectral_radius(lambda t: product(t) - t, dim, "arnoldi", num_iters, tol, seed=seed)
+    mu = shifted.eigenvalue + 1
+    return EdgeMode(complex(mu), float(abs(mu)), shifted.residual, shifted.num_jvps)
+
+
+class EdgeRadius(Observer):
+    """Every `every_steps` steps (and at steps 0 and the last), for each member: the edge
+    mode of its training step at the current state and the batch of the next step
+    (`edge_mode`; kind 'edge_mode': radius, eigenvalue_real, eigenvalue_imag, residual,
+    num_jvps). Members whose step carries extra state (e.g. a tangent) are refused."""
+
+    at_start = True
+    kind = "edge_mode"
+    fields = record_fields("radius", "eigenvalue_real", "eigenvalue_imag", "num_jvps")
+
+    def __init__(self, every_steps: int, num_iters: int = 30, tol: float = 1e-3):
+        self.every_steps, self.num_iters, self.tol = every_steps, num_iters, tol
+
+    def setup(self, ensemble, num_steps: int) -> None:
+        self.check_every_steps("edge radius")
+        if not (isinstance(self.num_iters, int) and self.num_iters >= 2):
+            raise ValueError(f"edge radius num_iters={self.num_iters!r} must be an integer >= 2")
+        if not 0 < self.tol < 1:
+            raise ValueError(f"edge radius tol={self.tol!r} must be in (0, 1)")
+        if any(hasattr(step, "init") for step in ensemble.train_steps):
+            raise ValueError("edge radius: a member's step carries extra state; use plain steps")
+
+    def __call__(self, run) -> None:
+        ensemble, values = run.ensemble, []
+        for i, state in enumerate(run.members()):
+            batch = ensemble.streams[ensemble.stream_of[i]].batch(run.step)
+            update = update_map(ensemble.train_steps[i], batch)
+            mode = edge_mode(update, state, self.num_iters, self.tol, seed=i)
+            values.append(
+                {
+                    "radius": mode.radius,
+                    "eigenvalue_real": mode.eigenvalue.real,
+                    "eigenvalue_imag": mode.eigenvalue.imag,
+                    "residual": mode.residual,
+                    "num_jvps": mode.num_jvps,
+                }
+            )
+        self.write(run, values)

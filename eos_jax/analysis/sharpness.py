@@ -9,8 +9,19 @@ eigenvalues, residuals, num_hvps, sharpness (the top data-loss eigenvalue),
 total_sharpness (+ the member's coupled weight decay wd, which adds exactly wd),
 train_set_loss, train_set_accuracy.
 
+With `midpoint=True` it also measures where the sharpness of an oscillating iterate means
+something: at the midpoint of the two last iterates (w_{t-1} + w_t) / 2, the centre of a
+period-two orbit (central_flows measures there too), the top data-loss eigenvalue
+(midpoint_sharpness) and the curvature along the oscillation d = w_t - w_{t-1}
+(oscillation_curvature = d.H d / d.d at the midpoint, one more product). At the edge of a
+period-two orbit of GD the iterates sit on both sides of the centre along the top
+eigenvector; the iterate's own sharpness then flips between the two sides' curvatures,
+while the midpoint's is the curvature of the orbit itself. The observer then also runs one
+step before each measurement, to keep w_{t-1} (a copy of the parameters).
+
 The warm starts live in the observer: a resumed run starts its first measurement cold
-(more products, the same eigenvalues to within tol).
+(more products, the same eigenvalues to within tol), and its first midpoint after a resume
+is missing when the step before it was not run in this session.
 """
 
 from __future__ import annotations
@@ -57,12 +68,21 @@ class Sharpness(Observer):
     size: the first `size` training examples define H (None: the whole training set);
     chunk_size: examples per Hessian-vector chunk (with BatchNorm the chunk is part of the
     definition of H: use the training batch size); k, tol, max_iters: curvature.top_eigenvalues
-    (Lanczos); loss_chunk_size: chunks for the full-set loss.
+    (Lanczos); loss_chunk_size: chunks for the full-set loss; reuse_linearisation: see
+    curvature.HessianOperator (False for models whose activations on the whole subset do
+    not fit in memory); midpoint: also measure at the midpoint of the last two iterates.
     """
 
     at_start = True
     kind = "sharpness"
-    fields = record_fields("sharpness", "total_sharpness", "num_hvps", "train_set_loss")
+    fields = record_fields(
+        "sharpness",
+        "total_sharpness",
+        "num_hvps",
+        "train_set_loss",
+        "midpoint_sharpness",
+        "oscillation_curvature",
+    )
 
     def __init__(
         self,
@@ -73,11 +93,15 @@ class Sharpness(Observer):
         tol: float = 1e-3,
         max_iters: int = 200,
         loss_chunk_size: int = 1000,
+        reuse_linearisation: bool = True,
+        midpoint: bool = False,
     ):
         self.every_steps, self.size, self.chunk_size = every_steps, size, chunk_size
         self.k, self.tol, self.max_iters = k, tol, max_iters
         self.loss_chunk_size = loss_chunk_size
+        self.reuse_linearisation, self.midpoint = reuse_linearisation, midpoint
         self._vectors: dict[int, jax.Array] = {}
+        self._previous: tuple[int, list] | None = None  # (step, member params), for midpoints
 
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError for bad settings; builds the fixed subset and the full-set chunks."""
@@ -90,23 +114,43 @@ class Sharpness(Observer):
             raise ValueError(f"sharpness max_iters={self.max_iters!r} must be an integer > k")
         self.batches = curvature.train_chunks(ensemble.dataset, self.size, self.chunk_size)
         self.full = curvature.train_chunks(ensemble.dataset, None, self.loss_chunk_size)
-        self._vectors = {}
+        self._vectors, self._previous = {}, None
+
+    def due(self, step: int, run) -> bool:
+        before_a_measurement = self.midpoint and step > 0 and super().due(step + 1, run)
+        return super().due(step, run) or before_a_measurement
+
+    def _top(self, i: int, model, loss: str, params, batch_stats):
+        """The operator at params and its top eigenpairs, warm-started from member i's last."""
+        op = curvature.hvp_fn(
+            model, loss, params, batch_stats, self.batches, self.reuse_linearisation
+        )
+        top = curvature.top_eigenvalues(
+            op,
+            op.dim,
+            k=self.k,
+            init=self._vectors.get(i),
+            tol=self.tol,
+            max_iters=self.max_iters,
+            seed=i,
+        )
+        self._vectors[i] = top.eigenvectors
+        return op, top
 
     def __call__(self, run) -> None:
+        if not Observer.due(self, run.step, run):  # the step before a measurement
+            self._previous = (run.step, [jax.tree.map(np.array, m.params) for m in run.members()])
+            return
+        previous = (
+            self._previous[1] if self._previous and self._previous[0] == run.step - 1 else None
+        )
         values = []
         for i, (member, state) in enumerate(zip(run.ensemble.members, run.members(), strict=True)):
             model, loss = run.ensemble.models[i], member.config.loss
-            op = curvature.hvp_fn(model, loss, state.params, state.batch_stats, self.batches)
-            top = curvature.top_eigenvalues(
-                op,
-                op.dim,
-                k=self.k,
-                init=self._vectors.get(i),
-                tol=self.tol,
-                max_iters=self.max_iters,
-                seed=i,
-            )
-            self._vectors[i] = top.eigenvectors
+            midpoint = {}
+            if previous is not None:
+                midpoint = self._at_midpoint(i, model, loss, previous[i], state)
+            _, top = self._top(i, model, loss, state.params, state.batch_stats)
             wd = float(member.config.optimizer.weight_decay)
             set_loss_, set_accuracy = set_loss(
                 model, loss, state.params, state.batch_stats, self.full
@@ -121,10 +165,21 @@ class Sharpness(Observer):
                     "weight_decay": wd,
                     "train_set_loss": set_loss_,
                     "train_set_accuracy": set_accuracy,
+                    **midpoint,
                 }
             )
         self.write(run, values)
         run.progress(sharpness=" ".join(f"{v['sharpness']:.3g}" for v in values))
+
+    def _at_midpoint(self, i: int, model, loss: str, previous, state) -> dict:
+        """midpoint_sharpness and oscillation_curvature between the previous and the
+        current parameters of member i."""
+        params = jax.tree.map(lambda a, b: (a + b) / 2, previous, state.params)
+        op, top = self._top(i, model, loss, params, state.batch_stats)
+        d = op.space.flatten(state.params) - op.space.flatten(previous)
+        norm2 = float(jnp.vdot(d, d))
+        along = float(jnp.vdot(d, op(d))) / norm2 if norm2 > 0 else None
+        return {"midpoint_sharpness": float(top.eigenvalues[0]), "oscillation_curvature": along}
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)

@@ -46,11 +46,22 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     e.k = 1
     e.tol = 1e-3  # relative residual of each eigenpair
     e.max_iters = 200
+    # Hessian products reuse one linearisation per measurement (faster; holds the subset's
+    # activations in memory: set False for a model whose activations on `size` do not fit)
+    e.reuse_linearisation = True
+    # Also measure at the midpoint of the last two iterates (the centre of a period-two
+    # orbit) and the curvature along the oscillation (Sharpness(midpoint=True)).
+    e.midpoint = False
     e.reached_fraction = 0.95  # "reached": sharpness >= this fraction of the prediction
     # the Regions observer: None = the sharpness cadence, 0 = off
     e.regions_every_steps = ml_collections.config_dict.placeholder(int)
     e.regions_size = 512  # the first `regions_size` training examples
     e.regions_threshold = REGION_THRESHOLD  # t: activated z > t, transitioning |z| <= t
+    # The edge mode of the whole update map (linearisation.EdgeRadius): |mu| of the
+    # eigenvalue of dU farthest from 1, the one stability number of every optimiser;
+    # every so many steps (0: off), by Arnoldi with at most edge_iters products.
+    e.edge_every_steps = 0
+    e.edge_iters = 30
     return e
 
 
@@ -118,6 +129,8 @@ def plan(config) -> list[EosRun]:
         raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
     if not 0 < e.reached_fraction <= 1:
         raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
+    if not (isinstance(e.edge_every_steps, int) and e.edge_every_steps >= 0):
+        raise ValueError(f"eos.edge_every_steps={e.edge_every_steps!r} must be an integer >= 0")
     if e.regions_every_steps is not None and e.regions_every_steps < 0:
         raise ValueError(f"eos.regions_every_steps={e.regions_every_steps!r} must be None or >= 0")
     recipe.validate(config)
@@ -155,14 +168,26 @@ def plan(config) -> list[EosRun]:
 
 
 def _observers(config) -> list:
-    """Sharpness, and Regions unless eos.regions_every_steps is 0."""
+    """Sharpness, Regions unless eos.regions_every_steps is 0, and EdgeRadius when
+    eos.edge_every_steps is not 0."""
     e = config.eos
     out = [
-        sharpness.Sharpness(e.sharpness_every_steps, e.size, e.chunk_size, e.k, e.tol, e.max_iters)
+        sharpness.Sharpness(
+            e.sharpness_every_steps,
+            e.size,
+            e.chunk_size,
+            e.k,
+            e.tol,
+            e.max_iters,
+            reuse_linearisation=e.reuse_linearisation,
+            midpoint=e.midpoint,
+        )
     ]
     every = e.sharpness_every_steps if e.regions_every_steps is None else e.regions_every_steps
     if every:
         out.append(regions.Regions(every, e.regions_size, e.regions_size, e.regions_threshold))
+    if e.edge_every_steps:
+        out.append(linearisation.EdgeRadius(e.edge_every_steps, e.edge_iters))
     return out
 
 
@@ -238,6 +263,21 @@ def summarize_run(
         "predicted": predicted,
         "label": f"{r.name}: predicted {predicted:.3g}",
     }
+    for field, column in (
+        ("midpoint_sharpness", "midpoint_plateau"),
+        ("oscillation_curvature", "oscillation_plateau"),
+    ):
+        at, value = measured.member(field, 0)
+        if at.size:
+            row[column] = float(np.median(value[at >= done["steps"] / 2]))
+            curve[field] = (at.tolist(), value.tolist())
+    edge = linearisation.EdgeRadius.read(records)
+    if edge.steps.size:
+        at, radius = edge.member("radius", 0)
+        late = radius[at >= done["steps"] / 2]
+        row["edge_radius"] = float(np.median(late))
+        row["edge_radius_iqr"] = float(np.subtract(*np.percentile(late, [75, 25])))
+        curve["edge_steps"], curve["edge_radius"] = at.tolist(), radius.tolist()
     bands = regions.Regions.read(records)
     layers = [f.split("/", 1)[1] for f in bands.values if f.startswith("transitioning/")]
     if layers:
@@ -259,4 +299,6 @@ def _layers(fractions: dict) -> str:
 SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "hidden", "steps")
 SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
 SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss")
+SHOWN += ("midpoint_plateau", "oscillation_plateau")  # with eos.midpoint
+SHOWN += ("edge_radius", "edge_radius_iqr")  # with the EdgeRadius observer
 SHOWN += ("transitioning_first", "transitioning_last")  # with the Regions observer

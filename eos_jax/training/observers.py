@@ -40,9 +40,15 @@ class Series:
         return self.steps[keep], row[keep]
 
 
+def kind_records(records: list[dict], kind: str) -> list[dict]:
+    """The records of `kind`, in order: for an observer's `read` whose fields depend on what
+    was recorded (per-layer or per-tensor names)."""
+    return [r for r in records if r.get("kind") == kind]
+
+
 def read_series(records: list[dict], kind: str, fields: dict[str, Callable[[dict], float]]):
     """The records of `kind` as a Series, each field read by its getter."""
-    rows = [r for r in records if r.get("kind") == kind]
+    rows = kind_records(records, kind)
     steps_ = sorted({r["step"] for r in rows})
     column = {s: j for j, s in enumerate(steps_)}
     members = 1 + max((r["member"] for r in rows), default=-1)
@@ -55,8 +61,9 @@ def read_series(records: list[dict], kind: str, fields: dict[str, Callable[[dict
 
 
 def record_fields(*names: str) -> dict[str, Callable[[dict], float]]:
-    """Getters of a record's top-level values (an observer's `fields`), by name."""
-    return {name: (lambda record, name=name: record[name]) for name in names}
+    """Getters of a record's top-level values (an observer's `fields`), by name; a value a
+    record does not have reads as None (NaN in the Series)."""
+    return {name: (lambda record, name=name: record.get(name)) for name in names}
 
 
 class Observer:
