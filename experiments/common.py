@@ -11,12 +11,16 @@ apart:
   2  experiments.audit only: the runs were not bit-identical
   3  training diverged (a loss or weight not finite); the run stays unfinished and
      diverged.json in its work directory says where
+  130  interrupted (Ctrl-C): one line saying at which step; the same command resumes
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
+import errno
 import functools
+import glob
 import os
 import re
 import sys
@@ -33,6 +37,7 @@ from eos_jax.training import checkpoint, trainer
 EXIT_ERROR = 1
 EXIT_NOT_REPRODUCIBLE = 2
 EXIT_DIVERGED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 # Failures a user can cause and fix; anything else is a bug and keeps its traceback.
 EXPECTED_ERRORS = (
@@ -81,24 +86,116 @@ def join_distributed() -> bool:
 
 # Config file flags defined by define_config -> their default file.
 _config_defaults: dict[str, str] = {}
+# ... -> the field the main reads its settings from, where given.
+_config_sections: dict[str, str] = {}
 
 
-def define_config(default: str, help_string: str, name: str = "config"):
+def define_config(default: str, help_string: str, name: str = "config", section: str | None = None):
     """config_flags.DEFINE_config_file whose default file is loaded while start() parses flags,
-    not at import (where a misspelt --config.* override would be a traceback)."""
+    not at import (where a misspelt --config.* override would be a traceback).
+
+    section: the field this main needs (e.g. 'eos'); a config without it (one meant for
+    another main) is refused in one line, before anything runs, naming the configs beside
+    the default that have it."""
     _config_defaults[name] = default
+    if section is not None:
+        _config_sections[name] = section
     return config_flags.DEFINE_config_file(name, None, f"{help_string} Default: {default}")
 
 
-def check_config(path: str, argv: list[str], name: str = "config") -> None:
-    """Raises app.UsageError for a config file that does not load, or for a --{name}.*
-    override in argv of a field that the config lacks (naming the closest one it has)."""
-    file = path.split(":", 1)[0]
+def _main_name() -> str:
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return spec.name if spec is not None else os.path.basename(sys.argv[0])
+
+
+def _get_config_arguments(file: str) -> tuple[int, int] | None:
+    """(fewest, most) positional arguments the file's top-level get_config() takes, read
+    from its source without running it; None when the file has no get_config at all. A
+    get_config bound otherwise (imported, assigned) or an unreadable file gives (0, large):
+    the parser's own error tells then."""
+    unknown = (0, 1 << 16)
+    try:
+        with open(file) as f:
+            tree = ast.parse(f.read(), file)
+    except (OSError, SyntaxError, ValueError):
+        return unknown
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "get_config":
+            positional = len(node.args.posonlyargs) + len(node.args.args)
+            most = 1 << 16 if node.args.vararg else positional
+            return positional - len(node.args.defaults), most
+        bound = getattr(node, "targets", None) or [getattr(node, "target", None)]
+        names = [t.id for t in bound if isinstance(t, ast.Name)]
+        names += [a.asname or a.name for a in getattr(node, "names", [])]
+        if "get_config" in names:
+            return unknown
+    return None
+
+
+def configs_with(section: str, folder: str) -> list[str]:
+    """The config files in folder whose config (with get_config's default argument, if any)
+    has the field `section`: those meant for a main that needs it."""
+    found = []
+    for file in sorted(glob.glob(os.path.join(folder, "*.py"))):
+        arguments = _get_config_arguments(file)
+        if arguments is None or arguments[0] > 0:
+            continue
+        try:
+            config = ConfigFileFlagParser("candidate").parse(file)
+        except Exception:  # a broken config is simply not listed
+            continue
+        if isinstance(config, ml_collections.ConfigDict) and section in config:
+            found.append(os.path.basename(file))
+    return found
+
+
+def _meant_for(name: str) -> str:
+    """'experiments.eos takes eos_cifar5k.py or eos_digits.py in experiments/configs'."""
+    folder = os.path.dirname(_config_defaults[name])
+    found = configs_with(_config_sections[name], folder)
+    if not found:
+        return f"{_main_name()} takes none of the configs in {folder or '.'}"
+    listed = ", ".join(found[:-1]) + (" or " if len(found) > 1 else "") + found[-1]
+    return f"{_main_name()} takes {listed} in {folder or '.'}"
+
+
+def _load_config(path: str, name: str) -> ml_collections.ConfigDict:
+    """The config of `path` (file[:argument]); app.UsageError in one line for a file that is
+    no config, an argument its get_config() does not take, or something else than a
+    ConfigDict."""
+    file, colon, argument = path.partition(":")
     if not os.path.isfile(file):
         raise app.UsageError(f"config file {file!r} does not exist")
+    arguments = _get_config_arguments(file)
+    if arguments is None:
+        hint = f"; {_meant_for(name)}" if name in _config_sections else ""
+        raise app.UsageError(f"{file!r} is not a config file: it defines no get_config(){hint}")
+    fewest, most = arguments
+    if colon and most == 0:
+        raise app.UsageError(
+            f"config file {file!r} takes no ':{argument}' argument (its get_config() has no "
+            f"parameter); give {file} alone"
+        )
+    if not colon and fewest > 0:
+        raise app.UsageError(f"config file {file!r} needs an argument: {file}:<argument>")
     config = ConfigFileFlagParser(name).parse(path)
     if not isinstance(config, ml_collections.ConfigDict):
         raise app.UsageError(f"config file {file!r} does not give a ConfigDict")
+    return config
+
+
+def check_config(path: str, argv: list[str], name: str = "config") -> None:
+    """Raises app.UsageError for a config file that does not load, one without the section
+    this main needs (see define_config), or a --{name}.* override in argv of a field that
+    the config lacks (naming the closest one it has)."""
+    config = _load_config(path, name)
+    if name in _config_sections:
+        section = _config_sections[name]
+        if section not in config:
+            raise app.UsageError(
+                f"config {path!r} has no config.{section}: it is meant for another main; "
+                f"{_meant_for(name)}"
+            )
     known = list(_field_paths(config))
     for arg in argv[1:]:
         field = re.match(rf"--?(?:no)?{re.escape(name)}\.([^=\[]+)", arg)
@@ -151,8 +248,9 @@ def start(main, known_only: bool = False) -> None:
     app.run(main, flags_parser=functools.partial(parse_flags, known_only=known_only))
 
 
-def _fail(error: BaseException, status: int):
-    print(f"error: {results.first_line(error)}", file=sys.stderr)
+def _fail(error: BaseException | str, status: int):
+    message = error if isinstance(error, str) else results.first_line(error)
+    print(f"error: {message}", file=sys.stderr)
     if distributed.joined():
         distributed.abandon(status)
     sys.exit(status)
@@ -160,9 +258,10 @@ def _fail(error: BaseException, status: int):
 
 def entry_point(main):
     """Wraps an absl main: quiets library logs, and turns expected failures (bad input,
-    unusable workdir, divergence) into one line on stderr and the exit statuses above. In a
-    multi-process run a failing process leaves at once (distributed.abandon), so that the
-    others end with an error too instead of waiting for it."""
+    unusable workdir, divergence, a full disk) and Ctrl-C (trainer.TrainingInterrupted names
+    the step) into one line on stderr and the exit statuses above. In a multi-process run a
+    failing process leaves at once (distributed.abandon), so that the others end with an
+    error too instead of waiting for it."""
 
     @functools.wraps(main)
     def wrapped(argv):
@@ -173,7 +272,14 @@ def entry_point(main):
         except EXPECTED_ERRORS as e:
             logging.debug("full traceback", exc_info=True)
             _fail(e, EXIT_DIVERGED if isinstance(e, trainer.TrainingDiverged) else EXIT_ERROR)
-        except Exception:
+        except KeyboardInterrupt as e:  # the work directory stays resumable
+            logging.debug("full traceback", exc_info=True)
+            _fail(str(e) or "interrupted; run the same command to resume", EXIT_INTERRUPTED)
+        except Exception as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a full disk
+                logging.debug("full traceback", exc_info=True)
+                where = f" writing {e.filename}" if e.filename else ""
+                _fail(f"no space left on device{where}; free some and rerun", EXIT_ERROR)
             if distributed.joined():  # a bug: keep its traceback, but do not wait for the others
                 traceback.print_exc()
                 distributed.abandon(EXIT_ERROR)

@@ -27,14 +27,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent folder of the
 
 @common.entry_point
 def main(argv):
-    del argv  # common.run refuses positional arguments
+    del argv  # common.start refuses positional arguments
     config = twins_mnist1d.get_config("headline")
-    twins.configure_numerics(config)
+    planned = twins.configure_numerics(config)
     jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     root = os.path.join(_WORKDIR.value, time.strftime("%Y%m%d-%H%M%S"))
     t0 = time.time()
-    summary = twins.execute(config, root)
+    summary = twins.execute(config, root, planned)
     print(f"\n## MNIST-1D headline ({time.time() - t0:.0f} s)\n\n{summary['table']}")
     print(summary["verdict"])
     with open(os.path.join(root, "fingerprint.json")) as f:

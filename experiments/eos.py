@@ -15,13 +15,15 @@ from eos_jax import recipe
 from eos_jax.studies import eos
 from experiments import common
 
-_CONFIG = common.define_config("experiments/configs/eos_digits.py", "Recipe + eos settings.")
+_CONFIG = common.define_config(
+    "experiments/configs/eos_digits.py", "Recipe + eos settings.", section="eos"
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 
 
 @common.entry_point
 def main(argv):
-    del argv  # common.run refuses positional arguments
+    del argv  # common.start refuses positional arguments
     recipe.configure_numerics(_CONFIG.value)
     summary = eos.execute(_CONFIG.value, _WORKDIR.value)
     print(summary["table"])

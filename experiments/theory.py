@@ -18,13 +18,15 @@ from eos_jax import numerics
 from eos_jax.studies import theory
 from experiments import common
 
-_CONFIG = common.define_config("experiments/configs/theory_fig1.py", "A theory_*.py config.")
+_CONFIG = common.define_config(
+    "experiments/configs/theory_fig1.py", "A theory_*.py config.", section="experiment"
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 
 
 @common.entry_point
 def main(argv):
-    del argv  # common.run refuses positional arguments
+    del argv  # common.start refuses positional arguments
     numerics.configure(theory.POLICY)  # before any array exists
     config, workdir = _CONFIG.value, _WORKDIR.value
     summary = theory.execute(config, workdir)

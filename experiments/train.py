@@ -15,7 +15,7 @@ from eos_jax import recipe
 from eos_jax.training import trainer
 from experiments import common
 
-_CONFIG = common.define_config("experiments/configs/default.py", "Recipe.")
+_CONFIG = common.define_config("experiments/configs/default.py", "Recipe.", section="model")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 _STOP_AT = flags.DEFINE_integer(
     "stop_at_step", None, "Checkpoint and exit at this step without finishing; rerun to resume."
@@ -26,7 +26,7 @@ common.define_distributed_flags()
 
 @common.entry_point
 def main(argv):
-    del argv  # common.run refuses positional arguments
+    del argv  # common.start refuses positional arguments
     config = _CONFIG.value
     recipe.configure_numerics(config)
     common.join_distributed()

@@ -14,7 +14,9 @@ from absl import flags
 from eos_jax.studies import twins
 from experiments import common
 
-_CONFIG = common.define_config("experiments/configs/twins_embedded.py", "Recipe + twins settings.")
+_CONFIG = common.define_config(
+    "experiments/configs/twins_embedded.py", "Recipe + twins settings.", section="twins"
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results go.", required=True)
 
 common.define_distributed_flags()
@@ -22,10 +24,10 @@ common.define_distributed_flags()
 
 @common.entry_point
 def main(argv):
-    del argv  # common.run refuses positional arguments
-    twins.configure_numerics(_CONFIG.value)
+    del argv  # common.start refuses positional arguments
+    planned = twins.configure_numerics(_CONFIG.value)
     common.join_distributed()
-    summary = twins.execute(_CONFIG.value, _WORKDIR.value)
+    summary = twins.execute(_CONFIG.value, _WORKDIR.value, planned)
     print(summary["table"])
     if summary.get("verdict"):
         print(summary["verdict"])

@@ -13,11 +13,24 @@ import numbers
 import os
 
 import numpy as np
+import tqdm
 
 from eos_jax import numerics, results
 from eos_jax.analysis import one_layer, pde, theory_plots
 
 POLICY = numerics.DtypePolicy("fp64", "fp64")
+
+
+def _progress(config, items, unit: str = "run"):
+    """items, with a progress bar on stderr over them (off with config.quiet)."""
+    items = list(items)
+    return tqdm.tqdm(
+        items,
+        desc=config.experiment,
+        unit=unit,
+        dynamic_ncols=True,
+        disable=config.get("quiet", False),
+    )
 
 
 def _one_layer_setup(config):
@@ -56,7 +69,7 @@ def run_heat(config, workdir):
     eigenvalues = pde.dense_eigenvalues(pde.heat_dirichlet_matrix(config.points))
     von_neumann, dirichlet = pde.heat_von_neumann_dt(), pde.heat_dirichlet_dt(config.points)
     profiles, rows, table = {}, [], []
-    for dt in config.dts:
+    for dt in _progress(config, config.dts):
         u = pde.forward_euler(pde.heat_rhs, u0, dt, config.steps)
         profiles[dt] = u
         rows += [
@@ -97,7 +110,7 @@ def run_linear_pde(config, workdir):
     )
     alpha_min, alpha_max = pde.alpha_window(spectra.transitioning, config.lr)
     norms, observed, predicted, rows, table = {}, {}, {}, [], []
-    for alpha in config.alphas:
+    for alpha in _progress(config, config.alphas):
         iterates = one_layer.run_transitioning_pde(
             kernel0,
             image,
@@ -176,7 +189,7 @@ def run_restrained(config, workdir):
     image, kernel0, thresholds = _setup_with_thresholds(config)
     span = one_layer.patch_span(image, kernel0.shape)
     losses, rows, table = {}, [], []
-    for lr in config.lrs:
+    for lr in _progress(config, config.lrs):
         trajectory = _gd(config, image, kernel0, lr, config.alpha)
         diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label, span)
         regions = one_layer.region_sequence(trajectory, image, config.beta)
@@ -196,7 +209,7 @@ def run_twins(config, workdir):
     """Figure 4 right: k=1 vs k=3 twins; divergence stays at rounding level or is amplified."""
     image, kernel0, thresholds = _setup_with_thresholds(config)
     averaged, rows, table = {}, [], []
-    for lr in config.lrs:
+    for lr in _progress(config, config.lrs):
         first, second = (_gd(config, image, kernel0, lr, config.alpha, k) for k in config.k_pair)
         divergence = one_layer.twin_divergence(first, second)
         blowups = [s for s in (first.blowup_step, second.blowup_step) if s >= 0]
@@ -236,28 +249,30 @@ def run_phase(config, workdir):
     spectra = one_layer.regional_spectra(image, kernel0.shape, config.beta, config.label)
     span = one_layer.patch_span(image, kernel0.shape)
     observed, rows, table, bounds = [], [], [], {}
-    for alpha in config.alphas:
-        thresholds = one_layer.predicted_thresholds(
-            kernel0, image, alpha, config.beta, config.label, spectra=spectra
-        )
-        bounds[alpha] = thresholds
-        classes = {}
-        for lr in config.lrs:
-            trajectory = _gd(config, image, kernel0, lr, alpha)
-            diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label, span)
-            classes[lr] = diagnosis.run_class
-            observed.append((alpha, lr, diagnosis.run_class))
-            rows.append(
-                {
-                    "alpha": alpha,
-                    "lr": lr,
-                    "predicted": thresholds.predicted_class(lr),
-                    "observed": diagnosis.run_class,
-                    "envelope_growth": diagnosis.envelope_growth,
-                    "unstable_step_fraction": diagnosis.unstable_step_fraction,
-                }
+    with _progress(config, range(len(config.alphas) * len(config.lrs))) as bar:
+        for alpha in config.alphas:
+            thresholds = one_layer.predicted_thresholds(
+                kernel0, image, alpha, config.beta, config.label, spectra=spectra
             )
-        table.append(_phase_row(alpha, thresholds, classes))
+            bounds[alpha] = thresholds
+            classes = {}
+            for lr in config.lrs:
+                trajectory = _gd(config, image, kernel0, lr, alpha)
+                diagnosis = one_layer.diagnose(trajectory, image, config.beta, config.label, span)
+                classes[lr] = diagnosis.run_class
+                observed.append((alpha, lr, diagnosis.run_class))
+                rows.append(
+                    {
+                        "alpha": alpha,
+                        "lr": lr,
+                        "predicted": thresholds.predicted_class(lr),
+                        "observed": diagnosis.run_class,
+                        "envelope_growth": diagnosis.envelope_growth,
+                        "unstable_step_fraction": diagnosis.unstable_step_fraction,
+                    }
+                )
+                bar.update(1)
+            table.append(_phase_row(alpha, thresholds, classes))
     results.write_csv(os.path.join(workdir, "phase.csv"), rows)
     alphas = np.array(config.alphas)
     theory_plots.phase_diagram(

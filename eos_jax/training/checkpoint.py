@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
+import glob
+import logging as pylogging
 import os
+import shutil
+import signal
+import sys
+import threading
+import time
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 from eos_jax import bits, distributed, results
 
@@ -29,7 +40,9 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -61,10 +74,49 @@ class Checkpointer:
         kept = {str(s) for s in self._manager.all_steps()}
         hashes = {k: v for k, v in self._hashes().items() if k in kept}
         hashes[str(int(step))] = bits.tree_hash(state)
-        if distributed.is_primary():  # orbax saves collectively; the hash file is ours
-            results.write_json(self.hashes_path, hashes)
-        self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
-        self._manager.wait_until_finished()
+        try:
+            if distributed.is_primary():  # orbax saves collectively; the hash file is ours
+                results.write_json(self.hashes_path, hashes)
+        except OSError as e:
+            raise CheckpointError(f"cannot save {self._describe_failure(step, e)}") from e
+        try:
+            # A failing save (a full disk) makes orbax and its threads print hundreds of lines
+            # of logs and tracebacks: held back, they make way for the one-line error below.
+            # A Ctrl-C waits for the save to end (a second one does not).
+            with _interrupt_deferred(), _stderr_held():
+                running = set(threading.enumerate())
+                try:
+                    self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
+                    self._manager.wait_until_finished()
+                except BaseException:  # a second Ctrl-C too: no half-written checkpoint stays
+                    self._abandon(step, running)
+                    raise
+        except Exception as e:
+            raise CheckpointError(f"cannot save {self._describe_failure(step, e)}") from e
+
+    def _abandon(self, step: int, running: set) -> None:
+        """After a failed save of `step`: closes the manager (this Checkpointer saves no
+        more), waits up to a minute for the threads that the save started, then deletes the
+        save's temporary folders."""
+        for finish in (self._manager.wait_until_finished, self._manager.close):
+            with contextlib.suppress(Exception):
+                finish()
+        deadline = time.monotonic() + 60
+        for thread in set(threading.enumerate()) - running:
+            # Thread's own join: orbax's threads override it to raise their error
+            with contextlib.suppress(RuntimeError):  # one still starting
+                threading.Thread.join(thread, max(0.0, deadline - time.monotonic()))
+        _quiet_closed_loop_callbacks()
+        if distributed.is_primary():
+            for path in glob.glob(f"{glob.escape(self.step_path(step))}.orbax-checkpoint-tmp*"):
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _describe_failure(self, step: int, error: BaseException) -> str:
+        name = f"checkpoint step {step} in {self.directory}"
+        no_space = "no space left on device" in str(error).lower()
+        if no_space or getattr(error, "errno", None) == errno.ENOSPC:
+            return f"{name}: no space left on device; free some and run the same command again"
+        return f"{name}: {results.first_line(error)}"
 
     def restore(self, like: Any, step: int | None = None) -> Any:
         """Restores `step` (default: latest) into the structure, dtypes and shapes of `like`,
@@ -93,3 +145,96 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Holds a Ctrl-C (SIGINT) that arrives while the block runs until it has ended, then
+    raises KeyboardInterrupt; a second Ctrl-C raises at once. Only in the main thread, and
+    only where Python's own handler is installed."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received = []
+
+    def hold(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
+def _quiet_closed_loop_callbacks() -> None:
+    """After a failed save, tensorstore's writes still under way end later by calling back
+    into orbax's closed event loop; Python would print each such RuntimeError ('Event loop
+    is closed') as an unraisable exception, a traceback apiece. Drops those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        value = unraisable.exc_value
+        if not (isinstance(value, RuntimeError) and str(value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook
+
+
+def _drop_orphaned_save_tasks(record: pylogging.LogRecord) -> bool:
+    """A logging filter for asyncio after a failed save: False for its reports of a task or
+    future whose error nobody retrieved (the save's error has been reported already)."""
+    return "exception was never retrieved" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Holds back what is written to stderr (file descriptor 2: Python, absl logging and C++
+    alike, from any thread) while the block runs. When it succeeds, the text is written out
+    after it; when it fails, it goes to the debug log (--verbosity=1 shows it)."""
+    try:
+        sys.stderr.flush()
+        stderr = os.dup(2)
+    except (OSError, ValueError):  # no stderr to hold back
+        yield
+        return
+    read_end, write_end = os.pipe()
+    held = bytearray()
+
+    def drain():  # in memory: the disk may be the thing that is full
+        while chunk := os.read(read_end, 1 << 16):
+            held.extend(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        if failed:  # orphaned save tasks log their errors when collected, maybe at exit
+            pylogging.getLogger("asyncio").addFilter(_drop_orphaned_save_tasks)
+            gc.collect()
+        sys.stderr.flush()
+        os.dup2(stderr, 2)  # the pipe's last write end closes: the reader sees its end
+        os.close(stderr)
+        reader.join()
+        os.close(read_end)
+        if failed:
+            logging.debug("held back from stderr:\n%s", held.decode(errors="replace"))
+        else:
+            view = memoryview(held)
+            while view:
+                view = view[os.write(2, view) :]

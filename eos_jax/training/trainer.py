@@ -35,6 +35,17 @@ class TrainingDiverged(RuntimeError):
     """A loss, weight or test logit became NaN or inf; the last good checkpoint is kept."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) while training, with the step reached; the work directory stays
+    resumable (checkpoints intact; the lock goes with the process). A KeyboardInterrupt, so
+    that nothing catching Exception swallows it."""
+
+    def __init__(self, step: int, checkpoint: int | None):
+        self.step, self.checkpoint = step, checkpoint
+        resume = f"from step {checkpoint}" if checkpoint else "from the start: no checkpoint yet"
+        super().__init__(f"interrupted at step {step}; run the same command to resume ({resume})")
+
+
 def prefetch(produce, items, depth: int = 2):
     """produce(item) for each item, computed `depth` ahead on a worker thread, in order."""
     items = iter(items)
@@ -176,8 +187,8 @@ class Trainer:
             restored = sorted({int(m.step) for m in ensemble.unpack(states)})
             if restored != [start]:
                 raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
-        if primary:
-            truncate_metrics(workdir, start)  # records after the restored step will be redone
+        if primary:  # records after the restored step (all of them, from 0) will be redone
+            truncate_metrics(workdir, start)
         end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
         observers = [
             *self.observers,
@@ -187,36 +198,14 @@ class Trainer:
         with results.MetricsWriter(workdir) if primary else NullWriter() as writer:
             run = Run(self, writer, num_steps, end, bar=None)
             run.at(start, states, {})
-            if start == 0:
-                for o in observers:
-                    if o.due(0, run):
-                        o(run)
-            losses = []  # device arrays, read back when an observer runs
-            for step, batch in enumerate(prefetch(ensemble.batches, range(start, end)), start):
-                states, metrics = ensemble.step(states, batch)
-                losses.append(metrics["loss"])
-                done = step + 1
-                if run.bar is None:  # the first step compiles: the ETA starts after it
-                    jax.block_until_ready(metrics)
-                    run.bar = progress_bar(config, workdir, num_steps, done, primary)
-                else:
-                    run.bar.update(1)
-                run.at(done, states, metrics)
-                due = [o for o in observers if o.due(done, run)]
-                if due:
-                    self._check_losses(losses, done)
-                    losses = []
-                    for o in due:
-                        o(run)
-                    if run.stop_reason is not None and done < run.num_steps:
-                        # a goal was reached: this step is the last (final evaluation, etc.)
-                        run.num_steps = num_steps = end = run.end = done
-                        for o in observers:
-                            if o not in due and o.due(done, run):
-                                o(run)
-                        break
-            if run.bar is not None:
-                run.bar.close()
+            try:
+                states = self._loop(run, observers, states, start)
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(run.step, self.checkpointer.latest_step()) from None
+            finally:  # before any error line, so that it does not follow the bar on its line
+                if run.bar is not None:
+                    run.bar.close()
+        num_steps, end = run.num_steps, run.end
         self.checkpointer.close()
         members = ensemble.unpack(states)
         if end < num_steps:
@@ -249,6 +238,42 @@ class Trainer:
             o.summarize(records, summary)
         results.finish(workdir, summary)
         return summary
+
+    def _loop(self, run: Run, observers: list, states, start: int):
+        """Steps from `start` to run.end, running the observers that are due (those of step 0
+        first, when starting afresh); returns the last states. A reached goal (an observer's
+        request_stop) makes its step the last: run.num_steps and run.end become that step."""
+        config, ensemble, workdir = self.config, self.ensemble, self.workdir
+        if start == 0:
+            for o in observers:
+                if o.due(0, run):
+                    o(run)
+        losses = []  # device arrays, read back when an observer runs
+        for step, batch in enumerate(prefetch(ensemble.batches, range(start, run.end)), start):
+            states, metrics = ensemble.step(states, batch)
+            losses.append(metrics["loss"])
+            done = step + 1
+            if run.bar is None:  # the first step compiles: the ETA starts after it
+                jax.block_until_ready(metrics)
+                shown = distributed.is_primary()
+                run.bar = progress_bar(config, workdir, run.num_steps, done, shown)
+            else:
+                run.bar.update(1)
+            run.at(done, states, metrics)
+            due = [o for o in observers if o.due(done, run)]
+            if due:
+                self._check_losses(losses, done)
+                losses = []
+                for o in due:
+                    o(run)
+                if run.stop_reason is not None and done < run.num_steps:
+                    # a goal was reached: this step is the last (final evaluation, etc.)
+                    run.num_steps = run.end = done
+                    for o in observers:
+                        if o not in due and o.due(done, run):
+                            o(run)
+                    break
+        return states
 
     def _check_losses(self, losses: list, done: int) -> None:
         """TrainingDiverged at the first step (of those since the last check) whose loss is
@@ -306,8 +331,10 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def truncate_metrics(workdir: str, step: int) -> None:
-    """Drops records logged after the checkpoint we resume from (they will be redone)."""
+    """Drops the records that a run resumed from the checkpoint of `step` will write again:
+    those after it, or all of them when there is no checkpoint (step 0: a run killed before
+    its first checkpoint starts afresh, step-0 observers included)."""
     if not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
         return
-    kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= step]
+    kept = [r for r in read_metrics(workdir) if step > 0 and r.get("step", 0) <= step]
     results.write_jsonl(os.path.join(workdir, "metrics.jsonl"), kept)

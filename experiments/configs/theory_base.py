@@ -18,4 +18,5 @@ def one_layer_config(experiment: str) -> ml_collections.ConfigDict:
     c.init_std = 1.0
     c.beta = 1.0
     c.label = 1.0
+    c.quiet = False  # True: no progress bar
     return c

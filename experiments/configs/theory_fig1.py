@@ -10,4 +10,5 @@ def get_config() -> ml_collections.ConfigDict:
     c.dts = (0.4, 0.8)
     c.steps = 20
     c.shown_steps = (0, 5, 10, 15, 20)
+    c.quiet = False  # True: no progress bar
     return c

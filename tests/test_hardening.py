@@ -1,0 +1,326 @@
+"""Issue 14's hardening cases, as a new user meets them: each is one line on stderr starting
+"error:" with a non-zero exit (or works), and leaves nothing half-written."""
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+from absl import app
+
+from eos_jax import recipe, results
+from eos_jax.studies import theory
+from eos_jax.training import build, observers, trainer
+from eos_jax.training.checkpoint import Checkpointer, CheckpointError
+from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.sources import Member
+from experiments import common
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ("--config.model_kwargs.widths=(4,8)", "--config.batch_size=32")
+CONFIGS = "experiments/configs"
+
+
+def command(module, *args):
+    return [sys.executable, "-m", f"experiments.{module}", *args]
+
+
+def run(module, *args, timeout=120):
+    return subprocess.run(
+        command(module, *args), capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def assert_one_line_error(out, *named, status=common.EXIT_ERROR):
+    assert out.returncode == status, out.stderr
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+    for text in named:
+        assert text in out.stderr, out.stderr
+
+
+def record_keys(workdir):
+    return [(r["step"], r["member"], r["kind"]) for r in trainer.read_metrics(str(workdir))]
+
+
+def tiny_config():
+    config = recipe.default_recipe()
+    config.update_from_flattened_dict(
+        {
+            "num_steps": 4,
+            "batch_size": 32,
+            "eval_every_steps": 2,
+            "log_every_steps": 2,
+            "checkpoint_every_steps": 2,
+            "model_kwargs": {"widths": (4, 8)},
+            "quiet": True,
+        }
+    )
+    return config
+
+
+# 1. A rerun after a kill before the first checkpoint starts from an empty metrics.jsonl.
+
+
+class AtStart(observers.Observer):
+    """Writes a record at step 0 and every 2 steps, like the eos study's sharpness."""
+
+    at_start, every_steps, kind = True, 2, "probe"
+
+    def __call__(self, run):
+        self.write(run, [{"value": 1.0}] * len(run.ensemble))
+
+
+def train_with_a_step_0_observer(config, workdir, stop_at_step=None):
+    member = Member("recipe", config)
+    ensemble = Ensemble([member], build.dataset(config), strategy="unrolled")
+    return trainer.Trainer(ensemble, config, str(workdir), [AtStart()]).run(stop_at_step)
+
+
+def test_a_rerun_without_checkpoint_does_not_repeat_the_step_0_records(tmp_path):
+    config = tiny_config()
+    train_with_a_step_0_observer(config, tmp_path)
+    once = record_keys(tmp_path)
+    assert (0, 0, "probe") in once
+    # What a kill before the first checkpoint leaves: records, no checkpoint, no summary.
+    os.remove(tmp_path / results.SUMMARY)
+    for name in os.listdir(tmp_path / "checkpoints"):
+        if name != "hashes.json":
+            shutil.rmtree(tmp_path / "checkpoints" / name)
+    train_with_a_step_0_observer(config, tmp_path)
+    again = record_keys(tmp_path)
+    assert len(again) == len(set(again)), "a record appears twice"
+    assert sorted(again) == sorted(once)
+
+
+# 2. A config meant for another main: one line naming the section and the configs to use.
+
+
+def test_a_config_for_another_main_is_one_line(tmp_path):
+    config = f"--config={CONFIGS}/twins_mnist1d.py:headline"
+    out = run("eos", config, f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(out, "config.eos", "experiments.eos takes", "eos_digits.py")
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "section, default, config, named",
+    [
+        ("twins", "twins_embedded.py", "eos_digits.py", "twins_mnist1d.py"),
+        ("response", "response_mnist1d.py", "twins_mnist1d.py", "response_mnist1d.py"),
+        ("experiment", "theory_fig1.py", "default.py", "theory_fig4_left.py"),
+        ("model", "default.py", "theory_fig1.py", "mnist1d.py"),
+    ],
+)
+def test_each_main_names_the_section_it_needs(monkeypatch, section, default, config, named):
+    """What experiments.{twins, response, theory, train} check (their define_config)."""
+    monkeypatch.setitem(common._config_defaults, "config", f"{CONFIGS}/{default}")
+    monkeypatch.setitem(common._config_sections, "config", section)
+    with pytest.raises(app.UsageError) as caught:
+        common.check_config(f"{CONFIGS}/{config}", ["main", "--config.x=1"])
+    assert f"has no config.{section}" in str(caught.value) and named in str(caught.value)
+
+
+def test_the_configs_meant_for_a_main_are_those_with_its_section():
+    eos = common.configs_with("eos", CONFIGS)
+    assert {"eos_cifar5k.py", "eos_digits.py"} <= set(eos)
+    assert not [name for name in eos if not name.startswith("eos_")]
+    theory = common.configs_with("experiment", CONFIGS)
+    assert "theory_fig1.py" in theory and "theory_base.py" not in theory
+    assert "default.py" in common.configs_with("model", CONFIGS)
+
+
+# 3. ':x' on a config whose get_config() takes no argument, and a helper that is no config.
+
+
+@pytest.mark.parametrize(
+    "path, named",
+    [
+        ("response_mnist1d.py:x", "takes no ':x' argument"),
+        ("theory_fig1.py:x", "takes no ':x' argument"),
+        ("default.py:x", "takes no ':x' argument"),
+        ("theory_base.py", "is not a config file: it defines no get_config()"),
+    ],
+)
+def test_a_config_that_cannot_be_called_so_is_a_usage_error(path, named):
+    with pytest.raises(app.UsageError) as caught:
+        common.check_config(f"{CONFIGS}/{path}", ["main"])
+    assert named in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "module, path, named",
+    [
+        ("response", "response_mnist1d.py:x", ["takes no ':x' argument"]),
+        ("theory", "theory_base.py", ["theory_base.py", "no get_config()", "theory_fig1.py"]),
+    ],
+)
+def test_an_unusable_config_file_is_one_line(tmp_path, module, path, named):
+    out = run(module, f"--config={CONFIGS}/{path}", f"--workdir={tmp_path / 'run'}")
+    assert_one_line_error(out, *named)
+    assert not os.path.exists(tmp_path / "run")
+
+
+# 4. Ctrl-C: one line with the step, exit 130, and the same command resumes.
+
+
+def test_ctrl_c_says_where_and_the_same_command_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    args = command(
+        "train",
+        f"--workdir={workdir}",
+        "--config.num_steps=12",
+        "--config.log_every_steps=1",
+        "--config.eval_every_steps=12",
+        "--config.checkpoint_every_steps=1",  # slow steps: the signal comes mid-run
+        "--config.quiet=True",
+        *TINY,
+    )
+    # A shell running the tests in the background may have SIGINT ignored, and its children
+    # inherit that: the main starts with SIGINT at its default (kept across exec).
+    default_sigint = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    default_sigint += "os.execv(sys.argv[1], sys.argv[1:])"
+    process = subprocess.Popen(
+        [sys.executable, "-c", default_sigint, *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not any(step >= 2 for step, _, _ in record_keys(workdir)) and time.time() < deadline:
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == common.EXIT_INTERRUPTED, stderr
+    assert stderr.startswith("error: interrupted at step ") and stderr.count("\n") == 1, stderr
+    assert "; run the same command to resume" in stderr
+    assert not results.is_finished(str(workdir))
+    assert not [n for n in os.listdir(workdir / "checkpoints") if "tmp" in n]
+    again = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert results.is_finished(str(workdir))
+    keys = record_keys(workdir)
+    assert len(keys) == len(set(keys)) and (12, 0, "eval") in keys
+
+
+# 5. A failed or killed audit does not block its work directory.
+
+
+def test_a_failed_or_killed_audit_can_be_run_again(tmp_path):
+    workdir = tmp_path / "audit"
+    # What an audit leaves when its first run refuses a bad override (e.g. lr=abc): its
+    # released lock and its settings, no run folder.
+    workdir.mkdir()
+    (workdir / results.LOCK).write_text("12345\n")
+    results.write_json(str(workdir / "audit.json"), {"overrides": ["--config.optimizer.lr=abc"]})
+    args = command("audit", f"--workdir={workdir}", "--steps=2", "--variants=", *TINY)
+    killed = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.time() + 60
+    while not results.is_finished(str(workdir / "reference")) and time.time() < deadline:
+        assert killed.poll() is None, killed.communicate()[1]
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)  # the audit and the run it started
+    killed.wait()
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "audit: reference finished before this rerun: kept" in out.stdout
+    assert "bit-identical across fresh processes: YES" in out.stdout
+
+
+# 6. A full disk: one line, and no temporary checkpoint folder left behind.
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_no_tmp(tmp_path, capfd):
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+    tmp = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234"
+
+    def save(step, args, force):  # what orbax does on a full disk: a tmp folder, noise
+        (tmp / "default").mkdir(parents=True)
+        for _ in range(300):
+            os.write(2, b"E1205 orbax: Traceback (most recent call last): ...\n")
+        raise ValueError(
+            f'RESOURCE_EXHAUSTED: Error writing "x" in {tmp}: No space left on device '
+            "[os_error_code='28']"
+        )
+
+    checkpointer._manager.save = save
+    with pytest.raises(CheckpointError, match="step 3 .*: no space left on device") as caught:
+        checkpointer.save(3, {"w": 1.0})
+    assert not tmp.exists() and checkpointer.latest_step() is None
+    captured = capfd.readouterr()
+    assert captured.err == "" and "\n" not in str(caught.value)
+    assert "checkpoint" in results.first_line(caught.value)
+
+
+def test_an_os_error_enospc_is_named_too(tmp_path, capfd):
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+
+    def save(step, args, force):
+        (tmp_path / "checkpoints" / "5.orbax-checkpoint-tmp").mkdir()
+        raise OSError(errno.ENOSPC, "disk quota")
+
+    checkpointer._manager.save = save
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        checkpointer.save(5, {"w": 1.0})
+    assert os.listdir(tmp_path / "checkpoints") == ["hashes.json"]
+    assert capfd.readouterr().err == ""
+
+
+def test_a_successful_save_passes_its_output_through(tmp_path, capfd):
+    checkpointer = Checkpointer(str(tmp_path / "checkpoints"))
+    save = checkpointer._manager.save
+
+    def chatty(*args, **kwargs):
+        os.write(2, b"orbax says hello\n")
+        return save(*args, **kwargs)
+
+    checkpointer._manager.save = chatty
+    checkpointer.save(1, {"w": 1.0})
+    assert checkpointer.latest_step() == 1
+    assert capfd.readouterr().err == "orbax says hello\n"
+
+
+# 7. The divergence error starts its own line after the progress bar.
+
+
+def test_the_divergence_error_is_not_glued_to_the_progress_bar(tmp_path, capfd):
+    config = tiny_config()
+    config.update_from_flattened_dict({"optimizer.lr": 1e6, "num_steps": 5, "quiet": False})
+    try:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    except trainer.TrainingDiverged:  # where common.entry_point prints the error line
+        err = capfd.readouterr().err
+    else:
+        pytest.fail("no divergence")
+    assert "step/s" in err and err.endswith("\n"), repr(err)  # the error line starts afresh
+
+
+# 8. experiments.theory shows progress.
+
+
+def test_theory_shows_progress(tmp_path):
+    out = run(
+        "theory",
+        f"--config={CONFIGS}/theory_fig1.py",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.dts=(0.2,0.4,0.8)",
+    )
+    assert out.returncode == 0, out.stderr
+    assert "heat" in out.stderr and "3/3" in out.stderr, out.stderr
+    assert json.load(open(tmp_path / "run" / results.SUMMARY))["experiment"] == "heat"
+
+
+def test_theory_progress_is_off_when_quiet():
+    config = ml_collections.ConfigDict({"experiment": "heat", "quiet": True})
+    assert theory._progress(config, [1, 2]).disable
+    config.quiet = False
+    assert not theory._progress(config, [1, 2]).disable
