@@ -18,12 +18,13 @@ ONE_HOME = {
     # flat vectors over a pytree: analysis.flat.StateSpace
     r"jnp\.ravel\(|ravel_pytree": {"eos_jax/analysis/flat.py"},
     # reading records by kind: an observer's `read` (training.observers.read_series)
-    r'\.get\("kind"\)|\["kind"\] ==': {
-        "eos_jax/training/observers.py",
-        "eos_jax/analysis/regions.py",
-    },
+    r'\.get\("kind"\)|\["kind"\] ==': {"eos_jax/training/observers.py"},
     # the linearised training step: linearisation.tangent_map
     r"jax\.jvp\(\s*lambda s": {"eos_jax/analysis/linearisation.py"},
+    # the split of a twin pair's step and its forced responses: response.split_step
+    r"def split_step": {"eos_jax/analysis/response.py"},
+    # pre-activations (Regions, Switches): regions.preactivations
+    r"capture_intermediates=": {"eos_jax/analysis/regions.py"},
     # one-ulp steps of a weight: bits
     r"nextafter\(": {"eos_jax/bits.py"},
     # the restraint factor: analysis.lyapunov.restraint

@@ -278,6 +278,7 @@ def predicted_vs_observed(rows: list[dict], path: str) -> None:
     """Observed plateau (median over the last half) against the predicted threshold, with
     the line y = x and the plateau's interquartile range as an error bar."""
     fig, ax = plt.subplots(figsize=(5, 5))
+    rows = [r for r in rows if "observed_plateau" in r]  # diverged runs have none
     predicted = np.array([r["predicted_threshold"] for r in rows])
     observed = np.array([r["observed_plateau"] for r in rows])
     iqr = np.array([r["plateau_iqr"] for r in rows])
@@ -297,35 +298,89 @@ def predicted_vs_observed(rows: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def lyapunov_curves(curves: dict[float, dict], path: str) -> None:
-    """Left: the finite-time exponent over each observation window (per step) against step,
-    one line per lr. Right: the twins' parameter distance (solid) and its linearised growth
-    from the first step they differ (dashed, the same colour), log scale."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, (lr, c) in enumerate(curves.items()):
-        color = f"C{i % 10}"
-        window = np.array(c["window_exponent"], dtype=float)
-        left.plot(c["steps"][1:], window[1:], color=color, label=f"lr {lr}")
-        steps_ = np.array(c["steps"])
-        shown = steps_ >= c["first"]
-        right.semilogy(steps_[shown], np.array(c["distance"])[shown], color=color)
-        right.semilogy(
-            steps_[shown],
-            np.array(c["predicted"], dtype=float)[shown],
-            color=color,
-            linestyle="--",
-            linewidth=0.8,
-        )
-    left.axhline(0.0, color="black", linewidth=0.5)
-    left.set(
-        xlabel="step",
-        ylabel="log growth of the tangent per step",
-        title="finite-time Lyapunov exponent (member 0, per window)",
+PHASE_MARKERS = {
+    "edge at c/lr - wd": ("o", "tab:green"),
+    "edge (c/lr ~ c/lr - wd)": ("o", "tab:olive"),
+    "edge at c/lr": ("s", "tab:orange"),
+    "below the edge": ("v", "tab:blue"),
+    "above the edge": ("^", "tab:purple"),
+    "diverged": ("x", "tab:red"),
+}
+
+
+def eos_phases(rows: list[dict], path: str) -> None:
+    """A phase diagram of a weight-decay sweep: each run at (c/lr, shift of the threshold by
+    the decay as a fraction of c/lr = lr wd / c), marked by where it settled, annotated with
+    observed / predicted plateau."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    seen = set()
+    for r in rows:
+        c_over_lr = r["predicted_threshold"] + r["weight_decay"]
+        shift = r["weight_decay"] / c_over_lr
+        marker, color = PHASE_MARKERS[r["phase"]]
+        label = None if r["phase"] in seen else r["phase"]
+        seen.add(r["phase"])
+        ax.scatter(c_over_lr, shift, marker=marker, color=color, s=45, label=label)
+        if "observed_over_predicted" in r:
+            ax.annotate(
+                f"{r['observed_over_predicted']:.2f}",
+                (c_over_lr, shift),
+                fontsize=6,
+                xytext=(4, 3),
+                textcoords="offset points",
+            )
+    ax.set(
+        xscale="log",
+        xlabel="c / lr (the threshold without decay)",
+        ylabel="lr wd / c (the decay's shift of the threshold)",
+        title="Weight decay at the edge: where each run settled (observed / predicted)",
     )
-    left.legend(fontsize=7)
-    right.set(
-        xlabel="step",
-        ylabel="||w_k=3 - w_k=1||_2",
-        title="twins' distance (dashed: linearised, from the first difference)",
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def response_curves(curves: dict[str, dict], path: str) -> None:
+    """Twin pairs against their forced linear responses (studies.response): ||Delta|| solid,
+    ||delta^r|| (full rounding forcing) dashed, ||delta^f|| (the perturbation alone) dotted,
+    log scale; first switches (any layer) as ticks on the Delta curve, the step where the
+    twins leave the linear response as a cross. One panel per activation (columns) and
+    source (rows); one colour per run."""
+    activations = list(dict.fromkeys(c["activation"] for c in curves.values()))
+    sources_ = list(dict.fromkeys(c["source"] for c in curves.values()))
+    fig, axes = plt.subplots(
+        len(sources_),
+        len(activations),
+        figsize=(6 * len(activations), 4 * len(sources_)),
+        squeeze=False,
     )
+    colours: dict[str, str] = {}
+    for c in curves.values():
+        ax = axes[sources_.index(c["source"]), activations.index(c["activation"])]
+        color = colours.setdefault(c["label"], f"C{len(colours) % 10}")
+        steps_ = np.asarray(c["steps"])
+
+        def positive(values):
+            values = np.asarray(values, dtype=float)
+            return np.where(values > 0, values, np.nan)
+
+        delta = positive(c["delta"])
+        ax.semilogy(steps_, delta, color=color, label=c["label"])
+        ax.semilogy(steps_, positive(c["response_r"]), color=color, ls="--", lw=0.8)
+        ax.semilogy(steps_, positive(c["response_f"]), color=color, ls=":", lw=0.8)
+        at = np.searchsorted(steps_, c["first_switches"])
+        ax.plot(steps_[at], delta[at], "|", color=color, ms=12, mew=1.5)
+        if c["leaves_at"] is not None:
+            i = int(np.searchsorted(steps_, c["leaves_at"]))
+            ax.plot(steps_[i], delta[i], "x", color=color, ms=9, mew=2)
+    for i, source in enumerate(sources_):
+        for j, activation in enumerate(activations):
+            axes[i, j].set(
+                xlabel="step",
+                ylabel="L2 norm over the state",
+                title=f"{activation}, {source}: ||Delta|| (solid), ||delta^r|| (--), "
+                "||delta^f|| (:)",
+            )
+            axes[i, j].title.set_fontsize(8)
+            axes[i, j].legend(fontsize=7, title="| first switch, x leaves", title_fontsize=7)
     _save(fig, path)

@@ -1,4 +1,4 @@
-"""The paper's activation regions in deep nets: the Regions observer.
+"""The paper's activation regions in deep nets: the Regions and Switches observers.
 
 Section 4 linearises training differently where a unit's input z is activated (z > t),
 transitioning (|z| <= t) or not activated (z < -t). This observer measures, every
@@ -15,6 +15,14 @@ The pre-activations are read with Flax's `capture_intermediates`: they are the o
 the layers named in PREACTIVATION_LAYERS (mlp: hidden{i} dense layers; small_cnn and cnn1d:
 conv{i}), so no model carries code for this. Models whose activations take other inputs
 (the ResNets' and VGGs' take batch-norm outputs and residual sums) are refused.
+
+Switches counts activation switches between members: per hidden layer, how many
+pre-activations over the same probe set have another sign (z > 0 or not: the ReLU gate) in
+member i than in member 0. A ReLU net's gradient jumps where a pre-activation changes sign,
+so no linearisation follows a step across one; a smooth activation has no such jump, and
+its count only says how many units crossed zero. The supported models have no max-pool
+layer (cnn1d and small_cnn use strided convolutions), so there are no argmax choices to
+compare.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import numpy as np
 from eos_jax.analysis.curvature import train_chunks
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD, REGIONS
 from eos_jax.models import CNN1D, MLP, SmallCNN
-from eos_jax.training.observers import Observer, read_series
+from eos_jax.training.observers import Observer, kind_records, read_series
 
 # model class -> the names of the layers whose outputs are the activation functions' inputs
 PREACTIVATION_LAYERS = {MLP: r"hidden\d+", SmallCNN: r"conv\d+", CNN1D: r"conv\d+"}
@@ -38,36 +46,45 @@ PREACTIVATION_LAYERS = {MLP: r"hidden\d+", SmallCNN: r"conv\d+", CNN1D: r"conv\d
 def preactivation_pattern(model) -> str:
     """The regex of `model`'s pre-activation layer names; ValueError for other models."""
     pattern = PREACTIVATION_LAYERS.get(type(model))
+    if getattr(model, "batch_norm", False):  # its activations take the BatchNorm outputs
+        pattern = None
     if pattern is None:
         known = ", ".join(c.__name__ for c in PREACTIVATION_LAYERS)
         raise ValueError(f"regions: model {type(model).__name__} is not supported; known: {known}")
     return pattern
 
 
-@functools.cache
-def _chunk_counts(model, threshold: float):
-    """(params, images) -> {layer: (activated, transitioning, not activated) counts}, jitted
-    once per model and threshold (the supported models have no batch statistics)."""
+def preactivations(model, params, images) -> dict[str, jax.Array]:
+    """{layer: the inputs of its activation function} over `images` (train mode; the
+    supported models have no batch statistics), read with Flax's capture_intermediates.
+    Traceable: the one capture that Regions and Switches jit."""
     pattern = re.compile(preactivation_pattern(model))
 
     def captured(module, method_name: str) -> bool:
         return method_name == "__call__" and bool(module.name and pattern.fullmatch(module.name))
 
+    _, state = model.apply(
+        {"params": params},
+        images,
+        train=True,
+        capture_intermediates=captured,
+        mutable=["intermediates"],
+    )
+    return {name: calls["__call__"][0] for name, calls in state["intermediates"].items()}
+
+
+@functools.cache
+def _chunk_counts(model, threshold: float):
+    """(params, images) -> {layer: (activated, transitioning, not activated) counts}, jitted
+    once per model and threshold."""
+
     def fn(params, images):
-        _, state = model.apply(
-            {"params": params},
-            images,
-            train=True,
-            capture_intermediates=captured,
-            mutable=["intermediates"],
-        )
-        out = {}
-        for name, calls in state["intermediates"].items():
-            z = calls["__call__"][0]
-            out[name] = jnp.stack(
+        return {
+            name: jnp.stack(
                 [jnp.sum(z > threshold), jnp.sum(jnp.abs(z) <= threshold), jnp.sum(z < -threshold)]
             )
-        return out
+            for name, z in preactivations(model, params, images).items()
+        }
 
     return jax.jit(fn)
 
@@ -82,6 +99,20 @@ def region_fractions(model, params, batches, threshold: float = REGION_THRESHOLD
         region: {name: float(c[j] / c.sum()) for name, c in totals.items()}
         for j, region in enumerate(REGIONS)
     }
+
+
+def check_hidden_layers(ensemble, owner: str, off: str) -> None:
+    """ValueError unless the ensemble's model is supported and has a pre-activation layer;
+    `off` says how to turn the observer off."""
+    pattern = re.compile(preactivation_pattern(ensemble.models[0]))
+    layers = {
+        path[0].key for path, _ in jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
+    }
+    if not any(pattern.fullmatch(layer) for layer in layers):
+        raise ValueError(
+            f"{owner}: the model has no hidden layer to measure (layers: "
+            f"{', '.join(sorted(layers))}); turn the observer off ({off})"
+        )
 
 
 class Regions(Observer):
@@ -109,16 +140,7 @@ class Regions(Observer):
         self.check_every_steps("regions")
         if not (np.isfinite(self.threshold) and self.threshold > 0):
             raise ValueError(f"regions threshold={self.threshold!r} must be a finite number > 0")
-        pattern = re.compile(preactivation_pattern(ensemble.models[0]))
-        layers = {
-            path[0].key
-            for path, _ in jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
-        }
-        if not any(pattern.fullmatch(layer) for layer in layers):
-            raise ValueError(
-                f"regions: the model has no hidden layer to measure (layers: "
-                f"{', '.join(sorted(layers))}); turn the observer off (eos.regions_every_steps=0)"
-            )
+        check_hidden_layers(ensemble, "regions", "eos.regions_every_steps=0")
         self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size, "regions")
 
     def __call__(self, run) -> None:
@@ -132,7 +154,7 @@ class Regions(Observer):
     @classmethod
     def read(cls, records):
         """A Series with one field per region and layer, named 'region/layer'."""
-        first = next((r for r in records if r.get("kind") == cls.kind), None)
+        first = next(iter(kind_records(records, cls.kind)), None)
         layers = list(first[REGIONS[0]]) if first else []
         fields = {
             f"{region}/{layer}": (lambda r, region=region, layer=layer: r[region][layer])
@@ -149,4 +171,107 @@ class Regions(Observer):
             member.update(
                 initial_transitioning={layer: float(v[0]) for layer, v in band.items()},
                 last_transitioning={layer: float(v[-1]) for layer, v in band.items()},
+            )
+
+
+@functools.cache
+def _switch_counts(reference_model, model):
+    """(reference params, params, images) -> {layer: pre-activations whose sign differs},
+    jitted once per pair of models."""
+
+    def fn(reference_params, params, images):
+        ref = preactivations(reference_model, reference_params, images)
+        out = preactivations(model, params, images)
+        return {
+            name: jnp.stack([jnp.sum((out[name] > 0) != (z > 0)), jnp.asarray(z.size)])
+            for name, z in ref.items()
+        }
+
+    return jax.jit(fn)
+
+
+def sign_switches(reference_model, reference_params, model, params, batches) -> dict:
+    """{layer: (switched, total)}: how many of the layer's pre-activations over `batches`
+    have another sign (z > 0 or not) under (model, params) than under the reference."""
+    out: dict[str, np.ndarray] = {}
+    for b in batches:
+        counts = _switch_counts(reference_model, model)(reference_params, params, b["image"])
+        for name, c in counts.items():
+            out[name] = out.get(name, 0) + np.asarray(c, np.int64)
+    return {name: (int(c[0]), int(c[1])) for name, c in out.items()}
+
+
+class Switches(Observer):
+    """Per member and hidden layer, the pre-activations whose sign differs from member 0's
+    over the first `size` training examples (module docstring), kind 'switches': records
+    {'switched': {layer: count}, 'total': {layer: pre-activations compared}}, at step 0,
+    every `every_steps` steps and at the last. `read` gives 'switched/layer' and
+    'fraction/layer'; `first_switch` the first recorded step with a switch."""
+
+    at_start = True
+    kind = "switches"
+
+    def __init__(self, every_steps: int, size: int | None = 512, chunk_size: int = 512):
+        self.every_steps, self.size, self.chunk_size = every_steps, size, chunk_size
+
+    def setup(self, ensemble, num_steps: int) -> None:
+        """ValueError for bad settings, fewer than 2 members or an unsupported model."""
+        self.check_every_steps("switches")
+        if len(ensemble) < 2:
+            raise ValueError(
+                f"switches compare members with member 0: need >= 2 members, got {len(ensemble)}"
+            )
+        for model in ensemble.models:
+            preactivation_pattern(model)
+        check_hidden_layers(ensemble, "switches", "do not pass Switches")
+        self.batches = train_chunks(ensemble.dataset, self.size, self.chunk_size, "switches")
+
+    def __call__(self, run) -> None:
+        models, states = run.ensemble.models, run.members()
+        values = []
+        for model, state in zip(models, states, strict=True):
+            counts = sign_switches(models[0], states[0].params, model, state.params, self.batches)
+            values.append(
+                {
+                    "switched": {name: c[0] for name, c in counts.items()},
+                    "total": {name: c[1] for name, c in counts.items()},
+                }
+            )
+        self.write(run, values)
+
+    @classmethod
+    def read(cls, records):
+        """A Series with 'switched/layer' (count) and 'fraction/layer' per hidden layer."""
+        first = next(iter(kind_records(records, cls.kind)), None)
+        layers = list(first["switched"]) if first else []
+        fields = {}
+        for layer in layers:
+            fields[f"switched/{layer}"] = lambda r, layer=layer: r["switched"][layer]
+            fields[f"fraction/{layer}"] = lambda r, layer=layer: (
+                r["switched"][layer] / r["total"][layer]
+            )
+        return read_series(records, cls.kind, fields)
+
+    @staticmethod
+    def first_switch(series) -> dict[str, np.ndarray]:
+        """{layer: per member, the first recorded step with a switch in that layer (NaN if
+        none)}, from a `read` Series."""
+        out = {}
+        for field, counts in series.values.items():
+            if field.startswith("switched/"):
+                first = np.full(len(counts), np.nan)
+                for i, row in enumerate(counts):
+                    hit = np.flatnonzero(row > 0)
+                    if hit.size:
+                        first[i] = series.steps[hit[0]]
+                out[field.split("/", 1)[1]] = first
+        return out
+
+    def summarize(self, records, summary) -> None:
+        first = self.first_switch(self.read(records))
+        for i, member in enumerate(summary["members"]):
+            member.update(
+                first_switch={
+                    layer: None if np.isnan(v[i]) else int(v[i]) for layer, v in first.items()
+                }
             )

@@ -162,10 +162,13 @@ PREDICTIONS = "predictions.npz"
 class Evaluate(Observer):
     """Each member's test accuracy; weights and test logits must be finite. At the last step
     the members' test predictions go to predictions.npz ('member<i>', and 'labels'), for
-    per-example statistics (e.g. how much of the accuracy spread is test-set noise)."""
+    per-example statistics (e.g. how much of the accuracy spread is test-set noise), and,
+    where the dataset has a 'heldout' split (a large set from the same distribution, e.g.
+    mnist1d's heldout_size), each member's accuracy on it (heldout_accuracy): its accuracy
+    on the distribution, to within that set's own binomial error."""
 
     kind = "eval"
-    fields = record_fields("test_accuracy")
+    fields = record_fields("test_accuracy", "heldout_accuracy")
 
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
@@ -175,9 +178,16 @@ class Evaluate(Observer):
         logits = run.test_logits()
         run.check_finite("test logits", logits)
         labels = run.ensemble.dataset.test_labels
-        accuracies = [accuracy(x, labels) for x in logits]
-        self.write(run, [{"test_accuracy": a} for a in accuracies])
-        run.progress(acc=" ".join(f"{a:.3f}" for a in accuracies))
+        values = [{"test_accuracy": accuracy(x, labels)} for x in logits]
+        dataset = run.ensemble.dataset
+        if run.step == run.num_steps and "heldout" in dataset.splits:
+            heldout = run.ensemble.logits(
+                run.states, run.trainer.config.eval_batch_size, split="heldout"
+            )
+            for value, x in zip(values, heldout, strict=True):
+                value["heldout_accuracy"] = accuracy(x, dataset.heldout_labels)
+        self.write(run, values)
+        run.progress(acc=" ".join(f"{v['test_accuracy']:.3f}" for v in values))
         if run.step == run.num_steps:
             predicted = {
                 f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)
@@ -189,6 +199,9 @@ class Evaluate(Observer):
         for i, member in enumerate(summary["members"]):
             evals = series.member("test_accuracy", i)[1]
             member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=float(evals[-1]))
+            heldout = series.member("heldout_accuracy", i)[1]
+            if heldout.size:
+                member["heldout_accuracy"] = float(heldout[-1])
         summary["final_accuracy_std"] = float(
             np.std([m["final_accuracy"] for m in summary["members"]])
         )

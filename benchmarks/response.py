@@ -1,0 +1,89 @@
+r"""What the linear-response observer costs: a training step of update_k twins (k = 1, 3) on
+the MNIST-1D recipe (experiments/configs/mnist1d.py: 1-D CNN, batch 128, SGD momentum 0.9,
+unrolled ensemble) with analysis.response.LinearResponse observing and recording every
+step, against the plain step of the same twins.
+
+  python -m benchmarks.response [--steps=40] [--rounds=5]
+
+Per observed step the observer runs U and U' at member 0's state in float32 (two member
+steps), then in float64 U at w_t and at w_t + Delta_t and three JVPs (Delta, delta^f,
+delta^r), and the norms per tensor. Plain and observed steps alternate in blocks of
+`steps` in one process (the machine is shared: read the ratios, not the absolute times);
+the first observed step of each block is left out (it restarts the responses and splits
+nothing). Also timed alone: the float64 split (analysis.response.split_step) against the
+plain step. Target of issue 15: <= 3x the plain step; the float64 part may cost more.
+"""
+
+import functools
+import statistics
+import time
+import types
+
+import jax
+from absl import app, flags
+
+from eos_jax import numerics, recipe
+from eos_jax.analysis import response
+from eos_jax.training import build, sources, trainer
+from eos_jax.training.ensemble import Ensemble
+from experiments.configs import mnist1d
+
+_STEPS = flags.DEFINE_integer("steps", 40, "Steps per block.")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Blocks of each kind, alternating.")
+
+
+def main(argv):
+    del argv
+    config = mnist1d.get_config()
+    recipe.configure_numerics(config)
+    numerics.enable_x64()
+    config.quiet = True
+    members = sources.make_members(config, "update_k", (1, 3))
+    ens = Ensemble(members, build.dataset(config), "unrolled")
+    observer = response.LinearResponse(1)
+    observer.setup(ens, 10**6)
+    run = trainer.Run(types.SimpleNamespace(ensemble=ens), trainer.NullWriter(), 10**6, 10**6, None)
+    states, step = ens.init(), 0
+    plain_t, observed_t, split_t = [], [], []
+
+    def one(observe: bool) -> float:
+        nonlocal states, step
+        t = time.perf_counter()
+        states, metrics = ens.step(states, ens.batches(step))
+        step += 1
+        run.at(step, states, metrics)
+        if observe:
+            observer(run)  # reads its norms back: waits for the device
+        jax.block_until_ready(states)
+        return time.perf_counter() - t
+
+    for _ in range(3):  # compile both
+        one(False)
+        one(True)
+        one(True)
+    for _ in range(_ROUNDS.value):
+        plain_t += [one(False) for _ in range(_STEPS.value)]
+        observed_t += [one(True) for _ in range(_STEPS.value)][1:]
+    # the float64 split alone, at the last state (w_t = w'_t's member 0 copy is fine here)
+    members_ = [response._plain_state(s) for s in ens.unpack(states)]
+    batch = jax.device_put(ens.streams[0].batch(step))
+    stepped = observer._steps_at(*members_, batch, batch)
+    zero = response.flat64(members_[0]) * 0
+    split = functools.partial(observer._split, *members_[:2], batch, *members_, stepped)
+    jax.block_until_ready(split(zero, zero))
+    for _ in range(_STEPS.value):
+        t = time.perf_counter()
+        jax.block_until_ready(split(zero, zero))
+        split_t.append(time.perf_counter() - t)
+    p, q, s = (statistics.median(x) for x in (plain_t, observed_t, split_t))
+    print("| twins' step (2 members, MNIST-1D CNN) | ms (median) |")
+    print("|---|---|")
+    print(f"| plain | {1e3 * p:.2f} |")
+    print(f"| with LinearResponse every step | {1e3 * q:.2f} |")
+    print(f"| of which the float64 split alone | {1e3 * s:.2f} |")
+    print(f"observed / plain: {q / p:.2f} (target <= 3); float64 split / plain: {s / p:.2f}; ")
+    print(f"{jax.default_backend()}, {len(plain_t)} plain and {len(observed_t)} observed steps")
+
+
+if __name__ == "__main__":
+    app.run(main)

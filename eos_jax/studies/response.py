@@ -1,0 +1,285 @@
+"""Why one rounding grows: the forced linear response of twin pairs, with activation switches
+counted and the finite-time Lyapunov exponent beside them.
+
+Each run is one twin pair of the recipe (lockstep, unrolled) for one activation, source of
+difference, learning rate and seed (`response.*` settings): update_k twins (k = 1 and 3:
+member 1 rounds its update differently at every step) or ulp_init twins (one entry of
+`response.tensor` moved by `response.ulps` ulps at the start, then the same map). Member 0
+carries a tangent (analysis.lyapunov.tangent_step). Observers, every step by default:
+LinearResponse (analysis.response: the twins' difference Delta against the responses
+delta^f to the perturbation alone and delta^r to the full rounding forcing, and the
+nonlinear part N of each step), Switches (analysis.regions: pre-activations of member 1
+with another sign than member 0's over the first `switches_size` training examples) and
+Lyapunov (member 0's finite-time exponent).
+
+Per run the table gives: leaves_at, the first recorded step where ||Delta|| / ||delta^r||
+exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
+||N|| there and at the record before; the first switch (step and layer); which layer holds
+most of ||Delta||^2 (parameters and momentum of a layer together) at leaves_at and at the
+end; ||Delta||, ||delta^r||, ||delta^f|| at the end; and over the second half of the run
+the growth rate of log ||Delta|| beside the tangent's exponent (per step). Figure
+(response.png): ||Delta||, ||delta^r|| and ||delta^f|| against step, log scale, first
+switches and leaves_at marked, one panel per activation (rows: sources).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+
+import ml_collections
+import numpy as np
+
+from eos_jax import numerics, recipe, results
+from eos_jax.analysis import lyapunov, plots, regions
+from eos_jax.analysis import response as linear_response
+from eos_jax.models import create_model
+from eos_jax.models.layers import ACTIVATIONS
+from eos_jax.studies.runs import PlannedRun, train_all
+from eos_jax.training import build, sources, steps, trainer
+from eos_jax.training.ensemble import Ensemble
+
+SOURCES = ("update_k", "ulp_init")
+
+
+def default_settings() -> ml_collections.ConfigDict:
+    """config.response: what varies between runs, and the observers' settings."""
+    s = ml_collections.ConfigDict()
+    s.activations = ("relu", "swish")
+    s.sources = SOURCES
+    s.lrs = (0.05, 0.1)
+    s.seeds = (0, 1, 2)  # each sets the init, data and augmentation seeds (and the tangent's)
+    s.ks = (1, 3)  # update_k twins
+    s.ulps = 1  # ulp_init twins: how far the edited entry moves
+    s.tensor = "conv1/kernel"  # ... in which initial tensor (its first normal nonzero entry)
+    s.every_steps = 1  # LinearResponse and Lyapunov records
+    s.switches_every_steps = 1
+    s.switches_size = 512  # the probe set: the first training examples
+    s.leave_ratio = 10.0  # the twins leave the linear response: ||Delta|| / ||delta^r|| > this
+    return s
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseRun(PlannedRun):
+    """One twin pair."""
+
+    activation: str = ""
+    source: str = ""
+    lr: float = float("nan")
+    seed: int = 0
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _distinct(name: str, values, allowed) -> tuple:
+    values = tuple(values)
+    if not values or any(not allowed(v) for v in values):
+        raise ValueError(f"response.{name}={values!r}: give one or more valid values")
+    if len(set(values)) != len(values):
+        raise ValueError(f"response.{name}={values!r} repeats a value")
+    return values
+
+
+def plan(config) -> list[ResponseRun]:
+    """One run per activation x source x lr x seed. Bad settings: ValueError."""
+    s = config.response
+    activations = _distinct("activations", s.activations, lambda a: a in ACTIVATIONS)
+    chosen = _distinct("sources", s.sources, lambda x: x in SOURCES)
+    lrs = _distinct("lrs", s.lrs, lambda lr: _is_number(lr) and lr > 0)
+    seeds = _distinct("seeds", s.seeds, lambda x: _is_int(x) and x >= 0)
+    if len(tuple(s.ks)) != 2 or s.ks[0] == s.ks[1]:
+        raise ValueError(f"response.ks={tuple(s.ks)!r} must be two different k values")
+    if not _is_int(s.ulps) or s.ulps == 0:
+        raise ValueError(f"response.ulps={s.ulps!r} must be a nonzero integer")
+    for name in ("every_steps", "switches_every_steps"):
+        if not _is_int(s[name]) or s[name] < 1:
+            raise ValueError(f"response.{name}={s[name]!r} must be an integer >= 1")
+    if not (_is_number(s.leave_ratio) and s.leave_ratio > 1):
+        raise ValueError(f"response.leave_ratio={s.leave_ratio!r} must be a number > 1")
+    recipe.validate(config)
+    runs = []
+    for activation in activations:
+        for source in chosen:
+            for lr in lrs:
+                for seed in seeds:
+                    r = config.copy_and_resolve_references()
+                    with r.unlocked():  # a config from the command line is locked
+                        r.model_kwargs.activation = activation
+                    create_model(r.model, **r.model_kwargs)  # no activation option: ValueError
+                    r.optimizer.lr = float(lr)
+                    r.seeds.update(init=seed, data=seed, aug=seed)
+                    if source == "update_k":
+                        members = sources.make_members(r, source, values=tuple(s.ks))
+                    else:
+                        members = sources.make_members(r, source, (0, s.ulps), tensor=s.tensor)
+                    name = f"{activation}_{source}_lr{lr}_seed{seed}"
+                    runs.append(ResponseRun(name, r, members, activation, source, float(lr), seed))
+    return runs
+
+
+def configure_numerics(config) -> list[ResponseRun]:
+    """The config's numerics with x64 on (the response's float64 copy needs it for the whole
+    process); returns the plan, for `execute`."""
+    recipe.configure_numerics(config)
+    planned = plan(config)
+    numerics.enable_x64()
+    return planned
+
+
+def _trainer(config, r: ResponseRun, dataset, workdir: str) -> trainer.Trainer:
+    s = config.response
+    make_steps = [lyapunov.tangent_step(r.seed), steps.make_train_step]
+    ens = Ensemble(r.members, dataset, "unrolled", make_step=make_steps)
+    observers = [
+        linear_response.LinearResponse(s.every_steps),
+        regions.Switches(s.switches_every_steps, s.switches_size, s.switches_size),
+        lyapunov.Lyapunov(s.every_steps),
+    ]
+    return trainer.Trainer(ens, r.recipe, os.path.join(workdir, r.name), observers)
+
+
+def execute(config, workdir: str, planned: list | None = None) -> dict:
+    """Trains every run (resuming, skipping finished ones), writes the table and figure.
+    x64 must be on (configure_numerics); planned: `plan(config)` when already made."""
+    runs = plan(config) if planned is None else planned
+    dataset = build.dataset(config)
+    trainers = {r.name: _trainer(config, r, dataset, workdir) for r in runs}
+    summaries = train_all(config, workdir, trainers, keep_going=True)
+    rows, curves = [], {}
+    for r in runs:
+        records = trainer.read_metrics(os.path.join(workdir, r.name))
+        row, curve = summarize_run(r, records, summaries[r.name], config.response.leave_ratio)
+        rows.append(row)
+        curves[r.name] = curve
+    shown = [{k: row.get(k) for k in SHOWN} for row in rows]
+    table = results.write_table(workdir, "response", rows, shown)
+    plots.response_curves(curves, os.path.join(workdir, "response.png"))
+    summary = {"table": table, "runs": rows}
+    results.finish(workdir, summary)
+    return summary
+
+
+# The columns of the Markdown table (the CSV has them all).
+SHOWN = (
+    "activation",
+    "source",
+    "lr",
+    "seed",
+    "leaves_at",
+    "switches_at_leave",
+    "switches_before_leave",
+    "nonlinear_at_leave",
+    "nonlinear_before_leave",
+    "first_switch",
+    "first_switch_layer",
+    "top_layer_leave",
+    "top_layer_end",
+    "delta_end",
+    "response_r_end",
+    "response_f_end",
+    "delta_growth_late",
+    "exponent_late",
+)
+
+_LAYER = re.compile(r"\['([^']+)'\]")
+
+
+def layer_of(path: str) -> str:
+    """The layer a state tensor belongs to ('conv1' for params and momentum of conv1)."""
+    found = _LAYER.search(path)
+    return found[1] if found else path
+
+
+def layer_shares(series, column: int) -> dict[str, float]:
+    """{layer: its share of ||Delta||^2} at one recorded step of a LinearResponse Series."""
+    squares: dict[str, float] = {}
+    for field, values in series.values.items():
+        if field.startswith("delta/"):
+            layer = layer_of(field.split("/", 1)[1])
+            squares[layer] = squares.get(layer, 0.0) + float(values[1, column]) ** 2
+    total = sum(squares.values())
+    return {k: v / total for k, v in squares.items()} if total > 0 else {}
+
+
+def _top(shares: dict[str, float]) -> str | None:
+    if not shares:
+        return None
+    layer = max(shares, key=shares.get)
+    return f"{layer} ({shares[layer]:.0%})"
+
+
+def _value(x) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+def _last(row: np.ndarray) -> float | None:
+    """The last value of a row that is not NaN, or None."""
+    kept = row[~np.isnan(row)]
+    return float(kept[-1]) if kept.size else None
+
+
+def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: float):
+    """One run's row and curve, from its records (through the observers' readers)."""
+    row = {"name": r.name, "activation": r.activation, "source": r.source, "lr": r.lr}
+    row.update(seed=r.seed, status=done.get("status", "finished"))
+    resp = linear_response.LinearResponse.read(records)
+    steps_ = resp.steps
+    delta, ratio = resp["delta"][1], resp["ratio_r"][1]
+    switch_series = regions.Switches.read(records)
+    per_layer = [v[1] for f, v in switch_series.values.items() if f.startswith("switched/")]
+    switched = np.sum(per_layer, axis=0) if per_layer else np.zeros(len(switch_series.steps))
+    first = regions.Switches.first_switch(switch_series)
+    layer_steps = {layer: v[1] for layer, v in first.items() if not np.isnan(v[1])}
+
+    def switches_at(step):
+        at = np.flatnonzero(switch_series.steps == step)
+        return int(switched[at[0]]) if at.size else None
+
+    left = np.flatnonzero(ratio > leave_ratio)
+    leave = int(left[0]) if left.size else None
+    before = None if leave is None or leave == 0 else leave - 1
+    end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
+    growth = lyapunov.Lyapunov.read(records)
+    log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
+    span = steps_[end] - steps_[mid]
+    row.update(
+        steps=int(steps_[-1]),
+        leaves_at=None if leave is None else int(steps_[leave]),
+        switches_at_leave=None if leave is None else switches_at(steps_[leave]),
+        switches_before_leave=None if before is None else switches_at(steps_[before]),
+        nonlinear_at_leave=None if leave is None else _value(resp["nonlinear"][1, leave]),
+        nonlinear_before_leave=None if before is None else _value(resp["nonlinear"][1, before]),
+        first_switch=int(min(layer_steps.values())) if layer_steps else None,
+        first_switch_layer=min(layer_steps, key=layer_steps.get) if layer_steps else None,
+        top_layer_leave=None if leave is None else _top(layer_shares(resp, leave)),
+        top_layer_end=_top(layer_shares(resp, end)),
+        delta_end=_value(delta[end]),
+        response_r_end=_value(resp["response_r"][1, end]),
+        response_f_end=_value(resp["response_f"][1, end]),
+        ratio_r_end=_value(ratio[end]),
+        ratio_f_end=_value(resp["ratio_f"][1, end]),
+        delta_growth_late=_value(np.log(delta[end] / delta[mid]) / span)
+        if span > 0 and delta[mid] > 0
+        else None,
+        exponent_late=_value((log_growth[end] - log_growth[mid]) / span) if span > 0 else None,
+        restarted_at=_last(resp["restarted_at"][1]),
+    )
+    curve = {
+        "activation": r.activation,
+        "source": r.source,
+        "label": f"lr {r.lr} seed {r.seed}",
+        "steps": steps_.tolist(),
+        "delta": delta.tolist(),
+        "response_r": resp["response_r"][1].tolist(),
+        "response_f": resp["response_f"][1].tolist(),
+        "first_switches": sorted(layer_steps.values()),
+        "leaves_at": row["leaves_at"],
+    }
+    return row, curve
