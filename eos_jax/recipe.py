@@ -64,6 +64,7 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.optimizer.decay_epochs = (20,)
     c.optimizer.decay_factor = 0.1  # lr *= factor at each decay epoch (PyTorch MultiStepLR) ...
     c.optimizer.decay_divisor = placeholder(float)  # ... or lr /= divisor (set factor to None)
+    c.optimizer.warmup_steps = 0  # lr rises linearly to its schedule over these first steps
     # How the update rounds: 'as_written' computes -(lr*k)*(d/k) op by op in the parameter
     # dtype; 'torch_cpu' / 'authors_cuda' reproduce PyTorch's roundings on CPU / on CUDA
     # (where the paper's authors ran): optim.sgd.
@@ -129,6 +130,9 @@ def validate(config, stop_at_step: int | None = None) -> None:
     lr = config.optimizer.lr
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"config.optimizer.lr={lr!r} must be a finite number > 0")
+    warmup = config.optimizer.get("warmup_steps", 0)
+    if not isinstance(warmup, int) or isinstance(warmup, bool) or warmup < 0:
+        raise ValueError(f"config.optimizer.warmup_steps={warmup!r} must be an integer >= 0")
     for name in ("optimizer.momentum", "optimizer.weight_decay"):
         value = _get(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):

@@ -17,6 +17,8 @@ from eos_jax.training.observers import Observer
 from eos_jax.training.sources import Member
 from experiments.configs import eos_digits
 
+DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_probe", "momentum", "depth")
+
 
 def full_batch_config(**overrides):
     """A tiny fc-tanh MLP, MSE, full-batch GD on the first 64 digits."""
@@ -131,14 +133,16 @@ def test_sharpness_observer_refuses_bad_settings():
         sharpness.Sharpness(5, tol=2).setup(ensemble, 10)
 
 
-@pytest.mark.parametrize("experiment", eos.EXPERIMENTS)
+@pytest.mark.parametrize("experiment", DIGITS_EXPERIMENTS)
 def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
     config = eos_digits.get_config(experiment)
     runs = eos.plan(config)
     predicted = [r.predicted for r in runs]
     expected = {
         "plateau": [30, 40, 50, 60],
-        "weight_decay": [10 - wd for wd in eos_digits.WDS],
+        "weight_decay": [c * (1 - s) for c in (40, 20, 10) for s in eos_digits.SHIFTS]
+        + [s / f for s in eos_digits.PROBE_SHARPNESS.values() for f in (1.5, 3.0)],
+        "weight_decay_probe": [200 - wd for wd in eos_digits.WDS],
         "momentum": [40] * 4,
         "depth": [40] * 5,
     }[experiment]

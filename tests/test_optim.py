@@ -324,3 +324,21 @@ def test_perturbed_update_is_computed_as_written():
         tx = optim.sgd(0.1, k=k)
         update = np.asarray(jax.jit(tx.update)(d, tx.init(d), d)[0])
         np.testing.assert_array_equal(update, -((lr * np.float32(k)) * (d_np / np.float32(k))))
+
+
+def test_linear_warmup_rises_to_the_schedule_then_follows_it():
+    schedule = optim.linear_warmup(optim.step_decay(0.4, [10]), 4)
+    lrs = [float(schedule(jnp.asarray(c, jnp.int32))) for c in (0, 1, 3, 4, 9, 10)]
+    np.testing.assert_allclose(lrs, [0.1, 0.2, 0.4, 0.4, 0.4, 0.04], rtol=1e-6)
+    # the torch arithmetics form lr * k on the host from the schedule's pieces: refused
+    with pytest.raises(ValueError, match="give a float or optim.step_decay"):
+        optim.sgd(schedule, arithmetic="torch_cpu")
+
+
+def test_a_negative_warmup_is_refused():
+    from eos_jax import recipe
+
+    config = recipe.default_recipe()
+    config.optimizer.warmup_steps = -1
+    with pytest.raises(ValueError, match="config.optimizer.warmup_steps=-1 must be an integer"):
+        recipe.validate(config)

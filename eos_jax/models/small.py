@@ -14,7 +14,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from eos_jax.models.layers import Dtype, activation_fn, conv, pytorch_dense
+from eos_jax.models.layers import Dtype, PyTorchBatchNorm, activation_fn, conv, pytorch_dense
 
 
 class SmallCNN(nn.Module):
@@ -42,20 +42,28 @@ class SmallCNN(nn.Module):
 
 
 class MLP(nn.Module):
-    """Flatten, then dense -> activation per hidden width, then dense; fc-tanh by default."""
+    """Flatten, then dense -> activation per hidden width, then dense; fc-tanh by default.
+
+    batch_norm: a BatchNorm (PyTorch semantics) between each hidden dense layer and its
+    activation, which makes the hidden weights scale-invariant (weight decay shrinks them
+    without changing the function they compute).
+    """
 
     hidden: tuple[int, ...] = (200, 200)
     activation: str = "tanh"
+    batch_norm: bool = False
     num_classes: int = 10
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
-        del train  # no batch statistics or dropout
         act = activation_fn(self.activation)
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         x = x.reshape(x.shape[0], -1)
         for index, width in enumerate(self.hidden, start=1):
-            x = act(pytorch_dense(width, x.shape[-1], name=f"hidden{index}", **dtypes)(x))
+            x = pytorch_dense(width, x.shape[-1], name=f"hidden{index}", **dtypes)(x)
+            if self.batch_norm:
+                x = PyTorchBatchNorm(not train, name=f"bn{index}", **dtypes)(x)
+            x = act(x)
         return pytorch_dense(self.num_classes, x.shape[-1], name="head", **dtypes)(x)

@@ -32,7 +32,9 @@ from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 
-EXPERIMENTS = ("plateau", "weight_decay", "momentum", "depth")
+# the sweeps the configs define (experiments/configs/eos_*.py)
+EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_probe", "momentum", "depth")
+EXPERIMENTS += ("cross_entropy", "complexity")
 
 
 def default_settings(experiment: str) -> ml_collections.ConfigDict:
@@ -53,6 +55,9 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     # orbit) and the curvature along the oscillation (Sharpness(midpoint=True)).
     e.midpoint = False
     e.reached_fraction = 0.95  # "reached": sharpness >= this fraction of the prediction
+    # A run's phase: at the edge when its plateau is within this fraction of a prediction
+    # (c/lr - wd, or c/lr), else below or above it; a run that diverges is a phase too.
+    e.phase_tolerance = 0.05
     # the Regions observer: None = the sharpness cadence, 0 = off
     e.regions_every_steps = ml_collections.config_dict.placeholder(int)
     e.regions_size = 512  # the first `regions_size` training examples
@@ -127,6 +132,8 @@ def plan(config) -> list[EosRun]:
         raise ValueError(f"unknown experiment {e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
     if not e.runs:
         raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
+    if not 0 < e.phase_tolerance < 1:
+        raise ValueError(f"eos.phase_tolerance={e.phase_tolerance!r} must be in (0, 1)")
     if not 0 < e.reached_fraction <= 1:
         raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
     if not (isinstance(e.edge_every_steps, int) and e.edge_every_steps >= 0):
@@ -155,6 +162,13 @@ def plan(config) -> list[EosRun]:
             raise ValueError(
                 f"eos.runs {text!r}: the threshold needs a constant lr, got "
                 f"optimizer.decay_epochs={tuple(r.optimizer.decay_epochs)}"
+            )
+        steps = r.get("num_steps")
+        if steps is not None and 2 * r.optimizer.get("warmup_steps", 0) > steps:
+            raise ValueError(
+                f"eos.runs {text!r}: optimizer.warmup_steps={r.optimizer.warmup_steps} must "
+                f"end in the first half of the run (num_steps={steps}): the plateau is read "
+                "from the second half, at the constant lr"
             )
         predicted = predicted_threshold(r)
         if predicted <= 0:
@@ -204,11 +218,11 @@ def execute(config, workdir: str) -> dict:
         )
         for r in runs
     }
-    summaries = train_all(config, workdir, trainers)
+    summaries = train_all(config, workdir, trainers, keep_going=True)
     rows, curves = [], {}
     for r in runs:
         records = trainer.read_metrics(os.path.join(workdir, r.name))
-        row, curve = summarize_run(r, records, summaries[r.name], config.eos.reached_fraction)
+        row, curve = summarize_run(r, records, summaries[r.name], config.eos)
         rows.append(row)
         curves[r.name] = curve
     shown = [{k: row[k] for k in SHOWN if k in row} for row in rows]
@@ -217,45 +231,50 @@ def execute(config, workdir: str) -> dict:
     plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
     if all("transitioning" in c for c in curves.values()):
         plots.regions_curves(curves, os.path.join(workdir, "regions.png"))
+    if len({row["weight_decay"] for row in rows}) > 1:
+        plots.eos_phases(rows, os.path.join(workdir, "phases.png"))
     summary = {"experiment": config.eos.experiment, "table": table, "runs": rows}
     results.finish(workdir, summary)
     return summary
 
 
-def summarize_run(
-    r: EosRun, records: list[dict], done: dict, reached_fraction: float = 0.95
-) -> tuple[dict, dict]:
-    """One run's row and curves, from its records (through the observers' readers) and its
-    summary."""
-    measured = sharpness.Sharpness.read(records)
-    steps, values = measured.member("sharpness", 0)
-    last_half = values[steps >= done["steps"] / 2]
-    observed = float(np.median(last_half))
-    predicted = r.predicted
-    reached = steps[values >= reached_fraction * predicted]
+def phase(plateau: float, predicted: float, weight_decay: float, tolerance: float) -> str:
+    """Where a run settled: at the edge c/lr - wd (the prediction), at c/lr (as if the decay
+    did not count), both (closer together than the tolerance), or below / above them."""
+    without_decay = predicted + weight_decay
+    near_prediction = abs(plateau / predicted - 1) <= tolerance
+    near_without = abs(plateau / without_decay - 1) <= tolerance
+    if near_prediction and near_without:
+        return "edge (c/lr ~ c/lr - wd)"
+    if near_prediction:
+        return "edge at c/lr - wd"
+    if near_without:
+        return "edge at c/lr"
+    return "below the edge" if plateau < predicted else "above the edge"
+
+
+def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple[dict, dict]:
+    """One run's row and curves, from its records (through the observers' readers), its
+    summary and the eos settings (reached_fraction, phase_tolerance)."""
     opt, recipe_ = r.recipe.optimizer, r.recipe
-    train_loss = measured.member("train_set_loss", 0)[1]
+    predicted = r.predicted
     row = {
         "name": r.name,
         "overrides": r.overrides,
         "model": recipe_.model,
-        "hidden": str(tuple(recipe_.model_kwargs.get("hidden", ()))),
+        # the layer widths (mlp: hidden, cnn1d: widths)
+        "layers": str(
+            tuple(recipe_.model_kwargs.get("hidden", recipe_.model_kwargs.get("widths", ())))
+        ),
         "optimizer": optimizer_kind(opt),
         "lr": float(opt.lr),
         "weight_decay": float(opt.weight_decay),
         "momentum": float(opt.momentum),
-        "steps": int(done["steps"]),
         "predicted_threshold": predicted,
-        "observed_plateau": observed,
-        "observed_over_predicted": observed / predicted,
-        "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
-        "initial_sharpness": float(values[0]),
-        "max_sharpness": float(values.max()),
-        "reached_at_step": int(reached[0]) if reached.size else None,
-        "final_train_loss": float(train_loss[-1]),
-        "final_test_accuracy": done["members"][0]["last_test_accuracy"],
-        "hvps_per_call": float(np.mean(measured.member("num_hvps", 0)[1])),
     }
+    measured = sharpness.Sharpness.read(records)
+    steps, values = measured.member("sharpness", 0)
+    train_loss = measured.member("train_set_loss", 0)[1]
     curve = {
         "steps": steps.tolist(),
         "sharpness": values.tolist(),
@@ -263,6 +282,26 @@ def summarize_run(
         "predicted": predicted,
         "label": f"{r.name}: predicted {predicted:.3g}",
     }
+    if done.get("status") == "diverged":
+        row.update(phase="diverged", max_sharpness=float(values.max()), note=done["what"])
+        return row, curve
+    last_half = values[steps >= done["steps"] / 2]
+    observed = float(np.median(last_half))
+    reached = steps[values >= settings.reached_fraction * predicted]
+    row.update(
+        {
+            "steps": int(done["steps"]),
+            "observed_plateau": observed,
+            "observed_over_predicted": observed / predicted,
+            "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
+            "initial_sharpness": float(values[0]),
+            "max_sharpness": float(values.max()),
+            "reached_at_step": int(reached[0]) if reached.size else None,
+            "final_train_loss": float(train_loss[-1]),
+            "final_test_accuracy": done["members"][0]["last_test_accuracy"],
+            "hvps_per_call": float(np.mean(measured.member("num_hvps", 0)[1])),
+        }
+    )
     for field, column in (
         ("midpoint_sharpness", "midpoint_plateau"),
         ("oscillation_curvature", "oscillation_plateau"),
@@ -271,6 +310,8 @@ def summarize_run(
         if at.size:
             row[column] = float(np.median(value[at >= done["steps"] / 2]))
             curve[field] = (at.tolist(), value.tolist())
+    plateau = row.get("midpoint_plateau", observed)  # the orbit's centre where measured
+    row["phase"] = phase(plateau, predicted, row["weight_decay"], settings.phase_tolerance)
     edge = linearisation.EdgeRadius.read(records)
     if edge.steps.size:
         at, radius = edge.member("radius", 0)
@@ -296,9 +337,9 @@ def _layers(fractions: dict) -> str:
     return ", ".join(f"{layer} {value:.2f}" for layer, value in fractions.items())
 
 
-SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "hidden", "steps")
+SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "layers", "steps")
 SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
-SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss")
+SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss", "phase")
 SHOWN += ("midpoint_plateau", "oscillation_plateau")  # with eos.midpoint
 SHOWN += ("edge_radius", "edge_radius_iqr")  # with the EdgeRadius observer
 SHOWN += ("transitioning_first", "transitioning_last")  # with the Regions observer

@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from eos_jax import distributed, numerics, recipe, results
+from eos_jax.training.trainer import TrainingDiverged
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,22 +27,30 @@ class NotApplicable:
     reason: str
 
 
-def train_all(config, workdir: str, trainers: dict) -> dict[str, dict]:
+def train_all(config, workdir: str, trainers: dict, keep_going: bool = False) -> dict[str, dict]:
     """Runs each planned Trainer (name -> Trainer, each in its own sub-directory).
 
     First every member state is built (init edits applied) and every observer checked, so
     bad input fails before anything is written; then process 0 prepares the experiment's
     work directory; then each unfinished trainer runs (resuming from its checkpoints) and a
-    finished one is read back. Returns the summaries by name.
+    finished one is read back. Returns the summaries by name. keep_going: a run that
+    diverges is a result ({'status': 'diverged', 'what': ...}, its diverged.json kept), not
+    the end of the study (a sweep whose phase diagram has a divergent region).
     """
     for t in trainers.values():
         t.prepare()
     if distributed.is_primary():
         fingerprint = numerics.fingerprint(recipe.dtype_policy(config), config)
         results.prepare_workdir(workdir, config, fingerprint)
-    return {
-        name: results.read_json(os.path.join(t.workdir, results.SUMMARY))
-        if results.is_finished(t.workdir)
-        else t.run()
-        for name, t in trainers.items()
-    }
+    summaries = {}
+    for name, t in trainers.items():
+        if results.is_finished(t.workdir):
+            summaries[name] = results.read_json(os.path.join(t.workdir, results.SUMMARY))
+            continue
+        try:
+            summaries[name] = t.run()
+        except TrainingDiverged as error:
+            if not keep_going:
+                raise
+            summaries[name] = {"status": "diverged", "what": str(error)}
+    return summaries

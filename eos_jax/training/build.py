@@ -83,6 +83,8 @@ def optimizer(config, steps_per_epoch: int):
         opt.decay_factor,
         opt.get("decay_divisor"),
     )
+    if opt.get("warmup_steps", 0):
+        schedule = optim.linear_warmup(schedule, opt.warmup_steps)
     return optim.sgd(
         schedule,
         momentum=opt.momentum,

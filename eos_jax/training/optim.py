@@ -75,6 +75,17 @@ def step_decay(
     return StepDecay(base_lr, boundaries, factor, divisor)
 
 
+def linear_warmup(schedule: Callable, steps: int) -> Callable:
+    """The schedule, scaled by (count + 1) / steps over the first `steps` steps: a linear
+    rise to it (e.g. for full-batch runs at an lr whose threshold 2/lr lies below the
+    initial sharpness, which would otherwise diverge instead of reaching the edge)."""
+
+    def lr(count):
+        return jnp.where(count < steps, schedule(count) * (count + 1) / steps, schedule(count))
+
+    return lr
+
+
 class PerturbedLrState(NamedTuple):
     count: jax.Array  # steps taken, for the schedule
     k: jax.Array  # the perturbation integer, traced so XLA cannot fold (lr * k) * (d / k)

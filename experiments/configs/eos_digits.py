@@ -5,7 +5,12 @@ the first 1,000 training digits (a fixed subset; batch = subset, so one fixed or
 
 The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
   plateau       GD at 2/lr = 30, 40, 50, 60 (initial sharpness ~21): sharpening, then 2/lr
-  weight_decay  coupled L2 at 2/lr = 10: the prediction is 2/lr - wd
+  weight_decay  coupled L2 on a grid (2/lr = 40, 20, 10; decays shifting the predicted
+                threshold 2/lr - wd by 0-30% of 2/lr) and at lrs chosen after the decay
+                (from the probe); a phase diagram (phases.png) of where each run
+                settles, measured at the midpoint of the last two iterates
+  weight_decay_probe  the same decays at a small lr (2/lr = 200, stable): the sharpness
+                that training with each decay reaches when nothing limits it
   momentum      heavy ball (2+2mu)/lr and Nesterov (2+2mu)/((1+2mu) lr), all at 40
   depth         1, 2, 3 hidden layers and widths 100, 400 at 2/lr = 40
 """
@@ -16,7 +21,7 @@ from eos_jax.studies import eos
 from experiments.configs import default
 
 
-def _runs(*runs: tuple[float, int, str]) -> tuple[str, ...]:
+def sweep_runs(*runs: tuple[float, int, str]) -> tuple[str, ...]:
     """(lr, steps, extra overrides) -> the eos.runs strings."""
     return tuple(f"optimizer.lr={lr!r} num_steps={n} {extra}".strip() for lr, n, extra in runs)
 
@@ -24,7 +29,7 @@ def _runs(*runs: tuple[float, int, str]) -> tuple[str, ...]:
 def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
     c = default.get_config()
     c.model = "mlp"
-    c.model_kwargs = ml_collections.ConfigDict({"hidden": (200, 200)})
+    c.model_kwargs = ml_collections.ConfigDict({"hidden": (200, 200), "batch_norm": False})
     c.train_subset = 1000
     c.batch_size = 1000  # full batch
     c.loss = "mse"
@@ -36,21 +41,46 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
     c.eos = eos.default_settings(experiment)
     if experiment == "plateau":
         # a run is long enough that its last half is at the edge (reached by ~ half-time)
-        c.eos.runs = _runs(
+        c.eos.runs = sweep_runs(
             (2 / 30, 1200, ""), (2 / 40, 2000, ""), (2 / 50, 3000, ""), (2 / 60, 5500, "")
         )
     elif experiment == "weight_decay":
-        c.eos.runs = _runs(*((2 / 10, 1500, f"optimizer.weight_decay={wd}") for wd in WDS))
-        c.eos.sharpness_every_steps = 25  # odd: both phases of the period-2 oscillation
+        # A grid: wd = shift * c / lr moves the threshold c/lr - wd by `shift` of c/lr ...
+        grid = [
+            (lr, 1500, f"optimizer.weight_decay={round(shift * 2 / lr, 6)!r}")
+            for lr in (2 / 40, 2 / 20, 2 / 10)
+            for shift in SHIFTS
+        ]
+        # ... and the lr chosen after the decay: the threshold c/lr - wd put at 1/1.5 and
+        # 1/3 of the sharpness S(wd) that stable training with that decay reaches (the
+        # probe), so the run must reach the edge if the prediction holds. These lrs put
+        # 2/lr below the initial sharpness (21): started there, every one diverged; a
+        # linear warm-up over the first 1,000 steps lets the decay and the edge meet first.
+        chosen = [
+            (
+                2 / (sharpness / f + wd),
+                3000,
+                f"optimizer.weight_decay={wd!r} optimizer.warmup_steps=1000",
+            )
+            for wd, sharpness in PROBE_SHARPNESS.items()
+            for f in (1.5, 3.0)
+        ]
+        c.eos.runs = sweep_runs(*grid, *chosen)
+        c.eos.sharpness_every_steps = 25
+        c.eos.midpoint = True  # the orbit's centre: the iterate flips across it at the edge
+        c.eos.edge_every_steps = 100
+    elif experiment == "weight_decay_probe":
+        c.eos.runs = sweep_runs(*((2 / 200, 5000, f"optimizer.weight_decay={wd}") for wd in WDS))
+        c.eos.sharpness_every_steps = 250
     elif experiment == "momentum":
-        c.eos.runs = _runs(
+        c.eos.runs = sweep_runs(
             (3.0 / 40, 2000, "optimizer.momentum=0.5"),
             (3.8 / 40, 2000, "optimizer.momentum=0.9"),
             (3.0 / 2.0 / 40, 2000, "optimizer.momentum=0.5 optimizer.nesterov=True"),
             (3.8 / 2.8 / 40, 2000, "optimizer.momentum=0.9 optimizer.nesterov=True"),
         )
     elif experiment == "depth":
-        c.eos.runs = _runs(
+        c.eos.runs = sweep_runs(
             *(
                 (2 / 40, 2000, f"model_kwargs.hidden={hidden!r}".replace(" ", ""))
                 for hidden in ((200,), (200, 200), (200, 200, 200), (100, 100), (400, 400))
@@ -59,4 +89,8 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
     return c
 
 
-WDS = (0.0, 0.01, 0.05, 0.1)
+SHIFTS = (0.0, 0.01, 0.05, 0.1, 0.2, 0.3)  # lr wd / 2: the decay's share of 2/lr
+WDS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0, 8.0)  # the probe's decays
+# S(wd): the plateaus that `:weight_decay_probe` printed (docs/eos.md); decays of 0.3 and
+# more collapse the net to sharpness 1 at any lr, so no lr can put the edge below them
+PROBE_SHARPNESS = {0.01: 23.2, 0.03: 7.32, 0.1: 2.51}
