@@ -239,3 +239,37 @@ def test_mnist1d_headline_configs_plan_the_documented_ensembles():
     assert "source_none" not in names and "source_dtype" not in names
     assert len(twins.plan(twins_mnist1d.get_config("sweep"))) == 8
     assert len(twins.plan(twins_mnist1d.get_config("table1"))) == 6
+
+
+def test_heldout_spread_and_its_decomposition(tmp_path):
+    """With a held-out set of the same distribution, each member's accuracy on it, the
+    spread across members with its interval, the test-set part of the final test spread
+    (sqrt(var(last test) - var(held-out))), and a second verdict line."""
+    from experiments.configs import twins_mnist1d
+
+    config = twins_mnist1d.get_config("headline")
+    config.update_from_flattened_dict(
+        {
+            "train_subset": 256,
+            "batch_size": 64,
+            "num_steps": 6,
+            "eval_every_steps": 3,
+            "log_every_steps": 3,
+            "checkpoint_every_steps": 3,
+            "quiet": True,
+            "twins.members": 3,
+        }
+    )
+    config.model_kwargs.widths = (8, 8)
+    config.dataset_kwargs.heldout_size = 500
+    summary = twins.execute(config, str(tmp_path))
+    for row in summary["rows"]:
+        members = results.read_json(tmp_path / f"source_{row['source']}" / "summary.json")
+        heldout = [m["heldout_accuracy"] for m in members["members"]]
+        last = [m["last_test_accuracy"] for m in members["members"]]
+        assert row["heldout acc std"] == pytest.approx(np.std(heldout), abs=1e-15)
+        expected = np.sqrt(max(0.0, np.var(last) - np.var(heldout)))
+        assert row["test-set part std"] == pytest.approx(expected, abs=1e-15)
+        assert row["heldout acc std low"] <= row["heldout acc std"] <= row["heldout acc std high"]
+    assert "heldout acc std" in summary["table"]
+    assert "held-out (distribution) ratio" in summary["verdict"].splitlines()[1]

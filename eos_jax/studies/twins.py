@@ -240,7 +240,11 @@ def _table1(config, runs, summaries, workdir) -> dict:
 def source_statistics(sub: str, summary: dict) -> dict:
     """One ensemble's spread with 95% intervals (normal theory: statistics.std_interval,
     mean_interval), and the accuracy std that independent per-example errors would give on
-    this test set (statistics.independent_errors_std, from the final predictions)."""
+    this test set (statistics.independent_errors_std, from the final predictions). Where
+    the members were also evaluated on a large held-out set of the same distribution, the
+    spread of that accuracy (the distribution-level spread, measured) and the part of the
+    final test-accuracy variance it leaves to the finite test set (Jordan 2023's
+    decomposition: sqrt(var(last test) - var(held-out)), both at the final weights)."""
     final = [m["final_accuracy"] for m in summary["members"]]
     others = summary["members"][1:]
     predicted, labels = observers.read_predictions(sub)
@@ -250,6 +254,12 @@ def source_statistics(sub: str, summary: dict) -> dict:
     row.update(_estimate("softmax L2", statistics.mean_interval, [m["softmax_l2"] for m in others]))
     row["test-set noise std"] = statistics.independent_errors_std(predicted == labels)
     row["weight D"] = summary["mean_params_rel_l1"]
+    heldout = [m.get("heldout_accuracy") for m in summary["members"]]
+    if None not in heldout:
+        row.update(_estimate("heldout acc std", statistics.std_interval, heldout))
+        last = [m["last_test_accuracy"] for m in summary["members"]]
+        row["last test acc std"] = float(np.std(last))
+        row["test-set part std"] = float(np.sqrt(max(0.0, np.var(last) - np.var(heldout))))
     return row
 
 
@@ -267,7 +277,12 @@ def verdict(config, summaries: dict, prefix: str = "source_") -> str:
     if rounding is None or seed is None:
         return ""
     accuracies = [[m["final_accuracy"] for m in s["members"]] for s in (rounding, seed)]
-    return statistics.ratio_verdict(*accuracies)
+    line = statistics.ratio_verdict(*accuracies)
+    heldout = [[m.get("heldout_accuracy") for m in s["members"]] for s in (rounding, seed)]
+    if None not in heldout[0] + heldout[1]:
+        ratio = statistics.std_ratio_interval(*heldout)
+        line += "\n" + statistics.format_estimate("held-out (distribution) ratio", ratio)
+    return line
 
 
 def onset_curves(sub: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -293,7 +308,9 @@ def _sources(config, runs, summaries, workdir) -> dict:
         sub = os.path.join(workdir, r.name)
         rows.append({"source": name, "kind": kind, **source_statistics(sub, summaries[r.name])})
         curves[name] = (kind, onset_curves(sub))
-    table = results.write_table(workdir, "sources", rows, [_with_intervals(row) for row in rows])
+    keys = [k for k in SHOWN_STATISTICS if any(k in row for row in rows)]
+    shown = [_with_intervals(row, keys) for row in rows]
+    table = results.write_table(workdir, "sources", rows, shown)
     plots.sources(
         [r for r in rows if r["members"]],
         {name: c["weight D"] for name, (_, c) in curves.items()},
@@ -304,10 +321,15 @@ def _sources(config, runs, summaries, workdir) -> dict:
     return {"table": table, "rows": rows, "verdict": line}
 
 
-def _with_intervals(row: dict) -> dict:
+# The statistics a sources table shows, in order (the held-out ones where measured).
+SHOWN_STATISTICS = ("final acc std", "test-set noise std", "heldout acc std")
+SHOWN_STATISTICS += ("test-set part std", "churn", "softmax L2", "weight D")
+
+
+def _with_intervals(row: dict, keys) -> dict:
     """A sources row for reading: estimates as 'value [low, high]' (95% CI)."""
     shown = {k: row.get(k, "") for k in ("source", "kind", "members", "final acc mean")}
-    for key in ("final acc std", "test-set noise std", "churn", "softmax L2", "weight D"):
+    for key in keys:
         if key not in row:
             shown[key] = ""
         elif f"{key} low" in row:
