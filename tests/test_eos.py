@@ -17,7 +17,8 @@ from eos_jax.training.observers import Observer
 from eos_jax.training.sources import Member
 from experiments.configs import eos_digits
 
-DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_probe", "momentum", "depth")
+DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
+DIGITS_EXPERIMENTS += ("momentum", "depth")
 
 
 def full_batch_config(**overrides):
@@ -143,6 +144,7 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         "weight_decay": [c * (1 - s) for c in (40, 20, 10) for s in eos_digits.SHIFTS]
         + [s / f for s in eos_digits.PROBE_SHARPNESS.values() for f in (1.5, 3.0)],
         "weight_decay_probe": [200 - wd for wd in eos_digits.WDS],
+        "weight_decay_bn": [40, 39.6, 38],
         "momentum": [40] * 4,
         "depth": [40] * 5,
     }[experiment]

@@ -33,7 +33,8 @@ from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 
 # the sweeps the configs define (experiments/configs/eos_*.py)
-EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_probe", "momentum", "depth")
+EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
+EXPERIMENTS += ("momentum", "depth")
 EXPERIMENTS += ("cross_entropy", "complexity")
 
 

@@ -9,6 +9,7 @@ The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
                 threshold 2/lr - wd by 0-30% of 2/lr) and at lrs chosen after the decay
                 (from the probe); a phase diagram (phases.png) of where each run
                 settles, measured at the midpoint of the last two iterates
+  weight_decay_bn  the same net with BatchNorm before each tanh, wd = 0, 0.4, 2 at 2/lr = 40
   weight_decay_probe  the same decays at a small lr (2/lr = 200, stable): the sharpness
                 that training with each decay reaches when nothing limits it
   momentum      heavy ball (2+2mu)/lr and Nesterov (2+2mu)/((1+2mu) lr), all at 40
@@ -69,6 +70,17 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
         c.eos.sharpness_every_steps = 25
         c.eos.midpoint = True  # the orbit's centre: the iterate flips across it at the edge
         c.eos.edge_every_steps = 100
+    elif experiment == "weight_decay_bn":
+        # BatchNorm before each tanh makes the hidden weights scale-invariant
+        c.eos.runs = sweep_runs(
+            *(
+                (2 / 40, 1500, f"model_kwargs.batch_norm=True optimizer.weight_decay={wd}")
+                for wd in (0.0, 0.4, 2.0)
+            )
+        )
+        c.eos.sharpness_every_steps = 25
+        c.eos.midpoint = True
+        c.eos.regions_every_steps = 0  # its activations take BatchNorm outputs
     elif experiment == "weight_decay_probe":
         c.eos.runs = sweep_runs(*((2 / 200, 5000, f"optimizer.weight_decay={wd}") for wd in WDS))
         c.eos.sharpness_every_steps = 250
