@@ -122,9 +122,9 @@ def test_verdict_flips_at_the_threshold(kind):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_edge_mode_is_the_root_farthest_from_one_and_crosses_one_at_the_threshold(kind):
     with jax.enable_x64(True):
-        wd, mu = 0.01, KINDS[kind][0]
+        wd = 0.01
         _, _, _, sigma = regression(kind, 0.1, wd)
-        c = {"gd": 2.0, "heavy_ball": 2 + 2 * mu, "nesterov": (2 + 2 * mu) / (1 + 2 * mu)}[kind]
+        c = lin.critical_lr_curvature(kind, KINDS[kind][0])  # checked in the test above
         for factor in (0.5, 0.999, 1.001):
             lr = factor * c / (sigma[-1] + wd)
             train_step, state, batch, _ = regression(kind, lr, wd)

@@ -186,6 +186,7 @@ SHOWN = (
     "response_f_end",
     "delta_growth_late",
     "exponent_late",
+    "restraint_late",
 )
 
 _LAYER = re.compile(r"\['([^']+)'\]")
@@ -269,6 +270,8 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         if span > 0 and delta[mid] > 0
         else None,
         exponent_late=_value((log_growth[end] - log_growth[mid]) / span) if span > 0 else None,
+        # the twins' growth over the second half against the tangent's (None: no stretch)
+        restraint_late=lyapunov.restraint(delta, log_growth, mid, end),
         restarted_at=_last(resp["restarted_at"][1]),
     )
     curve = {
