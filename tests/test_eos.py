@@ -252,3 +252,20 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     along = measured.member("oscillation_curvature", 0)[1]
     assert np.all(along <= mid * (1 + 1e-3)), (along, mid)
     assert np.isfinite(first["midpoint_plateau"]) and np.isfinite(first["oscillation_plateau"])
+
+
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("plateau", [20, 40]),
+        ("cross_entropy", [5, 10, 20]),
+        ("complexity", [20] * 6),
+        ("resnet", [20]),
+    ],
+)
+def test_mnist1d_configs_plan_runs_at_their_predicted_thresholds(experiment, expected):
+    from experiments.configs import eos_mnist1d
+
+    runs = eos.plan(eos_mnist1d.get_config(experiment))
+    np.testing.assert_allclose([r.predicted for r in runs], expected, rtol=1e-12)
+    assert len({r.name for r in runs}) == len(runs)

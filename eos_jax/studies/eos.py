@@ -35,7 +35,7 @@ from eos_jax.training.sources import Member
 # the sweeps the configs define (experiments/configs/eos_*.py)
 EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
 EXPERIMENTS += ("momentum", "depth")
-EXPERIMENTS += ("cross_entropy", "complexity")
+EXPERIMENTS += ("cross_entropy", "complexity", "resnet")
 
 
 def default_settings(experiment: str) -> ml_collections.ConfigDict:

@@ -6,6 +6,7 @@
 The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
   plateau        MSE at 2/lr = 20 and 40 (initial sharpness ~6): sharpening, then 2/lr?
   cross_entropy  cross-entropy at 2/lr = 5, 10, 20 (initial sharpness ~1.2)
+  resnet         MSE at 2/lr = 20 with the 1-D ResNet-20 (BatchNorm, residual blocks)
   complexity     MSE at 2/lr = 20, depth 1-4 conv layers and width 16-64: the plateau,
                  the step it is reached, and the share of units in the transitioning band
 """
@@ -36,6 +37,10 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
     elif experiment == "cross_entropy":
         c.loss = "cross_entropy"
         c.eos.runs = sweep_runs((2 / 5, 2000, ""), (2 / 10, 2000, ""), (2 / 20, 3000, ""))
+    elif experiment == "resnet":
+        c.model, c.model_kwargs = "resnet1d_20", ml_collections.ConfigDict()
+        c.eos.regions_every_steps = 0  # its activations take BatchNorm outputs
+        c.eos.runs = sweep_runs((2 / 20, 2000, ""))
     elif experiment == "complexity":
         c.eos.runs = sweep_runs(
             *(
