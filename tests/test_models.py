@@ -287,3 +287,15 @@ def test_small_cnn_runs_on_cifar_shapes_and_has_no_batch_stats():
 
 def test_models_are_flax_modules():
     assert all(isinstance(create_model(name), nn.Module) for name in MODELS)
+
+
+def test_gelu_is_the_exact_x_times_normal_cdf():
+    import scipy.stats
+
+    x = np.linspace(-4.0, 4.0, 41)
+    expected = x * scipy.stats.norm.cdf(x)
+    np.testing.assert_allclose(
+        np.asarray(activation_fn("gelu")(jnp.asarray(x))), expected, atol=1e-6
+    )
+    model = create_model("cnn1d", num_classes=10, widths=(4,), activation="gelu")
+    assert model.activation == "gelu"

@@ -330,7 +330,7 @@ def test_response_figure_has_a_panel_per_activation_and_source(tmp_path):
 @pytest.mark.parametrize(
     "field, value, message",
     [
-        ("response.activations", ("gelu",), "response.activations"),
+        ("response.activations", ("sigmoid",), "response.activations"),
         ("response.sources", ("dtype",), "response.sources"),
         ("response.lrs", (0.1, 0.1), "repeats"),
         ("response.seeds", (-1,), "response.seeds"),

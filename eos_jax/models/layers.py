@@ -25,15 +25,18 @@ Dtype = jnp.dtype
 # jax's 'normal' is untruncated ('truncated_normal' is the truncated one).
 he_fan_out_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-ACTIVATIONS = ("relu", "tanh", "swish")
+ACTIVATIONS = ("relu", "tanh", "swish", "gelu")
 
 
 def activation_fn(name: str, swish_beta: float = 1.0) -> Callable[[jax.Array], jax.Array]:
-    """'relu' | 'tanh' | 'swish' (s(x) = x * sigmoid(swish_beta * x)) as a function."""
+    """'relu' | 'tanh' | 'swish' (s(x) = x * sigmoid(swish_beta * x)) | 'gelu' (exact,
+    x * Phi(x), as torch.nn.GELU's default) as a function."""
     if name == "relu":
         return nn.relu
     if name == "tanh":
         return jnp.tanh
+    if name == "gelu":
+        return functools.partial(nn.gelu, approximate=False)
     if name == "swish":
         return functools.partial(swish, beta=swish_beta)
     raise ValueError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}")

@@ -46,7 +46,7 @@ SOURCES = ("update_k", "ulp_init")
 def default_settings() -> ml_collections.ConfigDict:
     """config.response: what varies between runs, and the observers' settings."""
     s = ml_collections.ConfigDict()
-    s.activations = ("relu", "swish")
+    s.activations = ("relu", "swish", "gelu")  # a kink, and two smooth ones
     s.sources = SOURCES
     s.lrs = (0.05, 0.1)
     s.seeds = (0, 1, 2)  # each sets the init, data and augmentation seeds (and the tangent's)
