@@ -306,7 +306,13 @@ def test_study_runs_end_to_end(tmp_path):
         assert os.path.exists(tmp_path / "all" / name)
     # every activation x source x lr x seed is a run; ulp_init edits one ulp of conv1/kernel
     planned = study.plan(
-        study_config(**{"response.sources": ("update_k", "ulp_init"), "response.seeds": (0, 1)})
+        study_config(
+            **{
+                "response.activations": ("relu", "swish"),
+                "response.sources": ("update_k", "ulp_init"),
+                "response.seeds": (0, 1),
+            }
+        )
     )
     assert len(planned) == 2 * 2 * 2
     ulp = [r for r in planned if r.source == "ulp_init"][0]

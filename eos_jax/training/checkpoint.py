@@ -82,8 +82,11 @@ class Checkpointer:
         try:
             # A failing save (a full disk) makes orbax and its threads print hundreds of lines
             # of logs and tracebacks: held back, they make way for the one-line error below.
+            # Not with several processes: the save is a collective there, and a process that
+            # the runtime aborts inside it (a peer died) would lose its last words.
             # A Ctrl-C waits for the save to end (a second one does not).
-            with _interrupt_deferred(), _stderr_held():
+            held = contextlib.nullcontext() if distributed.joined() else _stderr_held()
+            with _interrupt_deferred(), held:
                 running = set(threading.enumerate())
                 try:
                     self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
