@@ -252,3 +252,16 @@ def test_forward_and_gradients_match_pytorch():
             assert_trees_close(grads, torch_grads)
             # train mode updated `running` in place (unbiased variance); eval mode did not
             assert_trees_close(stats, jax.tree.map(lambda t: t.numpy(), running))
+
+
+def test_the_paper_fidelity_mnist1d_recipe_builds_as_documented():
+    from eos_jax.training import build
+    from eos_jax.training.ensemble import Ensemble
+    from eos_jax.training.sources import Member
+    from experiments.configs import mnist1d_resnet
+
+    config = mnist1d_resnet.get_config()
+    ensemble = Ensemble([Member("recipe", config)], build.dataset(config), "unrolled")
+    assert ensemble.steps_per_epoch == mnist1d_resnet.STEPS_PER_EPOCH == 63  # last batch kept
+    assert ensemble.models[0].spatial_dims == 1 and ensemble.models[0].depth == 20
+    assert ensemble.streams[0].augment and ensemble.streams[0].crop_padding == 4
