@@ -273,3 +273,13 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
         assert row["heldout acc std low"] <= row["heldout acc std"] <= row["heldout acc std high"]
     assert "heldout acc std" in summary["table"]
     assert "held-out (distribution) ratio" in summary["verdict"].splitlines()[1]
+
+
+def test_resnet_headline_config_plans_24_plus_24_members_with_a_heldout_set():
+    from experiments.configs import twins_mnist1d_resnet
+
+    config = twins_mnist1d_resnet.get_config()
+    planned = twins.plan(config)
+    assert [r.name for r in planned] == ["source_update_k", "source_seed"]
+    assert [len(r.members) for r in planned] == [24, 24]
+    assert config.dataset_kwargs.heldout_size == 100_000 and config.model == "resnet1d_20"
