@@ -96,6 +96,18 @@ class KeepLast(Observer):
         self.states = run.members()
 
 
+def test_midpoints_are_measured_when_every_step_is_measured(tmp_path):
+    """every_steps = 1: each measurement step is also the step before the next one, whose
+    iterate must be kept too (it used to be skipped, and no midpoint was ever measured)."""
+    config = full_batch_config(num_steps=4)
+    ensemble = Ensemble([Member("gd", config)], build.dataset(config), "unrolled")
+    observer = sharpness.Sharpness(1, size=48, chunk_size=48, midpoint=True)
+    trainer.Trainer(ensemble, config, str(tmp_path), [observer]).run()
+    measured = sharpness.Sharpness.read(trainer.read_metrics(str(tmp_path)))
+    assert measured.steps.tolist() == [0, 1, 2, 3, 4]
+    assert measured.member("midpoint_sharpness", 0)[0].tolist() == [1, 2, 3, 4]
+
+
 def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path):
     config = full_batch_config(num_steps=10, **{"optimizer.weight_decay": 0.01})
     dataset = build.dataset(config)

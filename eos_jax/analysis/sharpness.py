@@ -138,12 +138,12 @@ class Sharpness(Observer):
         return op, top
 
     def __call__(self, run) -> None:
-        if not Observer.due(self, run.step, run):  # the step before a measurement
+        stored = self._previous
+        previous = stored[1] if stored and stored[0] == run.step - 1 else None
+        if self.midpoint and Observer.due(self, run.step + 1, run):  # the next is measured
             self._previous = (run.step, [jax.tree.map(np.array, m.params) for m in run.members()])
+        if not Observer.due(self, run.step, run):  # only kept the iterate
             return
-        previous = (
-            self._previous[1] if self._previous and self._previous[0] == run.step - 1 else None
-        )
         values = []
         for i, (member, state) in enumerate(zip(run.ensemble.members, run.members(), strict=True)):
             model, loss = run.ensemble.models[i], member.config.loss
