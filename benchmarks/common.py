@@ -8,15 +8,16 @@ import numpy as np
 
 from eos_jax.data import Dataset, load_dataset
 from eos_jax.training import build
-from experiments.configs import twins_embedded, twins_mnist1d
+from experiments.configs import twins_embedded, twins_mnist1d, twins_mnist1d_resnet
 
-NAMES = ("embedded", "mnist1d", "resnet20")
+NAMES = ("embedded", "mnist1d", "resnet20", "mnist1d_resnet")
 
 
 def benchmark_recipe(name: str):
     """(config, dataset) of a benchmark recipe."""
-    if name == "mnist1d":
-        config = twins_mnist1d.get_config()
+    if name in ("mnist1d", "mnist1d_resnet"):
+        module = twins_mnist1d if name == "mnist1d" else twins_mnist1d_resnet
+        config = module.get_config()
         return config, build.dataset(config)
     config = twins_embedded.get_config()
     if name == "embedded":
@@ -36,6 +37,14 @@ def benchmark_recipe(name: str):
     )
     config.model, config.model_kwargs = "resnet20", {}
     return config, dataset
+
+
+def time_heldout(ens, state, batch_size: int) -> float:
+    """Seconds for every member's logits on the whole held-out split, after a warm-up call."""
+    ens.logits(state, batch_size, split="heldout")
+    t0 = time.perf_counter()
+    ens.logits(state, batch_size, split="heldout")
+    return time.perf_counter() - t0
 
 
 def time_steps(ens, steps: int):

@@ -7,6 +7,7 @@ code and tests never import `experiments`.
 
 from __future__ import annotations
 
+import ast
 import math
 
 import jax
@@ -102,6 +103,55 @@ def total_steps(config, steps_per_epoch: int) -> int:
     if config.get("num_steps") is not None:
         return int(config.num_steps)
     return int(config.num_epochs) * steps_per_epoch
+
+
+def parse_overrides(text: str, setting: str) -> dict:
+    """'optimizer.lr=0.05 num_steps=2000' -> {'optimizer.lr': 0.05, 'num_steps': 2000}
+    (values are Python literals); `setting` names where the text came from, for errors."""
+    overrides = {}
+    for item in text.split():
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            raise ValueError(f"{setting} item {item!r} is not field=value (in {text!r})")
+        try:
+            overrides[field] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{setting} value {value!r} of {field} is not a literal") from None
+    if not overrides:
+        raise ValueError(f"{setting} entry {text!r} sets nothing")
+    return overrides
+
+
+def with_overrides(config, text: str, setting: str) -> ml_collections.ConfigDict:
+    """A validated copy of the recipe with the overrides `text` (parse_overrides) applied.
+    `setting` names where the text came from (e.g. 'eos.runs'); its own section (eos.*) is
+    a setting of the whole study and refused inside one run."""
+    overrides = parse_overrides(text, setting)
+    section = setting.split(".")[0]
+    r = config.copy_and_resolve_references()
+    for field in overrides:
+        if field.split(".")[0] == section:
+            raise ValueError(
+                f"{setting} {text!r}: {field} is a setting of the whole study, not of one "
+                f"run; set it as --config.{field}"
+            )
+        if not _has_field(r, field):
+            raise ValueError(f"{setting} {text!r}: unknown field {field!r}")
+    try:
+        r.update_from_flattened_dict(overrides)
+    except TypeError as error:  # ConfigDict refuses a value of another type
+        raise ValueError(f"{setting} {text!r}: {error}") from None
+    validate(r)
+    return r
+
+
+def _has_field(config, field: str) -> bool:
+    node = config
+    for part in field.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _get(config, name: str):

@@ -161,8 +161,8 @@ def _meant_for(name: str) -> str:
 
 def _load_config(path: str, name: str) -> ml_collections.ConfigDict:
     """The config of `path` (file[:argument]); app.UsageError in one line for a file that is
-    no config, an argument its get_config() does not take, or something else than a
-    ConfigDict."""
+    no config, an argument its get_config() does not take or refuses (a ValueError), or
+    something else than a ConfigDict."""
     file, colon, argument = path.partition(":")
     if not os.path.isfile(file):
         raise app.UsageError(f"config file {file!r} does not exist")
@@ -178,7 +178,10 @@ def _load_config(path: str, name: str) -> ml_collections.ConfigDict:
         )
     if not colon and fewest > 0:
         raise app.UsageError(f"config file {file!r} needs an argument: {file}:<argument>")
-    config = ConfigFileFlagParser(name).parse(path)
+    try:
+        config = ConfigFileFlagParser(name).parse(path)
+    except ValueError as error:  # get_config() refused its argument, in its own words
+        raise app.UsageError(f"config {path!r}: {error.__context__ or error}") from None
     if not isinstance(config, ml_collections.ConfigDict):
         raise app.UsageError(f"config file {file!r} does not give a ConfigDict")
     return config

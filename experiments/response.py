@@ -6,6 +6,8 @@ responses, activation switches counted, the finite-time Lyapunov exponent beside
   python -m experiments.response --config=experiments/configs/response_mnist1d.py \
       --config.num_epochs=2 --config.response.seeds="(0,)" --config.response.lrs="(0.1,)" \
       --workdir=/tmp/response_short
+  python -m experiments.response --config=experiments/configs/response_mnist1d.py:forecast \
+      --workdir=/tmp/forecast
 
 Rerunning after a crash continues where it stopped and skips finished runs.
 """
@@ -27,6 +29,8 @@ def main(argv):
     planned = response.configure_numerics(_CONFIG.value)
     summary = response.execute(_CONFIG.value, _WORKDIR.value, planned)
     print(summary["table"])
+    if "forecast" in summary:
+        print(f"\nforecast of the final churn and weight D:\n{summary['forecast']}")
     print(f"results: {_WORKDIR.value}")
 
 

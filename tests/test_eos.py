@@ -175,7 +175,7 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         (("optimizer.lr=-1",), "config.optimizer.lr=-1.0 must be a finite number > 0"),
         (("optimizer.decay_epochs=(1,)",), "needs a constant lr"),
         # a sweep-wide setting inside one run used to be accepted and silently ignored
-        (("optimizer.lr=0.05 eos.sharpness_every_steps=10",), "setting of the whole sweep"),
+        (("optimizer.lr=0.05 eos.sharpness_every_steps=10",), "setting of the whole study"),
         # wrong types used to end in a ConfigDict traceback
         (("num_steps=10.5",), "eos.runs 'num_steps=10.5'"),
         (("optimizer.lr='abc'",), "eos.runs \"optimizer.lr='abc'\""),

@@ -141,8 +141,10 @@ def test_the_configs_meant_for_a_main_are_those_with_its_section():
 @pytest.mark.parametrize(
     "path, named",
     [
-        ("response_mnist1d.py:x", "takes no ':x' argument"),
+        ("mnist1d_resnet.py:x", "takes no ':x' argument"),
         ("theory_fig1.py:x", "takes no ':x' argument"),
+        # an argument get_config() refuses used to end in config_flags' traceback
+        ("response_mnist1d.py:x", "unknown experiment 'x'; known: full, forecast"),
         ("default.py:x", "takes no ':x' argument"),
         ("theory_base.py", "is not a config file: it defines no get_config()"),
     ],
@@ -156,7 +158,8 @@ def test_a_config_that_cannot_be_called_so_is_a_usage_error(path, named):
 @pytest.mark.parametrize(
     "module, path, named",
     [
-        ("response", "response_mnist1d.py:x", ["takes no ':x' argument"]),
+        ("response", "response_mnist1d.py:x", ["unknown experiment 'x'; known: full, forecast"]),
+        ("train", "mnist1d_resnet.py:x", ["takes no ':x' argument"]),
         ("theory", "theory_base.py", ["theory_base.py", "no get_config()", "theory_fig1.py"]),
     ],
 )

@@ -54,21 +54,21 @@ def dense_params(n_in, n_out):
     return n_in * n_out + n_out
 
 
-def resnet_hand_count(depth, num_classes=10, in_channels=3, dims=2):
-    """dims=1: the 1-D ResNets, kernels (k, C_in, C_out)."""
-    conv_params_ = functools.partial(conv_params, dims=dims)
+def resnet_hand_count(depth, num_classes=10, in_channels=3, dims=2, width=1, with_bn=True):
+    """dims=1: the 1-D ResNets, kernels (k, C_in, C_out); without BN every conv has a bias."""
+    conv_params_ = functools.partial(conv_params, dims=dims, bias=not with_bn)
+    norm = bn_params if with_bn else (lambda c: 0)
     n = (depth - 2) // 6
-    total = conv_params_(in_channels, 16, 3) + bn_params(16)
-    c_in = 16
-    for width in (16, 32, 64):
+    widths = [width * w for w in (16, 32, 64)]
+    total = conv_params_(in_channels, widths[0], 3) + norm(widths[0])
+    c_in = widths[0]
+    for w in widths:
         for _ in range(n):
-            total += (
-                conv_params_(c_in, width, 3) + conv_params_(width, width, 3) + 2 * bn_params(width)
-            )
-            if c_in != width:  # projection shortcut
-                total += conv_params_(c_in, width, 1) + bn_params(width)
-            c_in = width
-    return total + dense_params(64, num_classes)
+            total += conv_params_(c_in, w, 3) + conv_params_(w, w, 3) + 2 * norm(w)
+            if c_in != w:  # projection shortcut
+                total += conv_params_(c_in, w, 1) + norm(w)
+            c_in = w
+    return total + dense_params(widths[-1], num_classes)
 
 
 def vgg_hand_count(groups, with_bn, num_classes=10, in_channels=3):
@@ -92,6 +92,8 @@ PARAM_COUNTS = {
     "resnet56": (CIFAR, 855_770, resnet_hand_count(56)),
     "resnet110": (CIFAR, 1_730_714, resnet_hand_count(110)),
     # 1-D: (N, 40, 1) MNIST-1D signals, every 3x3 kernel a 3 (hence ~1/3 of the 2-D count).
+    "resnet1d_8": (SIGNALS, 28_506, resnet_hand_count(8, in_channels=1, dims=1)),
+    "resnet1d_14": (SIGNALS, 61_210, resnet_hand_count(14, in_channels=1, dims=1)),
     "resnet1d_20": (SIGNALS, 93_914, resnet_hand_count(20, in_channels=1, dims=1)),
     "resnet1d_32": (SIGNALS, 159_322, resnet_hand_count(32, in_channels=1, dims=1)),
     "resnet1d_44": (SIGNALS, 224_730, resnet_hand_count(44, in_channels=1, dims=1)),
@@ -138,6 +140,26 @@ def test_resnet_counts_are_option_a_plus_projections():
     for depth, millions in published.items():
         option_a = PARAM_COUNTS[f"resnet{depth}"][1] - projections
         assert round(option_a, -4 if depth < 110 else -5) == millions
+
+
+@pytest.mark.parametrize(
+    "options, pinned", [({"width": 2}, 371_114), ({"use_batch_norm": False}, 93_130)]
+)
+def test_resnet_width_and_batch_norm_options_match_hand_counts(options, pinned):
+    model = create_model("resnet1d_20", **options)
+    variables = abstract_variables(model, SIGNALS)
+    assert pinned == resnet_hand_count(20, in_channels=1, dims=1, **options_as_counted(options))
+    assert count(variables["params"]) == pinned
+    assert ("batch_stats" in variables) == options.get("use_batch_norm", True)
+
+
+def options_as_counted(options):
+    return {"width": options.get("width", 1), "with_bn": options.get("use_batch_norm", True)}
+
+
+def test_resnet_width_must_be_a_positive_integer():
+    with pytest.raises(ValueError, match=r"ResNet width must be an integer >= 1, got 0"):
+        abstract_variables(create_model("resnet1d_20", width=0), SIGNALS)
 
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))

@@ -35,6 +35,10 @@ ONE_HOME = {
     r"microbatches.*must": {"eos_jax/recipe.py"},
     # the names of the losses: recipe.LOSSES
     r"LOSSES = ": {"eos_jax/recipe.py"},
+    # 'field=value ...' variants of a recipe (eos.runs, twins.factors): recipe.with_overrides
+    r"literal_eval\(|update_from_flattened_dict\(": {"eos_jax/recipe.py"},
+    # the accuracy-std ratio of two compared ensembles: studies.twins.compare_row
+    r"def compare_row": {"eos_jax/studies/twins.py"},
     # a CSV + Markdown table of rows: results.write_table
     r"write_csv\(.*\n.*markdown_table\(": {"eos_jax/results.py"},
 }

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from eos_jax import recipe
-from eos_jax.analysis import lyapunov, plots, response
+from eos_jax.analysis import lyapunov, plots, regions, response
 from eos_jax.analysis.flat import StateSpace
 from eos_jax.studies import response as study
 from eos_jax.training import build, optim, sources, steps, trainer
@@ -320,6 +320,81 @@ def test_study_runs_end_to_end(tmp_path):
     assert ulp.recipe.model_kwargs.activation == "relu" and planned[-1].activation == "swish"
 
 
+def test_observed_steps_stop_the_response_and_switches_but_not_the_run(tmp_path):
+    config = study_config(
+        **{"response.activations": ("relu",), "num_steps": 8, "response.observed_steps": 3}
+    )
+    with jax.enable_x64(True):
+        summary = study.execute(config, str(tmp_path / "w"))
+    (run,) = summary["runs"]
+    records = trainer.read_metrics(str(tmp_path / "w" / run["name"]))
+    assert response.LinearResponse.read(records).steps.tolist() == [0, 1, 2, 3]
+    assert regions.Switches.read(records).steps.tolist() == [0, 1, 2, 3]
+    assert lyapunov.Lyapunov.read(records).steps.tolist() == list(range(9))
+    assert (run["steps"], run["run_steps"]) == (3, 8)
+    assert run["churn_end"] >= 0 and run["weight_D_end"] > 0
+    growth = lyapunov.Lyapunov.read(records)["log_growth"][0]
+    assert run["exponent_observed"] == pytest.approx(growth[3] / 3, rel=1e-12)
+
+
+@pytest.mark.parametrize("last_step", [0, 2.5, True])
+def test_an_observer_refuses_a_bad_last_step(last_step):
+    with pytest.raises(ValueError, match=f"switches last_step={last_step!r} must be an integer"):
+        regions.Switches(1, last_step=last_step).check_every_steps("switches")
+
+
+def _forecast_rows(target_of, n=8, **extra):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        first = int(rng.integers(5, 60))
+        rows.append(
+            {
+                "name": f"run{i}",
+                "activation": "relu" if i % 2 else "swish",
+                "lr": 0.05 * (1 + i % 3),
+                "status": "finished",
+                "first_switch": first,
+                "delta_end": float(10 ** rng.uniform(-8, 0)),
+                "delta_growth_late": float(rng.normal()),
+                "exponent_observed": float(rng.normal()),
+                "churn_end": target_of(first),
+                "weight_D_end": target_of(first),
+                **extra,
+            }
+        )
+    return rows
+
+
+def test_forecast_finds_a_feature_that_determines_the_end_and_scores_it_leave_one_out():
+    rows = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first))  # log10 target linear
+    skill, predictions = study.forecast(rows, churn_floor=1e-5)
+    exact = [s for s in skill if s["feature"] == "first switch (step)"]
+    assert len(exact) == 2 * 3  # all runs, swish only, relu only; churn and D
+    assert all(s["rms error (log10)"] < 1e-9 for s in exact)
+    assert all(s["skill"] == pytest.approx(1.0) for s in exact)
+    noise = [s for s in skill if s["feature"].startswith("finite-time")]
+    assert all(s["skill"] < 0.5 for s in noise)  # a random feature does not predict
+    assert {p["feature"] for p in predictions} == {"first switch (step)"}
+    for p in predictions:
+        assert p["predicted"] == pytest.approx(p["observed"], rel=1e-8)
+
+
+def test_forecast_floors_churn_drops_unfinished_runs_and_needs_four_runs():
+    rows = _forecast_rows(lambda first: 0.0 if first < 30 else 0.01)
+    rows[0]["status"] = "diverged"
+    skill, predictions = study.forecast(rows, churn_floor=1e-4)
+    churn = [p for p in predictions if p["target"] == "churn_end" and p["runs of"] == "all runs"]
+    assert len(churn) == 7
+    assert sorted({round(p["observed"], 12) for p in churn}) == [1e-4, 0.01]
+    # D = 0 is no run to predict on a log scale; a constant target is nothing to predict
+    assert not [s for s in skill if s["target"] == "weight_D_end" and s["runs"] > 3]
+    assert study.forecast(rows[:4], churn_floor=1e-4) == ([], [])  # 3 finished runs
+    # the leave-one-out line is fitted without the point it predicts
+    x, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 10.0])
+    assert study._leave_one_out(x, y)[3] == pytest.approx(3.0)
+
+
 def test_response_figure_has_a_panel_per_activation_and_source(tmp_path):
     steps_ = list(range(5))
     curve = {"steps": steps_, "delta": [0, 1e-8, 1e-7, 1e-5, 1e-3], "first_switches": [3]}
@@ -344,6 +419,7 @@ def test_response_figure_has_a_panel_per_activation_and_source(tmp_path):
         ("response.ulps", 0, "nonzero"),
         ("response.every_steps", 0, "every_steps"),
         ("response.leave_ratio", 1.0, "leave_ratio"),
+        ("response.observed_steps", 0, "response.observed_steps=0 must be None or"),
         ("model", "small_cnn", "has no option"),
     ],
 )

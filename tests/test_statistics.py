@@ -102,3 +102,12 @@ def test_bad_input_is_a_one_line_value_error(call, message):
     with pytest.raises(ValueError, match=message) as error:
         call()
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "low, high, words",
+    [(0.4, 0.97, "less than a new seed"), (1.1, 2.0, "more than"), (0.6, 1.3, "contains 1")],
+)
+def test_against_one_reads_the_interval_in_words(low, high, words):
+    estimate = st.Estimate(0.8, low, high, 0.95, "normal", (12, 12))
+    assert words in st.against_one(estimate)

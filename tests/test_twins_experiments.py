@@ -165,7 +165,9 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
     runs = twins.plan(config)
     assert (
         len(runs)
-        == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6}[experiment]
+        == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6, "factors": 2}[
+            experiment
+        ]
     )
     model = build.model(runs[0].recipe, _cifar_shaped())
     shapes = jax.eval_shape(
@@ -282,4 +284,97 @@ def test_resnet_headline_config_plans_24_plus_24_members_with_a_heldout_set():
     planned = twins.plan(config)
     assert [r.name for r in planned] == ["source_update_k", "source_seed"]
     assert [len(r.members) for r in planned] == [24, 24]
-    assert config.dataset_kwargs.heldout_size == 100_000 and config.model == "resnet1d_20"
+    assert config.dataset_kwargs.heldout_size == 100_000 and config.model == "resnet1d_8"
+
+
+def test_the_demo_is_the_recipe_at_half_the_epochs_with_12_plus_12_members():
+    from experiments.configs import twins_mnist1d_resnet
+
+    demo = twins_mnist1d_resnet.get_config("demo")
+    planned = twins.plan(demo)
+    assert [(r.name, len(r.members)) for r in planned] == [
+        ("source_update_k", 12),
+        ("source_seed", 12),
+    ]
+    (_, _, halved), *_ = [
+        v
+        for v in twins.factor_recipes(twins_mnist1d_resnet.get_config("factors"))
+        if v[0] == "epochs x0.5"
+    ]
+    assert _flat(demo) == _flat(halved) and demo.dataset_kwargs.heldout_size == 100_000
+
+
+def test_resnet_factors_change_one_ingredient_at_a_time():
+    from experiments.configs import twins_mnist1d_resnet
+
+    config = twins_mnist1d_resnet.get_config("factors")
+    planned = twins.plan(config)
+    assert len(planned) == 2 * (1 + len(twins_mnist1d_resnet.FACTORS))
+    assert all(len(r.members) == 12 for r in planned)
+    base = _flat(config)
+    for label, text, variant in twins.factor_recipes(config)[1:]:
+        changed = {k for k, v in _flat(variant).items() if base[k] != v}
+        assert changed == {field.partition("=")[0] for field in text.split()}, label
+    with pytest.raises(ValueError, match="unknown experiment 'table1'; known: sources, factors"):
+        twins_mnist1d_resnet.get_config("table1")
+
+
+def _flat(config) -> dict:
+    """A recipe as {dotted field: value}, twins settings left out."""
+    out = {}
+    for key, value in config.items():
+        if key == "twins":
+            continue
+        if hasattr(value, "items"):
+            out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def test_factors_compare_the_recipe_and_each_variant_and_keep_a_diverged_one(tmp_path):
+    factors = ("lr x2: optimizer.lr=0.1", "huge lr: optimizer.lr=1e9")
+    config = tiny("factors", **{"twins.factors": factors, "twins.members": 2})
+    names = [r.name for r in twins.plan(config)]
+    assert names == [
+        "recipe_update_k",
+        "recipe_seed",
+        "lr_x2_update_k",
+        "lr_x2_seed",
+        "huge_lr_update_k",
+        "huge_lr_seed",
+    ]
+    summary = twins.execute(config, str(tmp_path))
+    rows = {row["factor"]: row for row in summary["rows"]}
+    assert list(rows) == ["recipe", "lr x2", "huge lr"]
+    assert rows["lr x2"]["overrides"] == "optimizer.lr=0.1" and rows["recipe"]["overrides"] == ""
+    for label in ("recipe", "lr x2"):
+        row = rows[label]
+        assert row["ratio low"] <= row["ratio"] <= row["ratio high"]
+        assert row["members"] == "2+2"
+        sub = {
+            kind: results.read_json(tmp_path / f"{twins._slug(label)}_{kind}" / results.SUMMARY)
+            for kind in ("update_k", "seed")
+        }
+        stds = [np.std([m["final_accuracy"] for m in sub[k]["members"]]) for k in sub]
+        assert row["rounding final acc std"] == pytest.approx(stds[0], abs=1e-12)
+        assert row["ratio"] == pytest.approx(stds[0] / stds[1], rel=1e-9)
+    assert rows["huge lr"]["note"].startswith("diverged: ")
+    assert "ratio" not in rows["huge lr"]
+    assert os.path.exists(tmp_path / "factors.png") and os.path.exists(tmp_path / "factors.md")
+
+
+@pytest.mark.parametrize(
+    "factors, message",
+    [
+        (("lr x2 optimizer.lr=0.1",), "is not 'label: field=value ...'"),
+        (("lr: optimizer.lrr=0.1",), "twins.factors 'optimizer.lrr=0.1'.*unknown field"),
+        (("a: optimizer.lr=0.1", "a: optimizer.lr=0.2"), "labels must differ"),
+        (("recipe: optimizer.lr=0.1",), "labels must differ"),
+        (("members: twins.members=4",), "setting of the whole study"),
+    ],
+)
+def test_bad_factors_fail_before_anything_is_written(tmp_path, factors, message):
+    with pytest.raises(ValueError, match=message):
+        twins.execute(tiny("factors", **{"twins.factors": factors}), str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")

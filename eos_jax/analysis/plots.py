@@ -230,6 +230,43 @@ def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, p
     plt.close(fig)
 
 
+def factors(rows: list[dict], ratio_name: str, path: str) -> None:
+    """Left: the accuracy-std ratio (rounding / stochastic) per factor with its 95% interval,
+    on the test set and, where measured, on the held-out set (the distribution); 1 means
+    rounding spreads results as much as the seed. Right: each source's weight distance D.
+    A variant that diverged has no marker."""
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, 0.45 * len(rows) + 1.8), layout="constrained", sharey=True
+    )
+    y = np.arange(len(rows))[::-1]
+    for offset, key, label in ((0.12, "ratio", "test set"), (-0.12, "held-out ratio", "held-out")):
+        at = [i for i, r in enumerate(rows) if key in r]
+        if not at:
+            continue
+        value = np.array([rows[i][key] for i in at])
+        low = np.array([rows[i][key + " low"] for i in at])
+        high = np.array([rows[i][key + " high"] for i in at])
+        left.errorbar(
+            value, y[at] + offset, xerr=[value - low, high - value], fmt="o", capsize=3, label=label
+        )
+    left.axvline(1.0, color="grey", linewidth=0.8, linestyle=":")
+    left.set(
+        xscale="log",
+        yticks=y,
+        yticklabels=[r["factor"] for r in rows],
+        xlabel=f"accuracy-std ratio {ratio_name} (95% CI)",
+        title="rounding spread / seed spread, one factor changed at a time",
+    )
+    left.legend(fontsize=8)
+    for offset, kind in ((0.12, "rounding"), (-0.12, "seed")):
+        at = [i for i, r in enumerate(rows) if f"{kind} weight D" in r]
+        right.plot([rows[i][f"{kind} weight D"] for i in at], y[at] + offset, "s", label=kind)
+    right.set(xlabel="weight distance D to member 0", title="how far the weights go")
+    right.legend(fontsize=8)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def sharpness_curves(curves: dict[str, dict], path: str) -> None:
     """Left: data-loss sharpness against step per run, its predicted threshold dashed in the
     same colour. Right: the training-set loss (log scale)."""
@@ -295,6 +332,34 @@ def predicted_vs_observed(rows: list[dict], path: str) -> None:
         title="Edge of Stability",
     )
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def forecast(predictions: list[dict], path: str) -> None:
+    """Per target (panel): each run's final value against its forecast from the observed
+    start (the best single feature, leave-one-out), log-log, one colour per activation."""
+    targets = list(dict.fromkeys(p["target"] for p in predictions))
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.6), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        rows = [p for p in predictions if p["target"] == target]
+        for i, activation in enumerate(dict.fromkeys(r["activation"] for r in rows)):
+            mine = [r for r in rows if r["activation"] == activation]
+            ax.loglog(
+                [r["predicted"] for r in mine],
+                [r["observed"] for r in mine],
+                "o",
+                color=f"C{i}",
+                label=activation,
+            )
+        values = [v for r in rows for v in (r["predicted"], r["observed"])]
+        lo, hi = min(values) / 1.5, max(values) * 1.5
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="observed = predicted")
+        ax.set(
+            xlabel=f"forecast from: {rows[0]['feature']}",
+            ylabel=f"observed {target}",
+            title=f"{target}: forecast from the start",
+        )
+        ax.legend(fontsize=7)
     _save(fig, path)
 
 

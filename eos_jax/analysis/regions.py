@@ -205,14 +205,22 @@ class Switches(Observer):
     """Per member and hidden layer, the pre-activations whose sign differs from member 0's
     over the first `size` training examples (module docstring), kind 'switches': records
     {'switched': {layer: count}, 'total': {layer: pre-activations compared}}, at step 0,
-    every `every_steps` steps and at the last. `read` gives 'switched/layer' and
-    'fraction/layer'; `first_switch` the first recorded step with a switch."""
+    every `every_steps` steps and at the last (up to `last_step`, None: the run's). `read`
+    gives 'switched/layer' and 'fraction/layer'; `first_switch` the first recorded step with
+    a switch."""
 
     at_start = True
     kind = "switches"
 
-    def __init__(self, every_steps: int, size: int | None = 512, chunk_size: int = 512):
+    def __init__(
+        self,
+        every_steps: int,
+        size: int | None = 512,
+        chunk_size: int = 512,
+        last_step: int | None = None,
+    ):
         self.every_steps, self.size, self.chunk_size = every_steps, size, chunk_size
+        self.last_step = last_step
 
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError for bad settings, fewer than 2 members or an unsupported model."""

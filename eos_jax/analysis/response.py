@@ -185,8 +185,9 @@ def _copy(state):
 class LinearResponse(Observer):
     """The forced linear response of a twin pair (module docstring), kind 'response'.
 
-    Runs after every step (it must: the responses are propagated step by step) and writes a
-    record every `every_steps` steps, at step 0 and at the last step. Member 1's record holds,
+    Runs after every step up to `last_step` (it must: the responses are propagated step by
+    step; None: to the end) and writes a record every `every_steps` steps, at step 0 and at
+    the last step observed. Member 1's record holds,
     at that step: the norms of QUANTITIES in total and per state tensor ('per_tensor':
     {StateSpace path: {quantity: norm}}; f, r, N and e are those of the step just taken,
     not accumulated since the previous record), ratio_r = ||Delta|| / ||delta^r||, ratio_f =
@@ -199,8 +200,8 @@ class LinearResponse(Observer):
     at_start = True
     kind = "response"
 
-    def __init__(self, every_steps: int = 1):
-        self.every_steps = every_steps
+    def __init__(self, every_steps: int = 1, last_step: int | None = None):
+        self.every_steps, self.last_step = every_steps, last_step
         self._previous = None  # (step, w_t copy, w'_t copy, delta^f_t, delta^r_t, restarted_at)
 
     def setup(self, ensemble, num_steps: int) -> None:
@@ -251,7 +252,8 @@ class LinearResponse(Observer):
         self._previous = None
 
     def due(self, step: int, run) -> bool:
-        return True  # every step; records only where Observer.due says
+        # every step up to last_step; records only where Observer.due says
+        return self.last_step is None or step <= self.last_step
 
     def __call__(self, run) -> None:
         states = [_plain_state(s) for s in run.members()]

@@ -139,6 +139,16 @@ def format_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
     )
 
 
+def against_one(estimate: Estimate) -> str:
+    """How a rounding/seed ratio's interval reads against 1 (a spread as large as the
+    seed's), in words."""
+    if estimate.high < 1:
+        return "less than a new seed does (the whole interval is below 1)"
+    if estimate.low > 1:
+        return "more than a new seed does (the whole interval is above 1)"
+    return "as much as a new seed, within the interval (it contains 1)"
+
+
 def ratio_verdict(rounding, seeds, **options) -> str:
     """The verdict line for the rounding/seed accuracy-std ratio (std_ratio_interval)."""
     estimate = std_ratio_interval(rounding, seeds, **options)

@@ -23,6 +23,7 @@ from eos_jax.models.small import MLP, SmallCNN
 from eos_jax.models.vgg import VGG
 
 RESNET_DEPTHS = (20, 32, 44, 56, 110)
+RESNET1D_DEPTHS = (8, 14, *RESNET_DEPTHS)  # 8, 14: 1 and 2 blocks a stage, for laptop studies
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     **{
@@ -30,7 +31,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     },
     **{
         f"resnet1d_{d}": functools.partial(CifarResNet, depth=d, spatial_dims=1)
-        for d in RESNET_DEPTHS
+        for d in RESNET1D_DEPTHS
     },
     "vgg11": functools.partial(VGG, depth=11, use_batch_norm=False),
     "vgg11_bn": functools.partial(VGG, depth=11, use_batch_norm=True),

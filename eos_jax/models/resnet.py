@@ -10,7 +10,8 @@ Architecture (docs/paper.md, section 2): 3x3 conv(16, no bias) -> BN -> act; thr
 n basic blocks with widths 16/32/64, stride 2 at the start of stages 2 and 3; a block is
 conv3x3-BN-act-conv3x3-BN, plus the shortcut, then act; where the shape changes the
 shortcut is a 1x1 conv (stride 2, no bias) + BN projection ("option B"); global average
-pool; dense 64 -> num_classes.
+pool; dense 64 -> num_classes. `width` multiplies the stage widths (2: 32/64/128);
+`use_batch_norm=False` drops every BatchNorm and gives the convs a zero-initialised bias.
 
 Layer names (stages and blocks are 1-based, as in the paper's wording)::
 
@@ -45,28 +46,40 @@ STAGE_WIDTHS = (16, 32, 64)
 class BasicBlock(nn.Module):
     """conv3x3-BN-act-conv3x3-BN + shortcut, then act; 1x1 conv + BN shortcut on shape change.
 
-    Over `spatial_dims` axes: 3x3 / 1x1 convs on images (2), 3 / 1 on signals (1)."""
+    Over `spatial_dims` axes: 3x3 / 1x1 convs on images (2), 3 / 1 on signals (1). Without
+    BatchNorm (use_batch_norm=False) the convs carry a zero-initialised bias instead."""
 
     features: int
     strides: int
     activation: Callable[[jax.Array], jax.Array]
     spatial_dims: int = 2
+    use_batch_norm: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-        conv_ = functools.partial(conv, spatial_dims=self.spatial_dims, **dtypes)
+        conv_ = functools.partial(
+            conv, spatial_dims=self.spatial_dims, use_bias=not self.use_batch_norm, **dtypes
+        )
+        norm = functools.partial(_norm, self.use_batch_norm, train, **dtypes)
         y = conv_(self.features, 3, strides=self.strides, name="conv1")(x)
-        y = self.activation(batch_norm(train, name="bn1", **dtypes)(y))
+        y = self.activation(norm(name="bn1")(y))
         y = conv_(self.features, 3, name="conv2")(y)
-        y = batch_norm(train, name="bn2", **dtypes)(y)
+        y = norm(name="bn2")(y)
         shortcut = x
         if self.strides != 1 or x.shape[-1] != self.features:
             project = conv_(self.features, 1, strides=self.strides, name="shortcut_conv")
-            shortcut = batch_norm(train, name="shortcut_bn", **dtypes)(project(x))
+            shortcut = norm(name="shortcut_bn")(project(x))
         return self.activation(y + shortcut)
+
+
+def _norm(use_batch_norm: bool, train: bool, *, dtype, param_dtype, name: str):
+    """The block's BatchNorm, or the identity where the ResNet is built without it."""
+    if not use_batch_norm:
+        return lambda x: x
+    return batch_norm(train, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 class CifarResNet(nn.Module):
@@ -78,11 +91,15 @@ class CifarResNet(nn.Module):
     activation: str = "relu"
     swish_beta: float = 5.0
     spatial_dims: int = 2
+    width: int = 1  # multiplies the stage widths 16/32/64
+    use_batch_norm: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, train: bool):
+        if not isinstance(self.width, int) or isinstance(self.width, bool) or self.width < 1:
+            raise ValueError(f"ResNet width must be an integer >= 1, got {self.width!r}")
         if self.depth < 8 or (self.depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {self.depth}")
         layouts = {1: "(N, L, C) signals", 2: "(N, H, W, C) images"}
@@ -94,14 +111,22 @@ class CifarResNet(nn.Module):
         blocks_per_stage = (self.depth - 2) // 6
         act = activation_fn(self.activation, self.swish_beta)
         dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
-
-        x = conv(STAGE_WIDTHS[0], 3, spatial_dims=self.spatial_dims, name="stem_conv", **dtypes)(x)
-        x = act(batch_norm(train, name="stem_bn", **dtypes)(x))
-        for stage, width in enumerate(STAGE_WIDTHS, start=1):
+        widths = [self.width * w for w in STAGE_WIDTHS]
+        bn = self.use_batch_norm
+        stem = conv(
+            widths[0],
+            3,
+            spatial_dims=self.spatial_dims,
+            use_bias=not bn,
+            name="stem_conv",
+            **dtypes,
+        )
+        x = act(_norm(bn, train, name="stem_bn", **dtypes)(stem(x)))
+        for stage, width in enumerate(widths, start=1):
             for block in range(1, blocks_per_stage + 1):
                 strides = 2 if stage > 1 and block == 1 else 1
                 name = f"stage{stage}_block{block}"
-                block_ = BasicBlock(width, strides, act, self.spatial_dims, name=name, **dtypes)
+                block_ = BasicBlock(width, strides, act, self.spatial_dims, bn, name=name, **dtypes)
                 x = block_(x, train)
         x = jnp.mean(x, axis=tuple(range(1, 1 + self.spatial_dims)))
         return pytorch_dense(self.num_classes, x.shape[-1], name="head", **dtypes)(x)

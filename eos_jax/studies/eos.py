@@ -17,7 +17,6 @@ per layer, the fraction of pre-activations in the paper's transitioning band, in
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import os
 
@@ -79,23 +78,6 @@ class EosRun(PlannedRun):
     predicted: float = float("nan")
 
 
-def parse_overrides(text: str) -> dict:
-    """'optimizer.lr=0.05 num_steps=2000' -> {'optimizer.lr': 0.05, 'num_steps': 2000}
-    (values are Python literals)."""
-    out = {}
-    for item in text.split():
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise ValueError(f"eos.runs item {item!r} is not field=value (in {text!r})")
-        try:
-            out[field] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise ValueError(f"eos.runs value {value!r} of {field} is not a literal") from None
-    if not out:
-        raise ValueError(f"eos.runs entry {text!r} sets nothing")
-    return out
-
-
 def optimizer_kind(opt) -> str:
     """'gd', 'heavy_ball' or 'nesterov' (linearisation's names) for a recipe's optimizer."""
     if opt.momentum == 0:
@@ -111,19 +93,12 @@ def predicted_threshold(config) -> float:
     )
 
 
-def _name(index: int, overrides: dict) -> str:
+def _name(index: int, text: str) -> str:
+    """run{index}_ and the overrides' last field names and values, num_steps left out."""
+    overrides = recipe.parse_overrides(text, "eos.runs")
     short = "_".join(f"{k.split('.')[-1]}{v}" for k, v in overrides.items() if k != "num_steps")
     short = "".join(c if c.isalnum() or c in "._-" else "-" for c in short)
     return f"run{index:02d}_{short}" if short else f"run{index:02d}"
-
-
-def _has_field(config, field: str) -> bool:
-    node = config
-    for part in field.split("."):
-        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def plan(config) -> list[EosRun]:
@@ -144,21 +119,7 @@ def plan(config) -> list[EosRun]:
     recipe.validate(config)
     runs = []
     for i, text in enumerate(e.runs):
-        overrides = parse_overrides(text)
-        r = config.copy_and_resolve_references()
-        for field in overrides:
-            if field.split(".")[0] == "eos":
-                raise ValueError(
-                    f"eos.runs {text!r}: {field} is a setting of the whole sweep, not of one "
-                    f"run; set it as --config.{field}"
-                )
-            if not _has_field(r, field):
-                raise ValueError(f"eos.runs {text!r}: unknown field {field!r}")
-        try:
-            r.update_from_flattened_dict(overrides)
-        except TypeError as error:  # ConfigDict refuses a value of another type
-            raise ValueError(f"eos.runs {text!r}: {error}") from None
-        recipe.validate(r)
+        r = recipe.with_overrides(config, text, "eos.runs")
         if r.optimizer.decay_epochs:
             raise ValueError(
                 f"eos.runs {text!r}: the threshold needs a constant lr, got "
@@ -178,7 +139,7 @@ def plan(config) -> list[EosRun]:
                 f"data-loss threshold c / lr - wd = {predicted:.3g} <= 0): lower lr or wd"
             )
         members = [Member("recipe", r)]
-        runs.append(EosRun(_name(i, overrides), r, members, overrides=text, predicted=predicted))
+        runs.append(EosRun(_name(i, text), r, members, overrides=text, predicted=predicted))
     return runs
 
 

@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from eos_jax import numerics, recipe, results
-from eos_jax.analysis import lyapunov, plots, regions
+from eos_jax.analysis import divergence, lyapunov, plots, regions
 from eos_jax.analysis import response as linear_response
 from eos_jax.models import create_model
 from eos_jax.models.layers import ACTIVATIONS
@@ -57,6 +57,10 @@ def default_settings() -> ml_collections.ConfigDict:
     s.switches_every_steps = 1
     s.switches_size = 512  # the probe set: the first training examples
     s.leave_ratio = 10.0  # the twins leave the linear response: ||Delta|| / ||delta^r|| > this
+    # LinearResponse and Switches observe steps 0 .. observed_steps (None: the whole run);
+    # the tangent and the member distances (churn, weight D) go on to the end, so that the
+    # forecast can predict the end from the observed start.
+    s.observed_steps = ml_collections.config_dict.placeholder(int)
     return s
 
 
@@ -101,6 +105,9 @@ def plan(config) -> list[ResponseRun]:
     for name in ("every_steps", "switches_every_steps"):
         if not _is_int(s[name]) or s[name] < 1:
             raise ValueError(f"response.{name}={s[name]!r} must be an integer >= 1")
+    observed = s.get("observed_steps")
+    if observed is not None and not (_is_int(observed) and observed >= 1):
+        raise ValueError(f"response.observed_steps={observed!r} must be None or an integer >= 1")
     if not (_is_number(s.leave_ratio) and s.leave_ratio > 1):
         raise ValueError(f"response.leave_ratio={s.leave_ratio!r} must be a number > 1")
     recipe.validate(config)
@@ -137,10 +144,12 @@ def _trainer(config, r: ResponseRun, dataset, workdir: str) -> trainer.Trainer:
     s = config.response
     make_steps = [lyapunov.tangent_step(r.seed), steps.make_train_step]
     ens = Ensemble(r.members, dataset, "unrolled", make_step=make_steps)
+    last = s.get("observed_steps")
     observers = [
-        linear_response.LinearResponse(s.every_steps),
-        regions.Switches(s.switches_every_steps, s.switches_size, s.switches_size),
+        linear_response.LinearResponse(s.every_steps, last),
+        regions.Switches(s.switches_every_steps, s.switches_size, s.switches_size, last),
         lyapunov.Lyapunov(s.every_steps),
+        divergence.MemberDistance(r.recipe.eval_every_steps),
     ]
     return trainer.Trainer(ens, r.recipe, os.path.join(workdir, r.name), observers)
 
@@ -162,6 +171,12 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
     table = results.write_table(workdir, "response", rows, shown)
     plots.response_curves(curves, os.path.join(workdir, "response.png"))
     summary = {"table": table, "runs": rows}
+    skill, predictions = forecast(rows, churn_floor=0.5 / len(dataset.test_labels))
+    if skill:
+        summary["forecast"] = results.write_table(workdir, "forecast", skill)
+        results.write_csv(os.path.join(workdir, "forecast_runs.csv"), predictions)
+        every_run = [p for p in predictions if p["runs of"] == "all runs"]
+        plots.forecast(every_run, os.path.join(workdir, "forecast.png"))
     results.finish(workdir, summary)
     return summary
 
@@ -188,6 +203,106 @@ SHOWN = (
     "exponent_late",
     "restraint_late",
 )
+
+# What the forecast predicts (at the run's end, on a log10 scale) from what it reads over
+# the observed steps only.
+FORECAST_TARGETS = ("churn_end", "weight_D_end")
+FORECAST_FEATURES = {
+    "kink (ReLU 1, smooth 0), known before training": lambda row: float(
+        row["activation"] == "relu"
+    ),
+    "log10 lr, known before training": lambda row: float(np.log10(row["lr"])),
+    "first switch (step)": lambda row: row.get("first_switch"),
+    "log10 (1 + switches) at the last observed step": lambda row: _log10(
+        None if row.get("switches_end") is None else 1 + row["switches_end"]
+    ),
+    "log10 ||Delta|| at the last observed step": lambda row: _log10(row.get("delta_end")),
+    "log ||Delta|| growth rate, late observed": lambda row: row.get("delta_growth_late"),
+    "finite-time exponent over the observed steps": lambda row: row.get("exponent_observed"),
+}
+
+
+def _log10(x) -> float | None:
+    return None if x is None or x <= 0 else float(np.log10(x))
+
+
+def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dict]]:
+    """Predicts each run's final churn and weight D (log10; churn floored at churn_floor,
+    half a test example) from one feature, by a straight line fitted to the other runs
+    (leave-one-out), over all finished runs and over each activation's alone (groups of 4
+    runs or more; skipped where the feature or the target is constant in the group).
+    Returns (one row per group, target and feature: the runs used, the RMS error in log10
+    units and as a factor, and the skill 1 - rms / rms of predicting the other runs' mean;
+    one row per group, run and target with the group's best feature's prediction beside
+    the observed value). Empty with fewer than 4 finished runs."""
+    done = [r for r in rows if r.get("status") == "finished" and "churn_end" in r]
+    groups = {"all runs": done}
+    for activation in dict.fromkeys(r["activation"] for r in done):
+        groups[f"{activation} only"] = [r for r in done if r["activation"] == activation]
+    skill, predictions = [], []
+    for group, members in groups.items():
+        for target in FORECAST_TARGETS:
+            best = None
+            for feature, read in FORECAST_FEATURES.items():
+                floor = churn_floor if target == "churn_end" else 0.0
+                used = [
+                    r
+                    for r in members
+                    if read(r) is not None and np.isfinite(read(r)) and max(r[target], floor) > 0
+                ]
+                x = np.array([read(r) for r in used])
+                y = np.log10([max(r[target], floor) for r in used])
+                if len(used) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+                    continue  # nothing to fit, or nothing to predict
+                predicted, baseline = _leave_one_out(x, y), _leave_one_out(np.zeros_like(x), y)
+                rms = float(np.sqrt(np.mean((predicted - y) ** 2)))
+                rms0 = float(np.sqrt(np.mean((baseline - y) ** 2)))
+                skill.append(
+                    {
+                        "runs of": group,
+                        "target": target,
+                        "feature": feature,
+                        "runs": len(used),
+                        "rms error (log10)": rms,
+                        "error factor": 10**rms,
+                        "rms of the mean (log10)": rms0,
+                        "skill": 1 - rms / rms0 if rms0 > 0 else float("nan"),
+                    }
+                )
+                if best is None or rms < best[0]:
+                    best = (rms, feature, used, predicted, y)
+            if best is None:
+                continue
+            _, feature, used, predicted, y = best
+            predictions += [
+                {
+                    "runs of": group,
+                    "target": target,
+                    "feature": feature,
+                    "name": r["name"],
+                    "activation": r["activation"],
+                    "observed": float(10**yi),
+                    "predicted": float(10**pi),
+                    "error factor": float(10 ** abs(pi - yi)),
+                }
+                for r, pi, yi in zip(used, predicted, y, strict=True)
+            ]
+    return skill, predictions
+
+
+def _leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """For each i, the line fitted to the other points (a constant where x does not vary
+    among them) evaluated at x[i]."""
+    out = np.empty_like(y)
+    for i in range(len(y)):
+        keep = np.arange(len(y)) != i
+        if np.ptp(x[keep]) > 0:
+            slope, intercept = np.polyfit(x[keep], y[keep], 1)
+            out[i] = slope * x[i] + intercept
+        else:
+            out[i] = np.mean(y[keep])
+    return out
+
 
 _LAYER = re.compile(r"\['([^']+)'\]")
 
@@ -273,7 +388,16 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         # the twins' growth over the second half against the tangent's (None: no stretch)
         restraint_late=lyapunov.restraint(delta, log_growth, mid, end),
         restarted_at=_last(resp["restarted_at"][1]),
+        exponent_observed=_value(log_growth[end] / steps_[end]) if steps_[end] > 0 else None,
+        switches_end=switches_at(steps_[end]),
     )
+    distances = divergence.MemberDistance.read(records)
+    if distances.steps.size:  # the twins at the last step trained (the run's end)
+        row.update(
+            run_steps=int(distances.steps[-1]),
+            churn_end=float(distances["churn"][1, -1]),
+            weight_D_end=float(distances["params_rel_l1"][1, -1]),
+        )
     curve = {
         "activation": r.activation,
         "source": r.source,

@@ -8,6 +8,8 @@
   with confidence intervals, the test-set noise floor and the rounding/seed verdict.
 - sweep: the verdict's two sources (twins.compare) at each learning rate of twins.sweep_lrs:
   how the rounding/seed ratio depends on the learning rate and on training time.
+- factors: the verdict's two sources for the recipe and for each variant of twins.factors
+  (one ingredient changed at a time): which ingredient makes rounding matter.
 
 `execute(config, workdir)` trains each planned ensemble (a `TwinsRun`) in its own
 sub-directory of workdir, resuming from its checkpoints and skipping finished ones, then
@@ -28,7 +30,7 @@ from eos_jax.studies.runs import NotApplicable, PlannedRun, train_all
 from eos_jax.training import build, observers, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 
-EXPERIMENTS = ("table1", "fig2", "sources", "sweep")
+EXPERIMENTS = ("table1", "fig2", "sources", "sweep", "factors")
 
 
 def default_settings(experiment: str) -> ml_collections.ConfigDict:
@@ -57,6 +59,10 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     t.compare = ("update_k", "seed")
     # sweep: the two compared sources at each of these learning rates.
     t.sweep_lrs = (0.025, 0.05, 0.1)
+    # factors: the two compared sources for the recipe and for each 'label: overrides'
+    # variant (overrides as 'field=value ...', values Python literals). A variant that
+    # diverges is a row of the table, not the end of the study.
+    t.factors = ()
     # fig2: twins k = 1, 3 with plain SGD at lr / n for n in lr_divisors, n * snapshots steps,
     # the watched tensor recorded every n steps; its |difference| map at map_snapshots.
     t.lr_divisors = (1, 2, 4, 8)
@@ -131,6 +137,12 @@ def plan(config) -> list[TwinsRun | NotApplicable]:
             for name in t.compare:
                 members = sources.make_members(r, name, (), t.members, t.tensor, t.index)
                 runs.append(TwinsRun(f"lr_{lr:g}_{name}", r, members))
+    elif t.experiment == "factors":
+        _check_compare(t.compare)
+        for label, _, r in factor_recipes(config):
+            for name in t.compare:
+                members = sources.make_members(r, name, (), t.members, t.tensor, t.index)
+                runs.append(TwinsRun(f"{_slug(label)}_{name}", r, members))
     else:
         _check_list("lr_divisors", t.lr_divisors, 1)
         if not isinstance(t.snapshots, int) or t.snapshots < 1:
@@ -151,6 +163,28 @@ def plan(config) -> list[TwinsRun | NotApplicable]:
             watch = (t.watch, n, tuple(n * s for s in t.map_snapshots))
             runs.append(TwinsRun(f"lr_div_{n}", r, members, n=n, watch=watch))
     return runs
+
+
+def factor_recipes(config) -> list[tuple[str, str, ml_collections.ConfigDict]]:
+    """(label, overrides, recipe) for the recipe itself and each 'label: overrides' entry of
+    twins.factors."""
+    variants = [("recipe", "", config.copy_and_resolve_references())]
+    for entry in config.twins.factors:
+        label, sep, text = str(entry).partition(":")
+        if not sep or not label.strip():
+            raise ValueError(f"twins.factors entry {entry!r} is not 'label: field=value ...'")
+        text = text.strip()
+        variants.append((label.strip(), text, recipe.with_overrides(config, text, "twins.factors")))
+    labels = [label for label, _, _ in variants]
+    slugs = [_slug(label) for label in labels]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"twins.factors labels must differ (and not be 'recipe'), got {labels}")
+    return variants
+
+
+def _slug(label: str) -> str:
+    """A label as a folder name: 'lr x0.5' -> 'lr_x0.5'."""
+    return "".join(c if c.isalnum() or c in ".-" else "_" for c in label)
 
 
 def _check_compare(compare) -> None:
@@ -191,12 +225,17 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
     trainers = {
         r.name: _trainer(config, r, dataset, workdir) for r in runs if isinstance(r, TwinsRun)
     }
-    summaries = train_all(config, workdir, trainers)
+    keep_going = config.twins.experiment == "factors"
+    summaries = train_all(config, workdir, trainers, keep_going)
     if not distributed.is_primary():  # process 0 alone writes the tables
         return {"table": ""}
-    tabulate = {"table1": _table1, "sources": _sources, "fig2": _fig2, "sweep": _sweep}[
-        config.twins.experiment
-    ]
+    tabulate = {
+        "table1": _table1,
+        "sources": _sources,
+        "fig2": _fig2,
+        "sweep": _sweep,
+        "factors": _factors,
+    }[config.twins.experiment]
     summary = tabulate(config, runs, summaries, workdir)
     results.finish(workdir, summary)
     return summary
@@ -339,27 +378,35 @@ def _with_intervals(row: dict, keys) -> dict:
     return {**shown, "note": row.get("note", "")}
 
 
+def compare_row(workdir: str, summaries: dict, names) -> dict:
+    """The two compared ensembles (rounding, stochastic; their folder names): the
+    final-accuracy std ratio with its 95% interval, each one's spread, churn and weight D,
+    the test-set noise std, and where measured the held-out (distribution) ratio."""
+    stats = [source_statistics(os.path.join(workdir, n), summaries[n]) for n in names]
+    accuracies = [[m["final_accuracy"] for m in summaries[n]["members"]] for n in names]
+    ratio = statistics.std_ratio_interval(*accuracies)
+    row = {"members": "+".join(str(s["members"]) for s in stats)}
+    row.update({"ratio": ratio.value, "ratio low": ratio.low, "ratio high": ratio.high})
+    if all("heldout acc std" in s for s in stats):
+        heldout = [[m["heldout_accuracy"] for m in summaries[n]["members"]] for n in names]
+        held = statistics.std_ratio_interval(*heldout)
+        row["held-out ratio"] = held.value
+        row["held-out ratio low"], row["held-out ratio high"] = held.low, held.high
+    row["final acc mean"] = float(np.mean(accuracies[0] + accuracies[1]))
+    for kind, s in zip(("rounding", "seed"), stats, strict=True):
+        for key in ("final acc std", "heldout acc std", "churn", "weight D"):
+            if key in s:
+                row[f"{kind} {key}"] = s[key]
+    row["test-set noise std"] = stats[1]["test-set noise std"]
+    return row
+
+
 def _sweep(config, runs, summaries, workdir) -> dict:
     rounding, seed = config.twins.compare
     rows, ratio_curves = [], {}
     for lr in config.twins.sweep_lrs:
         names = [f"lr_{lr:g}_{name}" for name in (rounding, seed)]
-        accuracies = [[m["final_accuracy"] for m in summaries[n]["members"]] for n in names]
-        ratio = statistics.std_ratio_interval(*accuracies)
-        stats = [source_statistics(os.path.join(workdir, n), summaries[n]) for n in names]
-        rows.append(
-            {
-                "lr": float(lr),
-                "ratio": ratio.value,
-                "ratio low": ratio.low,
-                "ratio high": ratio.high,
-                f"{rounding} acc std": stats[0]["final acc std"],
-                f"{seed} acc std": stats[1]["final acc std"],
-                f"{rounding} churn": stats[0]["churn"],
-                f"{seed} churn": stats[1]["churn"],
-                "test-set noise std": stats[1]["test-set noise std"],
-            }
-        )
+        rows.append({"lr": float(lr), **compare_row(workdir, summaries, names)})
         (steps, num), (_, den) = (
             onset_curves(os.path.join(workdir, n))["accuracy std"] for n in names
         )
@@ -368,6 +415,43 @@ def _sweep(config, runs, summaries, workdir) -> dict:
     table = results.write_table(workdir, "sweep", rows)
     plots.sweep(rows, ratio_curves, f"{rounding}/{seed}", os.path.join(workdir, "sweep.png"))
     return {"table": table, "rows": rows}
+
+
+def _factors(config, runs, summaries, workdir) -> dict:
+    """One row per variant: the compare_row, or why it has none (a diverged ensemble)."""
+    rows = []
+    for label, overrides, _ in factor_recipes(config):
+        names = [f"{_slug(label)}_{name}" for name in config.twins.compare]
+        diverged = [summaries[n]["what"] for n in names if summaries[n].get("status") == "diverged"]
+        row = {"factor": label, "overrides": overrides}
+        if diverged:
+            rows.append({**row, "note": "diverged: " + diverged[0]})
+            continue
+        minutes = sum(summaries[n].get("seconds_this_session", np.nan) for n in names) / 60
+        rows.append({**row, **compare_row(workdir, summaries, names), "wall minutes": minutes})
+    shown = [_ratio_columns(row) for row in rows]
+    table = results.write_table(workdir, "factors", rows, shown)
+    plots.factors(rows, "/".join(config.twins.compare), os.path.join(workdir, "factors.png"))
+    return {"table": table, "rows": rows}
+
+
+def _ratio_columns(row: dict) -> dict:
+    """A factors row for reading: the ratios as 'value [low, high]', the rest to 2 digits."""
+    shown = {"factor": row["factor"], "members": row.get("members", "")}
+    for key in ("ratio", "held-out ratio"):
+        shown[key] = (
+            f"{row[key]:.2f} [{row[key + ' low']:.2f}, {row[key + ' high']:.2f}]"
+            if key in row
+            else ""
+        )
+    for key in ("final acc mean", "rounding final acc std", "seed final acc std"):
+        shown[key] = f"{row[key]:.4f}" if key in row else ""
+    for key in ("rounding heldout acc std", "seed heldout acc std"):
+        shown[key] = f"{row[key]:.5f}" if key in row else ""
+    for key in ("rounding churn", "seed churn", "rounding weight D", "seed weight D"):
+        shown[key] = f"{row[key]:.3g}" if key in row else ""
+    shown["wall minutes"] = f"{row['wall minutes']:.1f}" if "wall minutes" in row else ""
+    return {**shown, "note": row.get("note", "")}
 
 
 def _fig2(config, runs, summaries, workdir) -> dict:

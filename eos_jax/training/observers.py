@@ -73,6 +73,7 @@ class Observer:
     """
 
     every_steps: int = 1
+    last_step: int | None = None  # observes no later step (None: to the end of the run)
     at_start: bool = False
     kind: str = ""
     fields: dict[str, Callable[[dict], float]] = {}
@@ -81,14 +82,25 @@ class Observer:
         """Checks the observer's settings against the run before anything is written."""
 
     def check_every_steps(self, name: str) -> None:
-        """ValueError unless every_steps is an integer >= 1 (for setup; `name` says whose)."""
-        every = self.every_steps
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"{name} every_steps={self.every_steps!r} must be an integer >= 1")
+        """ValueError unless every_steps is an integer >= 1 and last_step None or one (for
+        setup; `name` says whose)."""
+        for field in ("every_steps", "last_step"):
+            value = getattr(self, field)
+            if field == "last_step" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} {field}={value!r} must be an integer >= 1")
 
     def due(self, step: int, run) -> bool:
+        """At step 0 if at_start; every every_steps steps, the run's last and last_step; never
+        after last_step."""
         if step == 0:
             return self.at_start
+        if self.last_step is not None:
+            if step > self.last_step:
+                return False
+            if step == self.last_step:
+                return True
         return step % self.every_steps == 0 or step == run.num_steps
 
     def __call__(self, run) -> None:

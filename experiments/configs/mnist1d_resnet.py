@@ -22,7 +22,9 @@ STEPS_PER_EPOCH = 63  # ceil(8,000 / 128): the last batch of 64 kept
 def get_config() -> ml_collections.ConfigDict:
     c = mnist1d.get_config()
     c.model = "resnet1d_20"
-    c.model_kwargs = ml_collections.ConfigDict(dict(activation="relu"))
+    c.model_kwargs = ml_collections.ConfigDict(
+        dict(activation="relu", width=1, use_batch_norm=True)
+    )
     c.augment = True
     c.augment_padding = 4
     c.drop_last_batch = False

@@ -4,8 +4,15 @@ epochs at constant lr.
   python -m experiments.response --config=experiments/configs/response_mnist1d.py \
       --workdir=/tmp/response
 
-Per activation (relu, swish), source (update_k k = 1, 3; ulp_init one ulp of conv1/kernel),
-lr (0.05, 0.1) and seed (0, 1, 2): one twin pair, observed every step.
+Per activation (relu, swish, gelu), source (update_k k = 1, 3; ulp_init one ulp of
+conv1/kernel), lr (0.05, 0.1) and seed (0, 1, 2): one twin pair, observed every step.
+
+  python -m experiments.response --config=experiments/configs/response_mnist1d.py:forecast \
+      --workdir=/tmp/forecast
+
+':forecast': update_k pairs only, their linear response and switches observed over the first
+epoch (62 steps) alone, trained to the end of the 10 epochs: the forecast of the final churn
+and weight distance from that first epoch (forecast.md).
 """
 
 import ml_collections
@@ -14,10 +21,15 @@ from eos_jax.studies import response
 from experiments.configs import mnist1d
 
 
-def get_config() -> ml_collections.ConfigDict:
+def get_config(experiment: str = "full") -> ml_collections.ConfigDict:
     c = mnist1d.get_config()
     c.num_epochs = 10
     c.optimizer.decay_epochs = ()  # constant lr: one family of linearised maps per run
     c.checkpoint_every_steps = 5 * mnist1d.STEPS_PER_EPOCH
     c.response = response.default_settings()
+    if experiment == "forecast":
+        c.response.sources = ("update_k",)
+        c.response.observed_steps = mnist1d.STEPS_PER_EPOCH
+    elif experiment != "full":
+        raise ValueError(f"unknown experiment {experiment!r}; known: full, forecast")
     return c
