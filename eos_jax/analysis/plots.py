@@ -258,7 +258,7 @@ def factors(rows: list[dict], ratio_name: str, path: str) -> None:
         title="rounding spread / seed spread, one factor changed at a time",
     )
     left.legend(fontsize=8)
-    for offset, kind in ((0.12, "rounding"), (-0.12, "seed")):
+    for offset, kind in ((0.12, "rounding"), (-0.12, "stochastic")):
         at = [i for i, r in enumerate(rows) if f"{kind} weight D" in r]
         right.plot([rows[i][f"{kind} weight D"] for i in at], y[at] + offset, "s", label=kind)
     right.set(xlabel="weight distance D to member 0", title="how far the weights go")

@@ -393,7 +393,7 @@ def compare_row(workdir: str, summaries: dict, names) -> dict:
         row["held-out ratio"] = held.value
         row["held-out ratio low"], row["held-out ratio high"] = held.low, held.high
     row["final acc mean"] = float(np.mean(accuracies[0] + accuracies[1]))
-    for kind, s in zip(("rounding", "seed"), stats, strict=True):
+    for kind, s in zip(("rounding", "stochastic"), stats, strict=True):
         for key in ("final acc std", "heldout acc std", "churn", "weight D"):
             if key in s:
                 row[f"{kind} {key}"] = s[key]
@@ -436,7 +436,8 @@ def _factors(config, runs, summaries, workdir) -> dict:
 
 
 def _ratio_columns(row: dict) -> dict:
-    """A factors row for reading: the ratios as 'value [low, high]', the rest to 2 digits."""
+    """A factors row for reading: the ratios as 'value [low, high]', accuracies to 4 digits,
+    held-out stds to 5, churn and D to 3 significant ones."""
     shown = {"factor": row["factor"], "members": row.get("members", "")}
     for key in ("ratio", "held-out ratio"):
         shown[key] = (
@@ -444,12 +445,13 @@ def _ratio_columns(row: dict) -> dict:
             if key in row
             else ""
         )
-    for key in ("final acc mean", "rounding final acc std", "seed final acc std"):
-        shown[key] = f"{row[key]:.4f}" if key in row else ""
-    for key in ("rounding heldout acc std", "seed heldout acc std"):
-        shown[key] = f"{row[key]:.5f}" if key in row else ""
-    for key in ("rounding churn", "seed churn", "rounding weight D", "seed weight D"):
-        shown[key] = f"{row[key]:.3g}" if key in row else ""
+    formats = {"final acc std": "{:.4f}", "heldout acc std": "{:.5f}"}
+    formats |= {"churn": "{:.3g}", "weight D": "{:.3g}"}
+    shown["final acc mean"] = f"{row['final acc mean']:.4f}" if "final acc mean" in row else ""
+    for stat, form in formats.items():
+        for kind in ("rounding", "stochastic"):
+            key = f"{kind} {stat}"
+            shown[key] = form.format(row[key]) if key in row else ""
     shown["wall minutes"] = f"{row['wall minutes']:.1f}" if "wall minutes" in row else ""
     return {**shown, "note": row.get("note", "")}
 
