@@ -242,15 +242,13 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     skill, predictions = [], []
     for group, members in groups.items():
         for target in FORECAST_TARGETS:
+            floor = churn_floor if target == "churn_end" else 0.0
             best = None
             for feature, read in FORECAST_FEATURES.items():
-                floor = churn_floor if target == "churn_end" else 0.0
-                used = [
-                    r
-                    for r in members
-                    if read(r) is not None and np.isfinite(read(r)) and max(r[target], floor) > 0
-                ]
-                x = np.array([read(r) for r in used])
+                known = [(r, read(r)) for r in members if max(r[target], floor) > 0]
+                known = [(r, v) for r, v in known if v is not None and np.isfinite(v)]
+                used = [r for r, _ in known]
+                x = np.array([v for _, v in known])
                 y = np.log10([max(r[target], floor) for r in used])
                 if len(used) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
                     continue  # nothing to fit, or nothing to predict
