@@ -1,9 +1,11 @@
 r"""What the linear-response observer costs: a training step of update_k twins (k = 1, 3) on
-the MNIST-1D recipe (experiments/configs/mnist1d.py: 1-D CNN, batch 128, SGD momentum 0.9,
-unrolled ensemble) with analysis.response.LinearResponse observing and recording every
-step, against the plain step of the same twins.
+the recipe of a response study (--recipe: mnist1d, experiments/configs/response_mnist1d.py:
+1-D CNN, batch 128, SGD momentum 0.9; or mnist1d_resnet, response_mnist1d_resnet.py: the
+BatchNorm resnet1d_8, Nesterov momentum, weight decay, random shifts), unrolled ensemble,
+with analysis.response.LinearResponse observing and recording every step, against the
+plain step of the same twins.
 
-  python -m benchmarks.response [--steps=40] [--rounds=5]
+  python -m benchmarks.response [--recipe=mnist1d] [--steps=40] [--rounds=5]
 
 Per observed step the observer runs U and U' at member 0's state in float32 (two member
 steps), then in float64 U at w_t and at w_t + Delta_t and three JVPs (Delta, delta^f,
@@ -26,15 +28,20 @@ from eos_jax import numerics, recipe
 from eos_jax.analysis import response
 from eos_jax.training import build, sources, trainer
 from eos_jax.training.ensemble import Ensemble
-from experiments.configs import mnist1d
+from experiments.configs import response_mnist1d, response_mnist1d_resnet
 
+RECIPES = {
+    "mnist1d": response_mnist1d.get_config,
+    "mnist1d_resnet": response_mnist1d_resnet.get_config,
+}
+_RECIPE = flags.DEFINE_enum("recipe", "mnist1d", list(RECIPES), "The response study's recipe.")
 _STEPS = flags.DEFINE_integer("steps", 40, "Steps per block.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Blocks of each kind, alternating.")
 
 
 def main(argv):
     del argv
-    config = mnist1d.get_config()
+    config = RECIPES[_RECIPE.value]()
     recipe.configure_numerics(config)
     numerics.enable_x64()
     config.quiet = True
@@ -76,7 +83,7 @@ def main(argv):
         jax.block_until_ready(split(zero, zero))
         split_t.append(time.perf_counter() - t)
     p, q, s = (statistics.median(x) for x in (plain_t, observed_t, split_t))
-    print("| twins' step (2 members, MNIST-1D CNN) | ms (median) |")
+    print(f"| twins' step (2 members, {config.model}) | ms (median) |")
     print("|---|---|")
     print(f"| plain | {1e3 * p:.2f} |")
     print(f"| with LinearResponse every step | {1e3 * q:.2f} |")

@@ -35,7 +35,7 @@ def test_fractions_equal_numpy_on_a_tiny_mlp_with_known_weights():
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
     x = rng.normal(0, 1, (40, 2, 2, 1)).astype(np.float32)
     batches = [{"image": x[:16]}, {"image": x[16:]}]  # two chunks of unequal size
-    got = regions.region_fractions(model, params, batches, threshold=1.5)
+    got = regions.region_fractions(model, {"params": params}, batches, threshold=1.5)
     z1 = x.reshape(40, -1) @ w1 + b1
     z2 = np.tanh(z1) @ w2 + b2
     for layer, z in (("hidden1", z1), ("hidden2", z2)):
@@ -72,7 +72,7 @@ def test_observer_records_each_layer_at_its_cadence(tmp_path):
     [
         ({}, {"threshold": 0.0}, "regions threshold=0.0 must be a finite number > 0"),
         ({}, {"every_steps": 0}, "regions every_steps=0 must be an integer >= 1"),
-        ({"model": "resnet20", "model_kwargs": {}}, {}, "regions: model CifarResNet is not"),
+        ({"model": "vgg11", "model_kwargs": {}}, {}, "regions: model VGG is not supported"),
     ],
 )
 def test_observer_refuses_bad_settings_and_unsupported_models(override, kwargs, message):
@@ -97,7 +97,7 @@ def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
     model = build.model(r, shaped)
     params = model.init(jax.random.key(0), np.zeros((2, 32, 32, 3), np.float32), train=False)
     kernels = {k: v["kernel"].shape for k, v in params["params"].items()}
-    fractions = regions.region_fractions(model, params["params"], [{"image": images / 1.0}])
+    fractions = regions.region_fractions(model, params, [{"image": images / 1.0}])
     if net == "fc_tanh":
         assert kernels == {"hidden1": (3072, 200), "hidden2": (200, 200), "head": (200, 10)}
         assert list(fractions["transitioning"]) == ["hidden1", "hidden2"]

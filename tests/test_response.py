@@ -20,7 +20,7 @@ from eos_jax.analysis.flat import StateSpace
 from eos_jax.studies import response as study
 from eos_jax.training import build, optim, sources, steps, trainer
 from eos_jax.training.ensemble import Ensemble
-from experiments.configs import response_mnist1d
+from experiments.configs import response_mnist1d, response_mnist1d_resnet
 
 # --------------------------------------------------------------------------------------
 # (a) an affine update map: the full-forcing response is the twins' difference
@@ -435,3 +435,62 @@ def test_the_study_without_x64_fails_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="needs x64"):
         study.execute(study_config(), str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x")
+
+
+def test_forecast_groups_the_runs_of_each_source_where_there_are_several():
+    rows = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first))
+    for i, row in enumerate(rows):
+        row["source"] = "update_k" if i < 4 else "ulp_init"
+    groups = {s["runs of"] for s in study.forecast(rows, churn_floor=1e-5)[0]}
+    assert groups == {"all runs", "swish only", "relu only", "update_k only", "ulp_init only"}
+    one = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first), source="update_k")
+    assert "update_k only" not in {s["runs of"] for s in study.forecast(one, 1e-5)[0]}
+
+
+def test_the_resnet_study_plans_the_paper_fidelity_resnet_and_edits_its_first_block():
+    config = response_mnist1d_resnet.get_config()
+    planned = study.plan(config)
+    assert len(planned) == 3 * 2 * 2 * 3  # activations x sources x lrs x seeds
+    ulp = next(r for r in planned if r.source == "ulp_init")
+    assert ulp.members[1].init_edit.tensor == "stage1_block1/conv1/kernel"
+    r = planned[0].recipe
+    assert (r.model, r.num_epochs, tuple(r.optimizer.decay_epochs)) == ("resnet1d_8", 10, ())
+    assert r.model_kwargs.use_batch_norm and r.augment and r.optimizer.nesterov
+    assert config.response.observed_steps == 63  # the first epoch
+    with pytest.raises(ValueError, match="unknown experiment 'x'; known: full, forecast"):
+        response_mnist1d_resnet.get_config("x")
+
+
+def test_resnet_twins_with_batch_norm_and_shifts_follow_the_full_forcing(tmp_path):
+    """The whole state (parameters, momentum, BatchNorm statistics) of the BN ResNet with
+    random shifts is split: the recomputed step has the trainer's bits at every step, the
+    full response is the twins' difference while ||N|| is negligible, and every
+    pre-activation of the ResNet is counted."""
+    config = response_mnist1d_resnet.get_config()
+    config.update_from_flattened_dict(
+        {
+            "train_subset": 128,
+            "batch_size": 64,
+            "num_steps": 3,
+            "log_every_steps": 3,
+            "eval_every_steps": 3,
+            "checkpoint_every_steps": 3,
+            "quiet": True,
+            "response.activations": ("relu",),
+            "response.sources": ("update_k",),
+            "response.lrs": (0.1,),
+            "response.seeds": (0,),
+            "response.switches_size": 32,
+            "response.observed_steps": None,
+        }
+    )
+    with jax.enable_x64(True):
+        (row,) = study.execute(config, str(tmp_path))["runs"]
+    records = trainer.read_metrics(str(tmp_path / row["name"]))
+    series = response.LinearResponse.read(records)
+    assert series["step_exact"][1, 1:].tolist() == [True] * 3
+    assert np.all(series["nonlinear"][1, 1:] < 1e-6 * series["delta"][1, 1:])
+    np.testing.assert_allclose(series["ratio_r"][1, 1:], 1.0, rtol=1e-6)
+    assert any(f.startswith("delta/.batch_stats") for f in series.values)
+    switched = [f for f in regions.Switches.read(records).values if f.startswith("switched/")]
+    assert len(switched) == 7

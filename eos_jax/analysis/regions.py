@@ -12,16 +12,20 @@ sigmoid is within 5% of 0 or 1, so swish is ~z or ~0). For tanh the outer bands 
 saturated ends (tanh'(3) ~ 0.01), for ReLU the sign bands with a margin of t.
 
 The pre-activations are read with Flax's `capture_intermediates`: they are the outputs of
-the layers named in PREACTIVATION_LAYERS (mlp: hidden{i} dense layers; small_cnn and cnn1d:
-conv{i}), so no model carries code for this. Models whose activations take other inputs
-(the ResNets' and VGGs' take batch-norm outputs and residual sums) are refused.
+the layers named in PREACTIVATIONS (per model and BatchNorm or not: mlp's hidden{i} dense
+layers or their bn{i}; small_cnn and cnn1d's conv{i}; the ResNets' stem and first-conv
+BatchNorms, or the convs themselves without BatchNorm), and the ResNet blocks' residual sums,
+the one activation input no layer outputs, which the block sows. Models with BatchNorm run
+in train mode over each probe chunk (the batch statistics of that chunk, as in a training
+step). Other models (the VGGs, whose max-pools would need their argmax choices compared)
+are refused.
 
 Switches counts activation switches between members: per hidden layer, how many
 pre-activations over the same probe set have another sign (z > 0 or not: the ReLU gate) in
 member i than in member 0. A ReLU net's gradient jumps where a pre-activation changes sign,
 so no linearisation follows a step across one; a smooth activation has no such jump, and
 its count only says how many units crossed zero. The supported models have no max-pool
-layer (cnn1d and small_cnn use strided convolutions), so there are no argmax choices to
+layer (strided convolutions, a global average pool), so there are no argmax choices to
 compare.
 """
 
@@ -33,67 +37,90 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 
 from eos_jax.analysis.curvature import train_chunks
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD, REGIONS
-from eos_jax.models import CNN1D, MLP, SmallCNN
+from eos_jax.models import CNN1D, MLP, CifarResNet, SmallCNN
 from eos_jax.training.observers import Observer, kind_records, read_series
 
-# model class -> the names of the layers whose outputs are the activation functions' inputs
-PREACTIVATION_LAYERS = {MLP: r"hidden\d+", SmallCNN: r"conv\d+", CNN1D: r"conv\d+"}
+# (model class, with BatchNorm) -> the regex of the '/'-joined paths (of a layer, or of a
+# value a block sows) whose outputs are the activation functions' inputs
+PREACTIVATIONS = {
+    (MLP, False): r"hidden\d+",
+    (MLP, True): r"bn\d+",
+    (SmallCNN, False): r"conv\d+",
+    (CNN1D, False): r"conv\d+",
+    (CifarResNet, True): r"stem_bn|stage\d+_block\d+/(bn1|residual_sum)",
+    (CifarResNet, False): r"stem_conv|stage\d+_block\d+/(conv1|residual_sum)",
+}
+
+
+def _has_batch_norm(model) -> bool:
+    return bool(getattr(model, "batch_norm", False) or getattr(model, "use_batch_norm", False))
 
 
 def preactivation_pattern(model) -> str:
-    """The regex of `model`'s pre-activation layer names; ValueError for other models."""
-    pattern = PREACTIVATION_LAYERS.get(type(model))
-    if getattr(model, "batch_norm", False):  # its activations take the BatchNorm outputs
-        pattern = None
+    """The regex of `model`'s pre-activation paths; ValueError for other models."""
+    pattern = PREACTIVATIONS.get((type(model), _has_batch_norm(model)))
     if pattern is None:
-        known = ", ".join(c.__name__ for c in PREACTIVATION_LAYERS)
+        known = ", ".join(dict.fromkeys(c.__name__ for c, _ in PREACTIVATIONS))
         raise ValueError(f"regions: model {type(model).__name__} is not supported; known: {known}")
     return pattern
 
 
-def preactivations(model, params, images) -> dict[str, jax.Array]:
-    """{layer: the inputs of its activation function} over `images` (train mode; the
-    supported models have no batch statistics), read with Flax's capture_intermediates.
+def model_variables(state) -> dict:
+    """The variables `model.apply` takes, from a member's train state."""
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+def preactivations(model, variables, images) -> dict[str, jax.Array]:
+    """{path: the inputs of an activation function} over `images`, in train mode (BatchNorm
+    normalises with the statistics of `images`), read with Flax's capture_intermediates.
     Traceable: the one capture that Regions and Switches jit."""
     pattern = re.compile(preactivation_pattern(model))
 
     def captured(module, method_name: str) -> bool:
-        return method_name == "__call__" and bool(module.name and pattern.fullmatch(module.name))
+        return method_name == "__call__" and bool(pattern.fullmatch("/".join(module.path)))
 
     _, state = model.apply(
-        {"params": params},
+        variables,
         images,
         train=True,
         capture_intermediates=captured,
-        mutable=["intermediates"],
+        mutable=["intermediates", "batch_stats"],
     )
-    return {name: calls["__call__"][0] for name, calls in state["intermediates"].items()}
+    out = {}
+    for path, values in traverse_util.flatten_dict(state["intermediates"]).items():
+        name = "/".join(
+            key for key in path if key != "__call__"
+        )  # a layer's output or a sown value
+        if pattern.fullmatch(name):
+            out[name] = values[0]
+    return out
 
 
 @functools.cache
 def _chunk_counts(model, threshold: float):
-    """(params, images) -> {layer: (activated, transitioning, not activated) counts}, jitted
+    """(variables, images) -> {layer: (activated, transitioning, not activated) counts}, jitted
     once per model and threshold."""
 
-    def fn(params, images):
+    def fn(variables, images):
         return {
             name: jnp.stack(
                 [jnp.sum(z > threshold), jnp.sum(jnp.abs(z) <= threshold), jnp.sum(z < -threshold)]
             )
-            for name, z in preactivations(model, params, images).items()
+            for name, z in preactivations(model, variables, images).items()
         }
 
     return jax.jit(fn)
 
 
-def region_fractions(model, params, batches, threshold: float = REGION_THRESHOLD) -> dict:
+def region_fractions(model, variables, batches, threshold: float = REGION_THRESHOLD) -> dict:
     """{region: {layer: fraction of that layer's pre-activations over `batches`}}."""
     totals: dict[str, np.ndarray] = {}
     for b in batches:
-        for name, counts in _chunk_counts(model, float(threshold))(params, b["image"]).items():
+        for name, counts in _chunk_counts(model, float(threshold))(variables, b["image"]).items():
             totals[name] = totals.get(name, 0) + np.asarray(counts, np.int64)
     return {
         region: {name: float(c[j] / c.sum()) for name, c in totals.items()}
@@ -105,10 +132,13 @@ def check_hidden_layers(ensemble, owner: str, off: str) -> None:
     """ValueError unless the ensemble's model is supported and has a pre-activation layer;
     `off` says how to turn the observer off."""
     pattern = re.compile(preactivation_pattern(ensemble.models[0]))
-    layers = {
-        path[0].key for path, _ in jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
-    }
-    if not any(pattern.fullmatch(layer) for layer in layers):
+    paths = [
+        [k.key for k in path[:-1]]  # the layers holding each parameter
+        for path, _ in jax.tree_util.tree_flatten_with_path(ensemble.param_shapes())[0]
+    ]
+    layers = {path[0] for path in paths}
+    nested = {"/".join(path[:i]) for path in paths for i in range(1, len(path) + 1)}
+    if not any(pattern.fullmatch(layer) for layer in nested):
         raise ValueError(
             f"{owner}: the model has no hidden layer to measure (layers: "
             f"{', '.join(sorted(layers))}); turn the observer off ({off})"
@@ -146,7 +176,9 @@ class Regions(Observer):
     def __call__(self, run) -> None:
         values = []
         for model, state in zip(run.ensemble.models, run.members(), strict=True):
-            fractions = region_fractions(model, state.params, self.batches, self.threshold)
+            fractions = region_fractions(
+                model, model_variables(state), self.batches, self.threshold
+            )
             size = sum(len(b["label"]) for b in self.batches)
             values.append({**fractions, "threshold": float(self.threshold), "size": size})
         self.write(run, values)
@@ -176,12 +208,12 @@ class Regions(Observer):
 
 @functools.cache
 def _switch_counts(reference_model, model):
-    """(reference params, params, images) -> {layer: pre-activations whose sign differs},
-    jitted once per pair of models."""
+    """(reference variables, variables, images) -> {layer: pre-activations whose sign
+    differs}, jitted once per pair of models."""
 
-    def fn(reference_params, params, images):
-        ref = preactivations(reference_model, reference_params, images)
-        out = preactivations(model, params, images)
+    def fn(reference_variables, variables, images):
+        ref = preactivations(reference_model, reference_variables, images)
+        out = preactivations(model, variables, images)
         return {
             name: jnp.stack([jnp.sum((out[name] > 0) != (z > 0)), jnp.asarray(z.size)])
             for name, z in ref.items()
@@ -190,12 +222,12 @@ def _switch_counts(reference_model, model):
     return jax.jit(fn)
 
 
-def sign_switches(reference_model, reference_params, model, params, batches) -> dict:
+def sign_switches(reference_model, reference_variables, model, variables, batches) -> dict:
     """{layer: (switched, total)}: how many of the layer's pre-activations over `batches`
-    have another sign (z > 0 or not) under (model, params) than under the reference."""
+    have another sign (z > 0 or not) under (model, variables) than under the reference."""
     out: dict[str, np.ndarray] = {}
     for b in batches:
-        counts = _switch_counts(reference_model, model)(reference_params, params, b["image"])
+        counts = _switch_counts(reference_model, model)(reference_variables, variables, b["image"])
         for name, c in counts.items():
             out[name] = out.get(name, 0) + np.asarray(c, np.int64)
     return {name: (int(c[0]), int(c[1])) for name, c in out.items()}
@@ -238,7 +270,9 @@ class Switches(Observer):
         models, states = run.ensemble.models, run.members()
         values = []
         for model, state in zip(models, states, strict=True):
-            counts = sign_switches(models[0], states[0].params, model, state.params, self.batches)
+            counts = sign_switches(
+                models[0], model_variables(states[0]), model, model_variables(state), self.batches
+            )
             values.append(
                 {
                     "switched": {name: c[0] for name, c in counts.items()},

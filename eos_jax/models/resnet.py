@@ -72,7 +72,11 @@ class BasicBlock(nn.Module):
         if self.strides != 1 or x.shape[-1] != self.features:
             project = conv_(self.features, 1, strides=self.strides, name="shortcut_conv")
             shortcut = norm(name="shortcut_bn")(project(x))
-        return self.activation(y + shortcut)
+        residual_sum = y + shortcut
+        # the one activation input that no layer outputs: sown for analysis.regions (a no-op
+        # unless 'intermediates' is mutable)
+        self.sow("intermediates", "residual_sum", residual_sum)
+        return self.activation(residual_sum)
 
 
 def _norm(use_batch_norm: bool, train: bool, *, dtype, param_dtype, name: str):

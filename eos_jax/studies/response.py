@@ -229,16 +229,20 @@ def _log10(x) -> float | None:
 def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dict]]:
     """Predicts each run's final churn and weight D (log10; churn floored at churn_floor,
     half a test example) from one feature, by a straight line fitted to the other runs
-    (leave-one-out), over all finished runs and over each activation's alone (groups of 4
-    runs or more; skipped where the feature or the target is constant in the group).
-    Returns (one row per group, target and feature: the runs used, the RMS error in log10
-    units and as a factor, and the skill 1 - rms / rms of predicting the other runs' mean;
-    one row per group, run and target with the group's best feature's prediction beside
-    the observed value). Empty with fewer than 4 finished runs."""
+    (leave-one-out), over all finished runs, over each activation's alone and, where the
+    runs have several sources, over each source's alone (groups of 4 runs or more; skipped
+    where the feature or the target is constant in the group). Returns (one row per group,
+    target and feature: the runs used, the RMS error in log10 units and as a factor, and
+    the skill 1 - rms / rms of predicting the other runs' mean; one row per group, run and
+    target with the group's best feature's prediction beside the observed value). Empty
+    with fewer than 4 finished runs."""
     done = [r for r in rows if r.get("status") == "finished" and "churn_end" in r]
     groups = {"all runs": done}
     for activation in dict.fromkeys(r["activation"] for r in done):
         groups[f"{activation} only"] = [r for r in done if r["activation"] == activation]
+    by_source = dict.fromkeys(r.get("source") for r in done)
+    for source in by_source if len(by_source) > 1 else ():
+        groups[f"{source} only"] = [r for r in done if r.get("source") == source]
     skill, predictions = [], []
     for group, members in groups.items():
         for target in FORECAST_TARGETS:

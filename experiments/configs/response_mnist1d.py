@@ -10,7 +10,7 @@ conv1/kernel), lr (0.05, 0.1) and seed (0, 1, 2): one twin pair, observed every 
   python -m experiments.response --config=experiments/configs/response_mnist1d.py:forecast \
       --workdir=/tmp/forecast
 
-':forecast': update_k pairs only, their linear response and switches observed over the first
+':forecast': the same pairs, their linear response and switches observed over the first
 epoch (62 steps) alone, trained to the end of the 10 epochs: the forecast of the final churn
 and weight distance from that first epoch (forecast.md).
 """
@@ -20,16 +20,22 @@ import ml_collections
 from eos_jax.studies import response
 from experiments.configs import mnist1d
 
+EXPERIMENTS = ("full", "forecast")
 
-def get_config(experiment: str = "full") -> ml_collections.ConfigDict:
-    c = mnist1d.get_config()
+
+def shortened(c: ml_collections.ConfigDict, experiment: str, steps_per_epoch: int):
+    """Recipe `c` as a response study: 10 epochs at constant lr, the default response
+    settings, and for 'forecast' the first epoch alone observed."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
     c.num_epochs = 10
     c.optimizer.decay_epochs = ()  # constant lr: one family of linearised maps per run
-    c.checkpoint_every_steps = 5 * mnist1d.STEPS_PER_EPOCH
+    c.checkpoint_every_steps = 5 * steps_per_epoch
     c.response = response.default_settings()
     if experiment == "forecast":
-        c.response.sources = ("update_k",)
-        c.response.observed_steps = mnist1d.STEPS_PER_EPOCH
-    elif experiment != "full":
-        raise ValueError(f"unknown experiment {experiment!r}; known: full, forecast")
+        c.response.observed_steps = steps_per_epoch
     return c
+
+
+def get_config(experiment: str = "full") -> ml_collections.ConfigDict:
+    return shortened(mnist1d.get_config(), experiment, mnist1d.STEPS_PER_EPOCH)
