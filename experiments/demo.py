@@ -22,18 +22,11 @@ import time
 import jax
 from absl import flags
 
-from eos_jax import results
-from eos_jax.analysis import statistics
 from eos_jax.studies import twins
 from experiments import common
 from experiments.configs import twins_mnist1d_resnet
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent folder of the demo's runs.")
-
-SPLITS = {
-    "final_accuracy": "on the 2,000 test signals",
-    "heldout_accuracy": "on the distribution (100,000 held-out signals)",
-}
 
 
 @common.entry_point
@@ -48,13 +41,6 @@ def main(argv):
     summary = twins.execute(config, root, planned)
     print(f"\n## The paper's recipe on MNIST-1D ({time.time() - t0:.0f} s)\n\n{summary['table']}")
     print(summary["verdict"])
-    ensembles = [
-        results.read_json(os.path.join(root, f"source_{name}", results.SUMMARY))["members"]
-        for name in config.twins.compare
-    ]
-    for key, where in SPLITS.items():
-        ratio = statistics.std_ratio_interval(*[[m[key] for m in e] for e in ensembles])
-        print(f"{where}: one rounding spreads the accuracy {statistics.against_one(ratio)}")
     with open(os.path.join(root, "fingerprint.json")) as f:
         fingerprint = json.load(f)
     keys = ("backend", "cpu", "cpu_threads", "xla_flags", "versions")

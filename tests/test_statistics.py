@@ -74,7 +74,8 @@ def test_zero_denominator_is_inf_and_zero_over_zero_is_nan():
 
 
 def test_verdict_line():
-    line = st.ratio_verdict([0.97, 0.975, 0.972], [0.96, 0.98, 0.97])
+    estimate = st.std_ratio_interval([0.97, 0.975, 0.972], [0.96, 0.98, 0.97])
+    line = st.format_estimate("rounding/seed accuracy-std ratio", estimate)
     ratio = np.std([0.97, 0.975, 0.972]) / np.std([0.96, 0.98, 0.97])
     assert line.startswith(f"rounding/seed accuracy-std ratio {ratio:.2f} [")
     assert line.endswith("] (95% CI, normal, 3+3 members)")

@@ -274,7 +274,10 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
         assert row["test-set part std"] == pytest.approx(expected, abs=1e-15)
         assert row["heldout acc std low"] <= row["heldout acc std"] <= row["heldout acc std high"]
     assert "heldout acc std" in summary["table"]
-    assert "held-out (distribution) ratio" in summary["verdict"].splitlines()[1]
+    lines = summary["verdict"].splitlines()
+    assert "held-out (distribution) ratio" in lines[1]
+    assert lines[2].startswith("on the test set: one rounding spreads the accuracy ")
+    assert lines[3].startswith("on the distribution (held-out set): one rounding spreads the ")
 
 
 def test_resnet_headline_config_plans_24_plus_24_members_with_a_heldout_set():

@@ -149,12 +149,6 @@ def against_one(estimate: Estimate) -> str:
     return "as much as a new seed, within the interval (it contains 1)"
 
 
-def ratio_verdict(rounding, seeds, **options) -> str:
-    """The verdict line for the rounding/seed accuracy-std ratio (std_ratio_interval)."""
-    estimate = std_ratio_interval(rounding, seeds, **options)
-    return format_estimate("rounding/seed accuracy-std ratio", estimate)
-
-
 def _as_sample(values, name: str, minimum: int = 2) -> np.ndarray:
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or len(x) < minimum:

@@ -310,18 +310,29 @@ def _estimate(key: str, interval, values) -> dict:
     return {key: estimate.value, f"{key} low": estimate.low, f"{key} high": estimate.high}
 
 
+# What a verdict compares: (member field, label of its ratio line, where it was measured).
+VERDICT_SPLITS = (
+    ("final_accuracy", "rounding/seed accuracy-std ratio", "on the test set"),
+    ("heldout_accuracy", "held-out (distribution) ratio", "on the distribution (held-out set)"),
+)
+
+
 def verdict(config, summaries: dict, prefix: str = "source_") -> str:
-    """The rounding/seed accuracy-std ratio line for twins.compare (empty if one is missing)."""
+    """The rounding/seed accuracy-std ratio lines for twins.compare, on the test set and,
+    where measured, on the held-out set, then what each says in words (empty if an
+    ensemble is missing)."""
     rounding, seed = (summaries.get(prefix + name) for name in config.twins.compare)
     if rounding is None or seed is None:
         return ""
-    accuracies = [[m["final_accuracy"] for m in s["members"]] for s in (rounding, seed)]
-    line = statistics.ratio_verdict(*accuracies)
-    heldout = [[m.get("heldout_accuracy") for m in s["members"]] for s in (rounding, seed)]
-    if None not in heldout[0] + heldout[1]:
-        ratio = statistics.std_ratio_interval(*heldout)
-        line += "\n" + statistics.format_estimate("held-out (distribution) ratio", ratio)
-    return line
+    lines, words = [], []
+    for field, label, where in VERDICT_SPLITS:
+        accuracies = [[m.get(field) for m in s["members"]] for s in (rounding, seed)]
+        if None in accuracies[0] + accuracies[1]:
+            continue
+        ratio = statistics.std_ratio_interval(*accuracies)
+        lines.append(statistics.format_estimate(label, ratio))
+        words.append(f"{where}: one rounding spreads the accuracy {statistics.against_one(ratio)}")
+    return "\n".join(lines + words)
 
 
 def onset_curves(sub: str) -> dict[str, tuple[list[int], list[float]]]:
