@@ -494,3 +494,11 @@ def test_resnet_twins_with_batch_norm_and_shifts_follow_the_full_forcing(tmp_pat
     assert any(f.startswith("delta/.batch_stats") for f in series.values)
     switched = [f for f in regions.Switches.read(records).values if f.startswith("switched/")]
     assert len(switched) == 7
+
+
+def test_a_rounding_jump_is_the_first_value_above_every_earlier_one_by_the_factor():
+    r = np.array([np.nan, 1e-15, 4e-7, 5e-7, 4.9e-7, 1.8e-4, 1e-6, 1e-2])
+    assert study.first_jump(r, 10.0) == 5  # not index 2: step 1 starts from identical states
+    assert study.first_jump(r[:5], 10.0) is None
+    gaps = np.array([np.nan, 1.0, np.nan, 2.0, 15.0, 300.0])  # NaN records are skipped
+    assert study.first_jump(gaps, 10.0) == 5

@@ -408,9 +408,9 @@ def eos_phases(rows: list[dict], path: str) -> None:
 def response_curves(curves: dict[str, dict], path: str) -> None:
     """Twin pairs against their forced linear responses (studies.response): ||Delta|| solid,
     ||delta^r|| (full rounding forcing) dashed, ||delta^f|| (the perturbation alone) dotted,
-    log scale; first switches (any layer) as ticks on the Delta curve, the step where the
-    twins leave the linear response as a cross. One panel per activation (columns) and
-    source (rows); one colour per run."""
+    log scale; first switches (any layer) as ticks on the Delta curve, the first rounding
+    jump as a triangle, the step where the twins leave the linear response as a cross. One
+    panel per activation (columns) and source (rows); one colour per run."""
     activations = list(dict.fromkeys(c["activation"] for c in curves.values()))
     sources_ = list(dict.fromkeys(c["source"] for c in curves.values()))
     fig, axes = plt.subplots(
@@ -435,9 +435,10 @@ def response_curves(curves: dict[str, dict], path: str) -> None:
         ax.semilogy(steps_, positive(c["response_f"]), color=color, ls=":", lw=0.8)
         at = np.searchsorted(steps_, c["first_switches"])
         ax.plot(steps_[at], delta[at], "|", color=color, ms=12, mew=1.5)
-        if c["leaves_at"] is not None:
-            i = int(np.searchsorted(steps_, c["leaves_at"]))
-            ax.plot(steps_[i], delta[i], "x", color=color, ms=9, mew=2)
+        for key, marker in (("rounding_jump_at", "^"), ("leaves_at", "x")):
+            if c.get(key) is not None:
+                i = int(np.searchsorted(steps_, c[key]))
+                ax.plot(steps_[i], delta[i], marker, color=color, ms=9, mew=2, mfc="none")
     for i, source in enumerate(sources_):
         for j, activation in enumerate(activations):
             axes[i, j].set(
@@ -447,5 +448,7 @@ def response_curves(curves: dict[str, dict], path: str) -> None:
                 "||delta^f|| (:)",
             )
             axes[i, j].title.set_fontsize(8)
-            axes[i, j].legend(fontsize=7, title="| first switch, x leaves", title_fontsize=7)
+            axes[i, j].legend(
+                fontsize=7, title="| first switch, ^ rounding jump, x leaves", title_fontsize=7
+            )
     _save(fig, path)

@@ -15,6 +15,8 @@ member 0's whole floating state (parameters, momentum, BatchNorm statistics), w'
     r_t = e_t - f_t - N_t                            the twins' own, different roundings: once
                                                      the states differ each rounds its step
                                                      differently, which f_t does not contain
+                                                     (a ReLU switch that float32 rounding
+                                                     decides, float64 not, lands here too)
 
 and two responses are propagated in float64 from Delta_0 at the start (0 for update_k
 twins, the initial edit for ulp_init twins), never renormalised (they keep their size,

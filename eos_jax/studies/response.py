@@ -12,14 +12,18 @@ nonlinear part N of each step), Switches (analysis.regions: pre-activations of m
 with another sign than member 0's over the first `switches_size` training examples) and
 Lyapunov (member 0's finite-time exponent).
 
-Per run the table gives: leaves_at, the first recorded step where ||Delta|| / ||delta^r||
-exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
+Per run the table gives: rounding_jump_at, the first recorded step where the twins' own
+rounding forcing ||r|| exceeds `leave_ratio` times all of its earlier values (a switch that
+float32 rounding decides: a pre-activation within rounding of zero, on one side in member 0
+and on the other in member 1, where float64 puts both states on one side; the full response
+carries it, delta^f does not); leaves_at, the first recorded step where ||Delta|| /
+||delta^r|| exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
 ||N|| there and at the record before; the first switch (step and layer); which layer holds
 most of ||Delta||^2 (parameters and momentum of a layer together) at leaves_at and at the
 end; ||Delta||, ||delta^r||, ||delta^f|| at the end; and over the second half of the run
 the growth rate of log ||Delta|| beside the tangent's exponent (per step). Figure
 (response.png): ||Delta||, ||delta^r|| and ||delta^f|| against step, log scale, first
-switches and leaves_at marked, one panel per activation (rows: sources).
+switches, the rounding jump and leaves_at marked, one panel per activation (rows: sources).
 """
 
 from __future__ import annotations
@@ -187,6 +191,7 @@ SHOWN = (
     "source",
     "lr",
     "seed",
+    "rounding_jump_at",
     "leaves_at",
     "switches_at_leave",
     "switches_before_leave",
@@ -213,6 +218,7 @@ FORECAST_FEATURES = {
     ),
     "log10 lr, known before training": lambda row: float(np.log10(row["lr"])),
     "first switch (step)": lambda row: row.get("first_switch"),
+    "first rounding jump (step)": lambda row: row.get("rounding_jump_at"),
     "log10 (1 + switches) at the last observed step": lambda row: _log10(
         None if row.get("switches_end") is None else 1 + row["switches_end"]
     ),
@@ -343,6 +349,19 @@ def _last(row: np.ndarray) -> float | None:
     return float(kept[-1]) if kept.size else None
 
 
+def first_jump(values: np.ndarray, factor: float) -> int | None:
+    """The first index from 3 on whose value exceeds `factor` times every value from index 2
+    up to it (NaN skipped), or None. On ||r_t||, recorded from step 1 on: a jump of the
+    twins' own rounding forcing, which a smooth step's roundings do not make (index 1 is
+    update_k twins' first step, taken from identical states, so the comparison starts at
+    2)."""
+    for i in range(3, len(values)):
+        before = values[2:i][~np.isnan(values[2:i])]
+        if before.size and values[i] > factor * before.max():
+            return i
+    return None
+
+
 def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: float):
     """One run's row and curve, from its records (through the observers' readers)."""
     row = {"name": r.name, "activation": r.activation, "source": r.source, "lr": r.lr}
@@ -360,6 +379,7 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         at = np.flatnonzero(switch_series.steps == step)
         return int(switched[at[0]]) if at.size else None
 
+    rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
     left = np.flatnonzero(ratio > leave_ratio)
     leave = int(left[0]) if left.size else None
     before = None if leave is None or leave == 0 else leave - 1
@@ -370,6 +390,8 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
     row.update(
         steps=int(steps_[-1]),
         leaves_at=None if leave is None else int(steps_[leave]),
+        rounding_jump_at=None if rounding_jump is None else int(steps_[rounding_jump]),
+        rounding_jump=None if rounding_jump is None else float(resp["forcing_r"][1, rounding_jump]),
         switches_at_leave=None if leave is None else switches_at(steps_[leave]),
         switches_before_leave=None if before is None else switches_at(steps_[before]),
         nonlinear_at_leave=None if leave is None else _value(resp["nonlinear"][1, leave]),
@@ -410,5 +432,6 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         "response_f": resp["response_f"][1].tolist(),
         "first_switches": sorted(layer_steps.values()),
         "leaves_at": row["leaves_at"],
+        "rounding_jump_at": row["rounding_jump_at"],
     }
     return row, curve
