@@ -15,10 +15,13 @@ member 0's whole floating state (parameters, momentum, BatchNorm statistics), w'
     r_t = e_t - f_t - N_t                            the twins' own, different roundings: once
                                                      the states differ each rounds its step
                                                      differently, which f_t does not contain
-                                                     (a ReLU switch that float32 rounding
-                                                     decides, float64 not, lands here too)
 
-and two responses are propagated in float64 from Delta_0 at the start (0 for update_k
+A ReLU switch on which float32 and float64 disagree lands in r_t too. Where a pre-activation
+lies within float32 rounding of zero, the twins' float32 steps can put it on two sides while
+float64 at the same two states puts it on one (Delta jumps, N does not), or the reverse (N
+jumps and r_t = -N_t cancels it: Delta does not jump, and delta^r overshoots Delta).
+
+Two responses are propagated in float64 from Delta_0 at the start (0 for update_k
 twins, the initial edit for ulp_init twins), never renormalised (they keep their size,
 unlike a Lyapunov tangent):
 

@@ -13,10 +13,8 @@ with another sign than member 0's over the first `switches_size` training exampl
 Lyapunov (member 0's finite-time exponent).
 
 Per run the table gives: rounding_jump_at, the first recorded step where the twins' own
-rounding forcing ||r|| exceeds `leave_ratio` times all of its earlier values (a switch that
-float32 rounding decides: a pre-activation within rounding of zero, on one side in member 0
-and on the other in member 1, where float64 puts both states on one side; the full response
-carries it, delta^f does not); leaves_at, the first recorded step where ||Delta|| /
+rounding forcing ||r|| exceeds `leave_ratio` times all of its earlier values (a switch on
+which float32 and float64 disagree, analysis.response); leaves_at, the first recorded step where ||Delta|| /
 ||delta^r|| exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
 ||N|| there and at the record before; the first switch (step and layer); which layer holds
 most of ||Delta||^2 (parameters and momentum of a layer together) at leaves_at and at the

@@ -6,6 +6,8 @@ import dataclasses
 import os
 from typing import Any
 
+import jax
+
 from eos_jax import distributed, numerics, recipe, results
 from eos_jax.training.trainer import TrainingDiverged
 
@@ -53,4 +55,9 @@ def train_all(config, workdir: str, trainers: dict, keep_going: bool = False) ->
             if not keep_going:
                 raise
             summaries[name] = {"status": "diverged", "what": str(error)}
+        finally:
+            # Each run compiles its own programs: drop them once it is done, or a study keeps
+            # every run's (XLA:CPU ran out of memory for code after 10 ResNet response runs).
+            # A later call compiles again, to the same bits.
+            jax.clear_caches()
     return summaries
