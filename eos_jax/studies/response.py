@@ -14,7 +14,8 @@ Lyapunov (member 0's finite-time exponent).
 
 Per run the table gives: rounding_jump_at, the first recorded step where the twins' own
 rounding forcing ||r|| exceeds `leave_ratio` times all of its earlier values (a switch on
-which float32 and float64 disagree, analysis.response); leaves_at, the first recorded step where ||Delta|| /
+which float32 and float64 disagree, analysis.response; the CSV adds ||r||, ||N||, ||Delta||
+before and after and ||delta^r|| there); leaves_at, the first recorded step where ||Delta|| /
 ||delta^r|| exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
 ||N|| there and at the record before; the first switch (step and layer); which layer holds
 most of ||Delta||^2 (parameters and momentum of a layer together) at leaves_at and at the
@@ -389,7 +390,6 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         steps=int(steps_[-1]),
         leaves_at=None if leave is None else int(steps_[leave]),
         rounding_jump_at=None if rounding_jump is None else int(steps_[rounding_jump]),
-        rounding_jump=None if rounding_jump is None else float(resp["forcing_r"][1, rounding_jump]),
         switches_at_leave=None if leave is None else switches_at(steps_[leave]),
         switches_before_leave=None if before is None else switches_at(steps_[before]),
         nonlinear_at_leave=None if leave is None else _value(resp["nonlinear"][1, leave]),
@@ -413,6 +413,15 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         exponent_observed=_value(log_growth[end] / steps_[end]) if steps_[end] > 0 else None,
         switches_end=switches_at(steps_[end]),
     )
+    if rounding_jump is not None:  # the step it happens in: r, N and Delta before and after
+        at = {q: resp[q][1] for q in ("forcing_r", "nonlinear", "delta", "response_r")}
+        row.update(
+            rounding_jump=_value(at["forcing_r"][rounding_jump]),
+            nonlinear_at_jump=_value(at["nonlinear"][rounding_jump]),
+            delta_before_jump=_value(at["delta"][rounding_jump - 1]),
+            delta_at_jump=_value(at["delta"][rounding_jump]),
+            response_r_at_jump=_value(at["response_r"][rounding_jump]),
+        )
     distances = divergence.MemberDistance.read(records)
     if distances.steps.size:  # the twins at the last step trained (the run's end)
         row.update(
