@@ -393,7 +393,11 @@ def test_forecast_floors_churn_drops_unfinished_runs_and_needs_four_runs():
     assert study.forecast(rows[:4], churn_floor=1e-4) == ([], [])  # 3 finished runs
     # the leave-one-out line is fitted without the point it predicts
     x, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 10.0])
-    assert study._leave_one_out(x, y)[3] == pytest.approx(3.0)
+    assert study._leave_one_out(x, y, [0, 1, 2, 3])[3] == pytest.approx(3.0)
+    # points that share a key are left out together (runs that share member 0)
+    y = np.array([0.0, 1.0, 10.0, 10.0])
+    assert study._leave_one_out(x, y, [0, 1, 2, 3])[3] > 10  # the copy at x = 2 pulls it up
+    assert study._leave_one_out(x, y, [0, 1, 2, 2])[3] == pytest.approx(3.0)
 
 
 def test_response_figure_has_a_panel_per_activation_and_source(tmp_path):
@@ -444,6 +448,18 @@ def test_forecast_groups_the_runs_of_each_source_where_there_are_several():
         row["source"] = "update_k" if i < 4 else "ulp_init"
     groups = {s["runs of"] for s in study.forecast(rows, churn_floor=1e-5)[0]}
     assert groups == {"all runs", "swish only", "relu only", "update_k only", "ulp_init only"}
+    # a second source's copy of each run (the same member 0 and end) does not help it
+    copies = [{**row, "name": row["name"] + "b", "source": "b"} for row in rows]
+    for row in rows:
+        row.update(source="a", seed=int(row["name"][3:]))
+    for row in copies:
+        row["seed"] = int(row["name"][3:-1])
+    alone = study.forecast(rows, 1e-5)[0]
+    doubled = study.forecast(rows + copies, 1e-5)[0]
+    skill = {(s["runs of"], s["target"], s["feature"]): s["skill"] for s in alone}
+    for s in doubled:
+        if s["runs of"] == "all runs":
+            assert s["skill"] == pytest.approx(skill["all runs", s["target"], s["feature"]])
     one = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first), source="update_k")
     assert "update_k only" not in {s["runs of"] for s in study.forecast(one, 1e-5)[0]}
 

@@ -234,7 +234,8 @@ def _log10(x) -> float | None:
 def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dict]]:
     """Predicts each run's final churn and weight D (log10; churn floored at churn_floor,
     half a test example) from one feature, by a straight line fitted to the other runs
-    (leave-one-out), over all finished runs, over each activation's alone and, where the
+    (leave-one-out, leaving out with each run the runs that share its member 0: `_member0`),
+    over all finished runs, over each activation's alone and, where the
     runs have several sources, over each source's alone (groups of 4 runs or more; skipped
     where the feature or the target is constant in the group). Returns (one row per group,
     target and feature: the runs used, the RMS error in log10 units and as a factor, and
@@ -259,9 +260,11 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
                 used = [r for r, _ in known]
                 x = np.array([v for _, v in known])
                 y = np.log10([max(r[target], floor) for r in used])
-                if len(used) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+                shared = [_member0(r) for r in used]
+                if len(set(shared)) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
                     continue  # nothing to fit, or nothing to predict
-                predicted, baseline = _leave_one_out(x, y), _leave_one_out(np.zeros_like(x), y)
+                predicted = _leave_one_out(x, y, shared)
+                baseline = _leave_one_out(np.zeros_like(x), y, shared)
                 rms = float(np.sqrt(np.mean((predicted - y) ** 2)))
                 rms0 = float(np.sqrt(np.mean((baseline - y) ** 2)))
                 skill.append(
@@ -297,12 +300,20 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     return skill, predictions
 
 
-def _leave_one_out(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """For each i, the line fitted to the other points (a constant where x does not vary
-    among them) evaluated at x[i]."""
+def _member0(row: dict) -> tuple:
+    """What fixes a run's member 0: the runs of each source at one activation, lr and seed
+    share it, hence its trajectory and every feature read from member 0 alone (the kink,
+    the lr, the exponent), and they end alike; a forecast that kept one of them to predict
+    another would be scored on a copy."""
+    return (row["activation"], row["lr"], row.get("seed", row["name"]))
+
+
+def _leave_one_out(x: np.ndarray, y: np.ndarray, shared: list) -> np.ndarray:
+    """For each i, the line fitted to the points whose `shared` key differs from i's (a
+    constant where x does not vary among them) evaluated at x[i]."""
     out = np.empty_like(y)
     for i in range(len(y)):
-        keep = np.arange(len(y)) != i
+        keep = np.array([key != shared[i] for key in shared])
         if np.ptp(x[keep]) > 0:
             slope, intercept = np.polyfit(x[keep], y[keep], 1)
             out[i] = slope * x[i] + intercept
