@@ -106,3 +106,20 @@ def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
         assert list(fractions["transitioning"]) == ["conv1", "conv2", "conv3"]
     with pytest.raises(ValueError, match="eos_cifar5k net 'vgg' is unknown; known: fc_tanh, cnn"):
         eos_cifar5k.get_config("vgg")
+
+
+def test_with_batch_norm_the_mlp_preactivations_are_the_normalised_ones():
+    """mlp with batch_norm: the activation reads bn{i}, so tanh(bn1's output) is what hidden2
+    multiplies, over the batch's own statistics (train mode)."""
+    model = create_model("mlp", hidden=(5, 3), num_classes=2, batch_norm=True)
+    x = np.random.default_rng(0).normal(0, 1, (16, 2, 2, 1)).astype(np.float32)
+    variables = model.init(jax.random.key(0), x, train=False)
+    z = regions.preactivations(model, variables, x)
+    assert list(z) == ["bn1", "bn2"]
+    w1, b1 = (np.asarray(variables["params"]["hidden1"][k]) for k in ("kernel", "bias"))
+    h1 = x.reshape(16, -1) @ w1 + b1
+    normalised = (h1 - h1.mean(0)) / np.sqrt(h1.var(0) + 1e-5)  # scale 1, bias 0 at init
+    np.testing.assert_allclose(z["bn1"], normalised, rtol=1e-4, atol=1e-5)
+    w2, b2 = (np.asarray(variables["params"]["hidden2"][k]) for k in ("kernel", "bias"))
+    h2 = np.tanh(np.asarray(z["bn1"])) @ w2 + b2
+    np.testing.assert_allclose(z["bn2"], (h2 - h2.mean(0)) / np.sqrt(h2.var(0) + 1e-5), atol=1e-4)

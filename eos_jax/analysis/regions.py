@@ -92,9 +92,7 @@ def preactivations(model, variables, images) -> dict[str, jax.Array]:
     )
     out = {}
     for path, values in traverse_util.flatten_dict(state["intermediates"]).items():
-        name = "/".join(
-            key for key in path if key != "__call__"
-        )  # a layer's output or a sown value
+        name = "/".join(k for k in path if k != "__call__")  # a layer's output, or a sown value
         if pattern.fullmatch(name):
             out[name] = values[0]
     return out
