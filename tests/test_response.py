@@ -519,3 +519,21 @@ def test_a_rounding_jump_is_the_first_value_above_every_earlier_one_by_the_facto
     assert study.first_jump(r[:5], 10.0) is None
     gaps = np.array([np.nan, 1.0, np.nan, 2.0, 15.0, 300.0])  # NaN records are skipped
     assert study.first_jump(gaps, 10.0) == 5
+
+
+def test_the_forecast_shows_the_most_skilful_feature_not_the_smallest_error():
+    """The first rounding jump, read on 4 runs that end alike, has a small error but no
+    skill; the first switch, read on all 8, a larger error and real skill: it is shown."""
+    rng = np.random.default_rng(1)
+    ends = np.array([1e-4, 1e-3, 1e-2, 1e-1, 0.02, 0.0201, 0.0202, 0.0203])
+    rows = _forecast_rows(lambda first: 0.0)
+    for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
+        row.update(churn_end=float(end), weight_D_end=float(end), activation="relu")
+        row["first_switch"] = float(np.log10(end) + rng.normal(0, 0.3))
+        row["rounding_jump_at"] = float(rng.normal()) if i >= 4 else None
+    skill, predictions = study.forecast(rows, churn_floor=1e-5)
+    scores = {s["feature"]: s for s in skill if s["runs of"] == "all runs"}
+    jump, switch = scores["first rounding jump (step)"], scores["first switch (step)"]
+    assert jump["rms error (log10)"] < switch["rms error (log10)"] and jump["skill"] < 0
+    assert switch["skill"] > 0.5
+    assert {p["feature"] for p in predictions} == {"first switch (step)"}

@@ -235,13 +235,13 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     """Predicts each run's final churn and weight D (log10; churn floored at churn_floor,
     half a test example) from one feature, by a straight line fitted to the other runs
     (leave-one-out, leaving out with each run the runs that share its member 0: `_member0`),
-    over all finished runs, over each activation's alone and, where the
-    runs have several sources, over each source's alone (groups of 4 runs or more; skipped
-    where the feature or the target is constant in the group). Returns (one row per group,
-    target and feature: the runs used, the RMS error in log10 units and as a factor, and
-    the skill 1 - rms / rms of predicting the other runs' mean; one row per group, run and
-    target with the group's best feature's prediction beside the observed value). Empty
-    with fewer than 4 finished runs."""
+    over all finished runs, over each activation's alone and, where the runs have several
+    sources, over each source's alone (groups of 4 runs or more; skipped where the feature
+    or the target is constant in the group). Returns (one row per group, target and
+    feature: the runs used, the RMS error in log10 units and as a factor, and the skill
+    1 - rms / rms of predicting the other runs' mean; one row per group, run and target
+    with the prediction of the group's most skilful feature beside the observed value).
+    Empty with fewer than 4 finished runs."""
     done = [r for r in rows if r.get("status") == "finished" and "churn_end" in r]
     groups = {"all runs": done}
     for activation in dict.fromkeys(r["activation"] for r in done):
@@ -267,6 +267,7 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
                 baseline = _leave_one_out(np.zeros_like(x), y, shared)
                 rms = float(np.sqrt(np.mean((predicted - y) ** 2)))
                 rms0 = float(np.sqrt(np.mean((baseline - y) ** 2)))
+                score = 1 - rms / rms0 if rms0 > 0 else float("nan")
                 skill.append(
                     {
                         "runs of": group,
@@ -276,11 +277,12 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
                         "rms error (log10)": rms,
                         "error factor": 10**rms,
                         "rms of the mean (log10)": rms0,
-                        "skill": 1 - rms / rms0 if rms0 > 0 else float("nan"),
+                        "skill": score,
                     }
                 )
-                if best is None or rms < best[0]:
-                    best = (rms, feature, used, predicted, y)
+                # by skill: features read on different runs have different baselines
+                if score > (-np.inf if best is None else best[0]):
+                    best = (score, feature, used, predicted, y)
             if best is None:
                 continue
             _, feature, used, predicted, y = best
