@@ -301,6 +301,7 @@ def test_study_runs_end_to_end(tmp_path):
     assert row["delta_end"] > 0
     assert row["response_r_end"] == pytest.approx(row["delta_end"], rel=1e-6)
     assert row["rounding_jump_at"] is None and "rounding_jump" not in row  # 4 smooth steps
+    assert row["leaves_at"] is None and row["restrained_at"] is None
     assert row["top_layer_end"].split()[0] in ("conv1", "conv2", "head")
     assert np.isfinite(row["exponent_late"])
     for name in ("summary.json", "response.csv", "response.md", "response.png"):

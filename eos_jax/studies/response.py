@@ -15,14 +15,16 @@ Lyapunov (member 0's finite-time exponent).
 Per run the table gives: rounding_jump_at, the first recorded step where the twins' own
 rounding forcing ||r|| exceeds `leave_ratio` times all of its earlier values (a switch on
 which float32 and float64 disagree, analysis.response; the CSV adds ||r||, ||N||, ||Delta||
-before and after and ||delta^r|| there); leaves_at, the first recorded step where ||Delta|| /
-||delta^r|| exceeds `leave_ratio` (the twins leave the linear response), with the switch count and
-||N|| there and at the record before; the first switch (step and layer); which layer holds
-most of ||Delta||^2 (parameters and momentum of a layer together) at leaves_at and at the
-end; ||Delta||, ||delta^r||, ||delta^f|| at the end; and over the second half of the run
-the growth rate of log ||Delta|| beside the tangent's exponent (per step). Figure
-(response.png): ||Delta||, ||delta^r|| and ||delta^f|| against step, log scale, first
-switches, the rounding jump and leaves_at marked, one panel per activation (rows: sources).
+before and after and ||delta^r|| there); leaves_at, the first recorded step where
+||Delta|| / ||delta^r|| exceeds `leave_ratio` (the twins leave the linear response), with
+the switch count and ||N|| there and at the record before; restrained_at, the first where
+it falls below 1 / `leave_ratio` (the response overshoots: the nonlinearity restrains the
+twins); the first switch (step and layer); which layer holds most of ||Delta||^2
+(parameters and momentum of a layer together) at leaves_at and at the end; ||Delta||,
+||delta^r||, ||delta^f|| at the end; and over the second half of the run the growth rate
+of log ||Delta|| beside the tangent's exponent (per step). Figure (response.png):
+||Delta||, ||delta^r|| and ||delta^f|| against step, log scale, first switches, the
+rounding jump and leaves_at marked, one panel per activation (rows: sources).
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ SHOWN = (
     "seed",
     "rounding_jump_at",
     "leaves_at",
+    "restrained_at",
     "switches_at_leave",
     "switches_before_leave",
     "nonlinear_at_leave",
@@ -394,6 +397,7 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
     rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
     left = np.flatnonzero(ratio > leave_ratio)
     leave = int(left[0]) if left.size else None
+    restrained = np.flatnonzero(ratio < 1 / leave_ratio)
     before = None if leave is None or leave == 0 else leave - 1
     end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
     growth = lyapunov.Lyapunov.read(records)
@@ -403,6 +407,7 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         steps=int(steps_[-1]),
         leaves_at=None if leave is None else int(steps_[leave]),
         rounding_jump_at=None if rounding_jump is None else int(steps_[rounding_jump]),
+        restrained_at=int(steps_[restrained[0]]) if restrained.size else None,
         switches_at_leave=None if leave is None else switches_at(steps_[leave]),
         switches_before_leave=None if before is None else switches_at(steps_[before]),
         nonlinear_at_leave=None if leave is None else _value(resp["nonlinear"][1, leave]),
