@@ -294,8 +294,11 @@ def study_config(**overrides):
 
 def test_study_runs_end_to_end(tmp_path):
     config = study_config(**{"response.activations": ("relu",)})
+    probe = jax.jit(lambda x: x + 1)
+    probe(1.0)
     with jax.enable_x64(True):
         summary = study.execute(config, str(tmp_path / "all"))
+    assert probe._cache_size() == 0  # each run's programs are released after it
     (row,) = summary["runs"]
     assert (row["activation"], row["source"], row["steps"]) == ("relu", "update_k", 4)
     assert row["delta_end"] > 0

@@ -165,7 +165,7 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
     runs = plan(config) if planned is None else planned
     dataset = build.dataset(config)
     trainers = {r.name: _trainer(config, r, dataset, workdir) for r in runs}
-    summaries = train_all(config, workdir, trainers, keep_going=True)
+    summaries = train_all(config, workdir, trainers, keep_going=True, release_programs=True)
     rows, curves = [], {}
     for r in runs:
         records = trainer.read_metrics(os.path.join(workdir, r.name))

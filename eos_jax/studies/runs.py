@@ -29,7 +29,9 @@ class NotApplicable:
     reason: str
 
 
-def train_all(config, workdir: str, trainers: dict, keep_going: bool = False) -> dict[str, dict]:
+def train_all(
+    config, workdir: str, trainers: dict, keep_going: bool = False, release_programs: bool = False
+) -> dict[str, dict]:
     """Runs each planned Trainer (name -> Trainer, each in its own sub-directory).
 
     First every member state is built (init edits applied) and every observer checked, so
@@ -38,6 +40,11 @@ def train_all(config, workdir: str, trainers: dict, keep_going: bool = False) ->
     finished one is read back. Returns the summaries by name. keep_going: a run that
     diverges is a result ({'status': 'diverged', 'what': ...}, its diverged.json kept), not
     the end of the study (a sweep whose phase diagram has a divergent region).
+    release_programs: drop every compiled program after each run (jax.clear_caches), for
+    studies whose runs each compile large programs of their own (the response study's
+    float64 splits): kept, they piled up until XLA:CPU ran out of memory for code after 10
+    ResNet response runs. A later call compiles again, to the same bits; studies whose runs
+    share programs leave it off.
     """
     for t in trainers.values():
         t.prepare()
@@ -56,8 +63,6 @@ def train_all(config, workdir: str, trainers: dict, keep_going: bool = False) ->
                 raise
             summaries[name] = {"status": "diverged", "what": str(error)}
         finally:
-            # Each run compiles its own programs: drop them once it is done, or a study keeps
-            # every run's (XLA:CPU ran out of memory for code after 10 ResNet response runs).
-            # A later call compiles again, to the same bits.
-            jax.clear_caches()
+            if release_programs:
+                jax.clear_caches()
     return summaries
