@@ -257,8 +257,7 @@ class LinearResponse(Observer):
         self._previous = None
 
     def due(self, step: int, run) -> bool:
-        # every step up to last_step; records only where Observer.due says
-        return self.last_step is None or step <= self.last_step
+        return self.observes(step)  # every step it watches; records only where Observer.due says
 
     def __call__(self, run) -> None:
         states = [_plain_state(s) for s in run.members()]

@@ -317,6 +317,17 @@ VERDICT_SPLITS = (
 )
 
 
+def split_ratios(rounding: dict, seed: dict) -> dict[str, statistics.Estimate]:
+    """{member field: the rounding/seed accuracy-std ratio with its 95% interval} for each
+    field of VERDICT_SPLITS that every member of both ensembles (their summaries) has."""
+    ratios = {}
+    for field, _, _ in VERDICT_SPLITS:
+        accuracies = [[m.get(field) for m in s["members"]] for s in (rounding, seed)]
+        if None not in accuracies[0] + accuracies[1]:
+            ratios[field] = statistics.std_ratio_interval(*accuracies)
+    return ratios
+
+
 def verdict(config, summaries: dict, prefix: str = "source_") -> str:
     """The rounding/seed accuracy-std ratio lines for twins.compare, on the test set and,
     where measured, on the held-out set, then what each says in words (empty if an
@@ -324,14 +335,15 @@ def verdict(config, summaries: dict, prefix: str = "source_") -> str:
     rounding, seed = (summaries.get(prefix + name) for name in config.twins.compare)
     if rounding is None or seed is None:
         return ""
+    ratios = split_ratios(rounding, seed)
     lines, words = [], []
     for field, label, where in VERDICT_SPLITS:
-        accuracies = [[m.get(field) for m in s["members"]] for s in (rounding, seed)]
-        if None in accuracies[0] + accuracies[1]:
-            continue
-        ratio = statistics.std_ratio_interval(*accuracies)
-        lines.append(statistics.format_estimate(label, ratio))
-        words.append(f"{where}: one rounding spreads the accuracy {statistics.against_one(ratio)}")
+        if field in ratios:
+            ratio = ratios[field]
+            lines.append(statistics.format_estimate(label, ratio))
+            words.append(
+                f"{where}: one rounding spreads the accuracy {statistics.against_one(ratio)}"
+            )
     return "\n".join(lines + words)
 
 
@@ -395,14 +407,12 @@ def compare_row(workdir: str, summaries: dict, names) -> dict:
     the test-set noise std, and where measured the held-out (distribution) ratio."""
     stats = [source_statistics(os.path.join(workdir, n), summaries[n]) for n in names]
     accuracies = [[m["final_accuracy"] for m in summaries[n]["members"]] for n in names]
-    ratio = statistics.std_ratio_interval(*accuracies)
+    ratios = split_ratios(*(summaries[n] for n in names))
     row = {"members": "+".join(str(s["members"]) for s in stats)}
-    row.update({"ratio": ratio.value, "ratio low": ratio.low, "ratio high": ratio.high})
-    if all("heldout acc std" in s for s in stats):
-        heldout = [[m["heldout_accuracy"] for m in summaries[n]["members"]] for n in names]
-        held = statistics.std_ratio_interval(*heldout)
-        row["held-out ratio"] = held.value
-        row["held-out ratio low"], row["held-out ratio high"] = held.low, held.high
+    for field, key in (("final_accuracy", "ratio"), ("heldout_accuracy", "held-out ratio")):
+        if field in ratios:
+            ratio = ratios[field]
+            row.update({key: ratio.value, f"{key} low": ratio.low, f"{key} high": ratio.high})
     row["final acc mean"] = float(np.mean(accuracies[0] + accuracies[1]))
     for kind, s in zip(("rounding", "stochastic"), stats, strict=True):
         for key in ("final acc std", "heldout acc std", "churn", "weight D"):

@@ -91,17 +91,18 @@ class Observer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} {field}={value!r} must be an integer >= 1")
 
+    def observes(self, step: int) -> bool:
+        """False after last_step: the observer watches no later step."""
+        return self.last_step is None or step <= self.last_step
+
     def due(self, step: int, run) -> bool:
         """At step 0 if at_start; every every_steps steps, the run's last and last_step; never
         after last_step."""
         if step == 0:
             return self.at_start
-        if self.last_step is not None:
-            if step > self.last_step:
-                return False
-            if step == self.last_step:
-                return True
-        return step % self.every_steps == 0 or step == run.num_steps
+        if not self.observes(step):
+            return False
+        return step % self.every_steps == 0 or step in (run.num_steps, self.last_step)
 
     def __call__(self, run) -> None:
         raise NotImplementedError
