@@ -178,6 +178,17 @@ def _cpu() -> dict[str, Any]:
     return info
 
 
+def machine_line(fingerprint: dict[str, Any]) -> str:
+    """A fingerprint in one line, to print beside any number it produced: CPU model and
+    features, threads, XLA flags, backend and jax version."""
+    cpu = fingerprint["cpu"]
+    return (
+        f"{cpu['model']} ({', '.join(cpu['features'])}), {fingerprint['cpu_threads']} threads, "
+        f"XLA_FLAGS='{fingerprint['xla_flags']}', {fingerprint['backend']}, "
+        f"jax {fingerprint['versions']['jax']}"
+    )
+
+
 VERSIONED_MODULES = ("jax", "jaxlib", "flax", "optax", "numpy", "ml_dtypes", "orbax.checkpoint")
 
 

@@ -17,6 +17,7 @@ from eos_jax import numerics
 
 LOSSES = ("cross_entropy", "mse")
 DATA_ORDERS = ("auto", "reshuffle", "fixed")
+OPTIMIZERS = ("sgd", "adam", "adamw")  # config.optimizer.name
 
 
 def default_recipe() -> ml_collections.ConfigDict:
@@ -58,6 +59,9 @@ def default_recipe() -> ml_collections.ConfigDict:
     c.seeds = ml_collections.ConfigDict(dict(init=1, data=1, aug=1, subset=0))
 
     c.optimizer = ml_collections.ConfigDict()
+    # 'sgd' (PyTorch's, with momentum / nesterov), 'adam' (coupled L2 decay, as torch's
+    # Adam) or 'adamw' (decoupled decay): optim.sgd / optim.adam
+    c.optimizer.name = "sgd"
     c.optimizer.lr = 0.1
     c.optimizer.momentum = 0.9
     c.optimizer.nesterov = True
@@ -71,6 +75,12 @@ def default_recipe() -> ml_collections.ConfigDict:
     # (where the paper's authors ran): optim.sgd.
     c.optimizer.arithmetic = "as_written"
     c.optimizer.k = 1  # the paper's perturbed update w <- w - (lr*k)*(d/k)
+    # Adam / AdamW only (optimizer.name): moment decays, eps in sqrt(v_hat) + eps, and
+    # whether m and v are divided by 1 - beta^t
+    c.optimizer.beta1 = 0.9
+    c.optimizer.beta2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.bias_correction = True
 
     c.numerics = ml_collections.ConfigDict()
     c.numerics.param_dtype = "fp32"
@@ -187,6 +197,7 @@ def validate(config, stop_at_step: int | None = None) -> None:
         value = _get(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"config.{name}={value!r} must be a finite number >= 0")
+    validate_adam(config.optimizer)
     if config.loss not in LOSSES:
         raise ValueError(f"unknown loss {config.loss!r}; allowed: {', '.join(LOSSES)}")
     padding = config.get("augment_padding")
@@ -194,6 +205,12 @@ def validate(config, stop_at_step: int | None = None) -> None:
         not isinstance(padding, int) or isinstance(padding, bool) or padding < 0
     ):
         raise ValueError(f"config.augment_padding={padding!r} must be an integer >= 0 or None")
+    heldout = config.get("dataset_kwargs", {}).get("heldout_size", 0)
+    if config.get("needs_heldout") and heldout == 0:
+        raise ValueError(
+            f"config.dataset_kwargs.heldout_size={heldout!r}: this config's verdict needs the "
+            "held-out split (needs_heldout=True); give a positive multiple of 10, e.g. 100000"
+        )
     if config.get("data_order", "auto") not in DATA_ORDERS:
         raise ValueError(
             f"config.data_order={config.data_order!r}; allowed: {', '.join(DATA_ORDERS)}"
@@ -202,6 +219,36 @@ def validate(config, stop_at_step: int | None = None) -> None:
         validate_mesh(config.mesh)
     if stop_at_step is not None and stop_at_step < 1:
         raise ValueError(f"stop_at_step={stop_at_step} must be a positive step number")
+
+
+def validate_adam(opt) -> None:
+    """ValueError naming the field unless optimizer.name is known and, for Adam / AdamW,
+    beta1, beta2 in [0, 1), eps > 0, bias_correction a bool, and SGD's momentum, nesterov
+    and torch arithmetics left off (so that no setting is silently ignored)."""
+    name = opt.get("name", "sgd")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={name!r}; allowed: {', '.join(OPTIMIZERS)}")
+    if name == "sgd":
+        return
+    for field in ("beta1", "beta2"):
+        value = opt.get(field)
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) or not (
+            0 <= value < 1
+        ):
+            raise ValueError(f"config.optimizer.{field}={value!r} must be a number in [0, 1)")
+    eps = opt.get("eps")
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"config.optimizer.eps={eps!r} must be a finite number > 0")
+    if not isinstance(opt.get("bias_correction"), bool):
+        raise ValueError(
+            f"config.optimizer.bias_correction={opt.get('bias_correction')!r} must be True or False"
+        )
+    for field, off in (("momentum", 0), ("nesterov", False), ("arithmetic", "as_written")):
+        if opt.get(field, off) != off:
+            raise ValueError(
+                f"config.optimizer.{field}={opt.get(field)!r} is SGD's; with optimizer.name="
+                f"{name!r} set it to {off!r} (beta1 is Adam's momentum)"
+            )
 
 
 def check_microbatches(n, batch_sizes=()) -> None:

@@ -115,11 +115,24 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
-    """One row per dict; columns are the union of keys in first-seen order."""
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The union of the rows' keys in first-seen order."""
     columns: list[str] = []
     for row in rows:
         columns += [k for k in row if k not in columns]
+    return columns
+
+
+def shown_columns(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> list[dict]:
+    """The rows reduced to those of `columns` that some row has, in that order, a row's
+    missing ones empty: a row with fewer (a diverged run's) takes no column from the others."""
+    kept = [c for c in columns if any(c in row for row in rows)]
+    return [{c: row.get(c, "") for c in kept} for row in rows]
+
+
+def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
+    """One row per dict; columns are the union of keys in first-seen order."""
+    columns = _columns(rows)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -128,10 +141,11 @@ def write_csv(path: str, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], float_format: str = "{:.4g}") -> str:
-    """A GitHub Markdown table of dict rows (floats formatted with float_format)."""
+    """A GitHub Markdown table of dict rows (floats formatted with float_format); columns are
+    the union of keys in first-seen order, a row's missing ones empty."""
     if not rows:
         return ""
-    columns = list(rows[0])
+    columns = _columns(rows)
 
     def fmt(v):
         return float_format.format(v) if isinstance(v, float) else str(v)

@@ -226,14 +226,34 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return value
 
 
+def last_overrides(argv: list[str], name: str) -> list[str]:
+    """argv with only the last --{name}.FIELD override of each field (as --name.f=v, --name.f
+    v or --[no]name.f): ml_collections joins the values of a repeated tuple flag where a
+    scalar takes the last, and the last flag wins for every field."""
+    override = re.compile(rf"--?(no)?{re.escape(name)}\.([^=]+)(=.*)?")
+    given: dict[str, list[range]] = {}
+    i = 1
+    while i < len(argv) and argv[i] != "--":
+        found = override.fullmatch(argv[i])
+        end = i + 1
+        if found and not found[1] and found[3] is None and end < len(argv):
+            end += not argv[end].startswith("-")  # --name.field value
+        if found:
+            given.setdefault(found[2], []).append(range(i, end))
+        i = end
+    dropped = {j for spans in given.values() for span in spans[:-1] for j in span}
+    return [arg for j, arg in enumerate(argv) if j not in dropped]
+
+
 def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
     """absl flag parsing with the config checked first; errors (positional arguments too,
-    unless known_only) exit as one line."""
+    unless known_only) exit as one line. Of a repeated --config.FIELD the last wins."""
     defaults = [f"--{n}={d}" for n, d in _config_defaults.items() if _flag_value(argv, n) is None]
     argv = [argv[0], *defaults, *argv[1:]]
     try:
         for name in list(flags.FLAGS):
             if isinstance(flags.FLAGS[name].parser, ConfigFileFlagParser):
+                argv = last_overrides(argv, name)
                 path = _flag_value(argv, name)
                 if path is not None:
                     check_config(path, argv, name)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from eos_jax import recipe, results
-from eos_jax.analysis import curvature, linearisation, sharpness
+from eos_jax.analysis import curvature, linearisation, orbit, sharpness
 from eos_jax.data import normalize, to_unit_float
 from eos_jax.studies import eos
 from eos_jax.training import build, steps, trainer
@@ -18,7 +18,7 @@ from eos_jax.training.sources import Member
 from experiments.configs import eos_digits
 
 DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
-DIGITS_EXPERIMENTS += ("momentum", "depth")
+DIGITS_EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam")
 
 
 def full_batch_config(**overrides):
@@ -159,6 +159,12 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         "weight_decay_bn": [40, 39.6, 38],
         "momentum": [40] * 4,
         "depth": [40] * 5,
+        "weight_decay_edge": [
+            s * f for s in eos_digits.PROBE_SHARPNESS.values() for f in eos_digits.EDGE_FRACTIONS
+        ]
+        + [eos_digits.PROBE_SHARPNESS[0.03] / f for f in (1.5, 3.0)]
+        + [eos_digits.PROBE_SHARPNESS[0.1] / 1.5],
+        "adam": [38 / lr for lr in eos_digits.ADAM_LRS] + [38 / eos_digits.ADAM_LRS[1]] * 2,
     }[experiment]
     np.testing.assert_allclose(predicted, expected, rtol=1e-12)
     assert len({r.name for r in runs}) == len(runs)
@@ -183,6 +189,8 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         (("model_kwargs.hidden=()",), "hidden"),
         # lr * wd > 2: a negative predicted threshold, and a run that exited 0 at loss 6e29
         (("optimizer.lr=0.5 optimizer.weight_decay=5.0",), "weight decay alone makes"),
+        (("optimizer.name='adam' optimizer.weight_decay=0.1",), "is for optimizer.weight_decay=0"),
+        (("optimizer.name='adam' optimizer.beta1=1.5",), r"beta1=1.5 must be a number in \[0, 1\)"),
     ],
 )
 def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
@@ -225,6 +233,7 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
             "eos.regions_every_steps": 10,
             "eos.edge_every_steps": 10,
             "eos.midpoint": True,
+            "eos.orbit_window": 20,
         }
     )
     config.model_kwargs.hidden = (16,)
@@ -264,6 +273,9 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     along = measured.member("oscillation_curvature", 0)[1]
     assert np.all(along <= mid * (1 + 1e-3)), (along, mid)
     assert np.isfinite(first["midpoint_plateau"]) and np.isfinite(first["oscillation_plateau"])
+    # the orbit: u . w at each of the last 20 steps (1-20), its period in the table
+    assert orbit.Orbit.read(records).steps.tolist() == list(range(1, 21))
+    assert first["period"] in ("1", "2", "4", "8", "irregular") and first["phase_tolerance"] > 0
 
 
 @pytest.mark.parametrize(
@@ -273,6 +285,7 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
         ("cross_entropy", [5, 10, 20]),
         ("complexity", [20] * 6),
         ("resnet", [20]),
+        ("adam", [38 / 1e-3, 38 / 2.5e-3]),  # (2 + 2 beta1) / ((1 - beta1) lr)
     ],
 )
 def test_mnist1d_configs_plan_runs_at_their_predicted_thresholds(experiment, expected):

@@ -15,12 +15,15 @@ import pytest
 from absl import app
 
 from eos_jax import recipe, results
+from eos_jax.studies import eos as eos_study
+from eos_jax.studies import response as response_study
 from eos_jax.studies import theory
 from eos_jax.training import build, observers, trainer
 from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 from experiments import common
+from experiments.configs import response_mnist1d, twins_mnist1d_resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--config.model_kwargs.widths=(4,8)", "--config.batch_size=32")
@@ -327,3 +330,81 @@ def test_theory_progress_is_off_when_quiet():
     assert theory._progress(config, [1, 2]).disable
     config.quiet = False
     assert not theory._progress(config, [1, 2]).disable
+
+
+# Issue 25: nothing silently changed or hidden.
+
+
+def test_the_last_of_a_repeated_config_flag_wins_for_tuples_too():
+    """ml_collections joins a repeated tuple flag's values (a scalar takes the last)."""
+    argv = ["main", "--config.response.lrs=(0.1,)", "--workdir=w", "--config.response.lrs"]
+    argv += ["(0.2,)", "--config.quiet", "--noconfig.quiet", "--config.response.lrs=(0.3,)"]
+    kept = common.last_overrides(argv, "config")
+    assert kept == ["main", "--workdir=w", "--noconfig.quiet", "--config.response.lrs=(0.3,)"]
+
+
+def test_a_repeated_tuple_flag_is_replaced_in_every_main(tmp_path):
+    out = run(
+        "response",
+        f"--workdir={tmp_path / 'run'}",
+        "--config.response.seeds=(0, 1)",
+        "--config.response.seeds=(-1,)",
+    )
+    assert_one_line_error(out, "response.seeds=(-1,)", "integers >= 0")
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize(
+    "field, value, named",
+    [
+        ("activations", ("tanhx",), ["response.activations=('tanhx',)", "relu, tanh, swish, gelu"]),
+        ("lrs", ("a",), ["response.lrs=('a',)", "'a' is not one", "numbers > 0"]),
+        ("seeds", (-1,), ["response.seeds=(-1,)", "integers >= 0"]),
+        ("seeds", (0, 1, 0), ["response.seeds=(0, 1, 0) (a repeat)"]),
+        ("sources", (), ["response.sources=() (empty)", "update_k, ulp_init"]),
+    ],
+)
+def test_a_response_error_names_the_field_the_value_and_what_is_allowed(field, value, named):
+    config = response_mnist1d.get_config()
+    config.response[field] = value
+    with pytest.raises(ValueError) as caught:
+        response_study.plan(config)
+    for text in named:
+        assert text in str(caught.value)
+
+
+def test_the_switches_size_error_names_its_field(tmp_path):
+    config = response_mnist1d.get_config()
+    config.update_from_flattened_dict({"response.switches_size": 0, "train_subset": 256})
+    with pytest.raises(ValueError, match=r"response.switches_size=0 must be an integer in \[1, "):
+        response_study.execute(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_held_out_split_cannot_be_turned_off_where_the_verdict_needs_it(tmp_path):
+    config = twins_mnist1d_resnet.get_config()
+    config.dataset_kwargs.heldout_size = 0
+    with pytest.raises(ValueError, match=r"config.dataset_kwargs.heldout_size=0: .* needs the"):
+        recipe.validate(config)
+    out = run(
+        "twins",
+        f"--config={CONFIGS}/twins_mnist1d_resnet.py",
+        "--config.dataset_kwargs.heldout_size=-1",
+        f"--workdir={tmp_path / 'run'}",
+    )
+    assert_one_line_error(out, "dataset_kwargs.heldout_size=-1 must be 0 (no held-out split) or")
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_diverged_run_is_a_row_that_says_so_and_the_others_keep_their_columns():
+    """The eos table of a diverged run and a healthy one (issue 25, case 2)."""
+    diverged = {"name": "run00", "lr": 50.0, "max_sharpness": 3.0, "phase": "diverged"}
+    healthy = {"name": "run01", "lr": 0.05, "steps": 20, "observed_plateau": 38.0}
+    healthy.update(initial_sharpness=2.0, final_train_loss=0.1, phase="below the edge")
+    shown = results.shown_columns([diverged, healthy], eos_study.SHOWN)
+    assert list(shown[1]) == [k for k in eos_study.SHOWN if k in healthy]
+    assert shown[0]["phase"] == "diverged" and shown[0]["observed_plateau"] == ""
+    lines = results.markdown_table(shown).splitlines()
+    assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == len(healthy) + 1
+    # a table whose first row has fewer columns keeps the others' too
+    assert "observed_plateau" in results.markdown_table([diverged, healthy]).splitlines()[0]

@@ -218,5 +218,8 @@ def test_heldout_options_through_the_registry_and_their_errors(cache):
         plain.split("heldout")
     with pytest.raises(ValueError, match="heldout_seed=3 must differ from seed=3"):
         load_mnist1d(num_samples=SMALL, seed=3, heldout_size=100, heldout_seed=3, cache_dir=cache)
-    with pytest.raises(ValueError, match="heldout_size=105 must be a positive multiple of 10"):
+    with pytest.raises(
+        ValueError,
+        match="heldout_size=105 must be 0 \\(no held-out split\\) or a positive multiple of 10",
+    ):
         load_mnist1d(num_samples=SMALL, heldout_size=105, cache_dir=cache)

@@ -29,16 +29,18 @@ ONE_HOME = {
     r"nextafter\(": {"eos_jax/bits.py"},
     # the restraint factor: analysis.lyapunov.restraint
     r"def restraint": {"eos_jax/analysis/lyapunov.py"},
-    # Table 1 rows: studies.twins.table1_rows
-    r"def table1_rows": {"eos_jax/studies/twins.py"},
+    # Table 1 rows: studies.twins.table1.table1_rows
+    r"def table1_rows": {"eos_jax/studies/twins/table1.py"},
     # the microbatches check: recipe.check_microbatches
     r"microbatches.*must": {"eos_jax/recipe.py"},
     # the names of the losses: recipe.LOSSES
     r"LOSSES = ": {"eos_jax/recipe.py"},
     # 'field=value ...' variants of a recipe (eos.runs, twins.factors): recipe.with_overrides
     r"literal_eval\(|update_from_flattened_dict\(": {"eos_jax/recipe.py"},
-    # the accuracy-std ratio of two compared ensembles: studies.twins.compare_row
-    r"def compare_row": {"eos_jax/studies/twins.py"},
+    # the accuracy-std ratio of two compared ensembles: studies.twins.common.compare_row
+    r"def compare_row": {"eos_jax/studies/twins/common.py"},
+    # the spread's parts and intervals (Jordan's estimator, pivots): analysis.statistics
+    r"def spread\(|chisquare\(": {"eos_jax/analysis/statistics.py"},
     # a CSV + Markdown table of rows: results.write_table
     r"write_csv\(.*\n.*markdown_table\(": {"eos_jax/results.py"},
 }

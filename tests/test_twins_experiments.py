@@ -146,6 +146,9 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
         ("fig2", {"twins.map_snapshots": (0, 99)}, r"map_snapshots \(0, 99\)"),
         ("fig2", {"twins.watch": "conv7/kernel"}, "no tensor 'conv7/kernel' to watch"),
         ("figure3", {}, "unknown experiment 'figure3'"),
+        ("nested", {"twins.compare": ("seed", "update_k")}, "one or more rounding sources"),
+        ("nested", {"twins.bases": ()}, "twins.bases must be a non-empty list"),
+        ("nested", {"twins.members": 1}, r"twins.members=1 must be an integer >= 2"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, overrides, message):
@@ -165,9 +168,14 @@ def test_paper_configs_plan_and_name_real_tensors(experiment):
     runs = twins.plan(config)
     assert (
         len(runs)
-        == {"table1": 6, "sources": len(config.twins.sources), "fig2": 8, "sweep": 6, "factors": 2}[
-            experiment
-        ]
+        == {
+            "table1": 6,
+            "sources": len(config.twins.sources),
+            "fig2": 8,
+            "sweep": 6,
+            "factors": 2,
+            "nested": 12,
+        }[experiment]
     )
     model = build.model(runs[0].recipe, _cifar_shaped())
     shapes = jax.eval_shape(
@@ -185,6 +193,29 @@ def _cifar_shaped():
     return Dataset(images, labels, images, labels, 10, "cifar-shaped", (0.5,) * 3, (0.25,) * 3)
 
 
+def test_nested_pools_each_base_and_compares_with_the_seed_members(tmp_path):
+    """Per-example correctness read back from predictions.npz gives the table's numbers: the
+    seed members pooled as one group, the twins' spread as the mean over bases."""
+    config = tiny("nested", **{"twins.bases": (1, 2), "twins.members": 3, "num_steps": 12})
+    summary = twins.execute(config, str(tmp_path))
+
+    def correct(name):
+        saved = np.load(tmp_path / name / "predictions.npz")
+        return np.stack([saved[f"member{i}"] == saved["labels"] for i in range(3)])
+
+    seeds = np.concatenate([correct("seed_0"), correct("seed_1")])
+    groups = {g["source"]: g for g in summary["groups"]}
+    assert groups["seed"]["members"] == 6 and groups["update_k"]["bases"] == 2
+    assert groups["seed"]["observed_std"] == pytest.approx(np.std(seeds.mean(1), ddof=1))
+    per_base = [np.var(correct(f"base_{b}_update_k").mean(1), ddof=1) for b in (1, 2)]
+    assert groups["update_k"]["observed_std"] == pytest.approx(np.sqrt(np.mean(per_base)))
+    assert "update_k/seed std ratio, set level, on the test set (300 signals)" in summary["verdict"]
+    power = {(r["level"], r["bases"], r["twins"]) for r in summary["power"]}
+    assert ("distribution", 8, 6) in power
+    for name in ("nested.md", "nested.png", "nested_bases.csv", "power.csv"):
+        assert os.path.exists(tmp_path / name), name
+
+
 def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
     config = tiny("sources", **{"twins.sources": ("update_k", "seed"), "twins.members": 3})
     summary = twins.execute(config, str(tmp_path))
@@ -195,8 +226,9 @@ def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
     # The noise floor is Jordan's formula on the saved final predictions.
     saved = np.load(tmp_path / "source_seed" / "predictions.npz")
     correct = np.stack([saved[f"member{i}"] == saved["labels"] for i in range(3)])
-    p = 1 - correct.mean(0)
-    assert seed["test-set noise std"] == pytest.approx(np.sqrt(np.sum(p * (1 - p))) / p.size)
+    p = 1 - correct.mean(0)  # the plug-in p(1 - p) is low by (runs - 1) / runs: unbiased
+    noise = np.sum(p * (1 - p)) * 3 / 2 / p.size**2
+    assert seed["test-set noise std"] == pytest.approx(np.sqrt(noise))
     assert summary["verdict"].startswith("rounding/seed accuracy-std ratio ")
     assert "(95% CI, normal, 3+3 members)" in summary["verdict"]
     assert os.path.exists(tmp_path / "onset.png")
@@ -280,31 +312,33 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
     assert lines[3].startswith("on the distribution (held-out set): one rounding spreads the ")
 
 
-def test_resnet_headline_config_plans_24_plus_24_members_with_a_heldout_set():
+def test_resnet_headline_config_nests_twins_in_12_bases_against_24_seeds():
     from experiments.configs import twins_mnist1d_resnet
 
     config = twins_mnist1d_resnet.get_config()
     planned = twins.plan(config)
-    assert [r.name for r in planned] == ["source_update_k", "source_seed"]
-    assert [len(r.members) for r in planned] == [24, 24]
+    bases = [r for r in planned if r.name.startswith("base_")]
+    seeds = [r for r in planned if r.name.startswith("seed_")]
+    assert [r.name for r in bases] == [f"base_{b}_update_k" for b in range(1, 13)]
+    assert [r.recipe.seeds.init for r in bases] == list(range(1, 13))
+    assert [m.config.optimizer.k for m in bases[0].members] == [1, 3]
+    seed_values = [m.config.seeds.init for r in seeds for m in r.members]
+    assert seed_values == list(range(1000, 1024))  # 24 seeds, none a base's
     assert config.dataset_kwargs.heldout_size == 100_000 and config.model == "resnet1d_8"
+    sizes = twins_mnist1d_resnet.get_config("sources")
+    assert [len(r.members) for r in twins.plan(sizes)] == [24, 24]
 
 
-def test_the_demo_is_the_recipe_at_half_the_epochs_with_12_plus_12_members():
+def test_the_demo_is_the_nested_headline_at_10_epochs_and_8_bases():
     from experiments.configs import twins_mnist1d_resnet
 
     demo = twins_mnist1d_resnet.get_config("demo")
-    planned = twins.plan(demo)
-    assert [(r.name, len(r.members)) for r in planned] == [
-        ("source_update_k", 12),
-        ("source_seed", 12),
-    ]
-    (_, _, halved), *_ = [
-        v
-        for v in twins.factor_recipes(twins_mnist1d_resnet.get_config("factors"))
-        if v[0] == "epochs x0.5"
-    ]
-    assert _flat(demo) == _flat(halved) and demo.dataset_kwargs.heldout_size == 100_000
+    headline = twins_mnist1d_resnet.get_config("nested")
+    assert len(twins.plan(demo)) == 16  # 8 bases, 8 ensembles of 2 seeds
+    assert demo.num_epochs == 10 and tuple(demo.optimizer.decay_epochs) == (2, 4, 6, 8)
+    shorter = {"num_epochs": 10, "optimizer.decay_epochs": (2, 4, 6, 8)}
+    headline.update_from_flattened_dict({**shorter, "twins.bases": tuple(range(1, 9))})
+    assert _flat(demo) == _flat(headline)
 
 
 def test_resnet_factors_change_one_ingredient_at_a_time():
@@ -315,7 +349,7 @@ def test_resnet_factors_change_one_ingredient_at_a_time():
     assert len(planned) == 2 * (1 + len(twins_mnist1d_resnet.FACTORS))
     assert all(len(r.members) == 12 for r in planned)
     base = _flat(config)
-    for label, text, variant in twins.factor_recipes(config)[1:]:
+    for label, text, variant in twins.compared.factor_recipes(config)[1:]:
         changed = {k for k, v in _flat(variant).items() if base[k] != v}
         assert changed == {field.partition("=")[0] for field in text.split()}, label
     with pytest.raises(ValueError, match="unknown experiment 'table1'; known: sources, factors"):
@@ -356,7 +390,9 @@ def test_factors_compare_the_recipe_and_each_variant_and_keep_a_diverged_one(tmp
         assert row["ratio low"] <= row["ratio"] <= row["ratio high"]
         assert row["members"] == "2+2"
         sub = {
-            kind: results.read_json(tmp_path / f"{twins._slug(label)}_{kind}" / results.SUMMARY)
+            kind: results.read_json(
+                tmp_path / f"{twins.common.slug(label)}_{kind}" / results.SUMMARY
+            )
             for kind in ("update_k", "seed")
         }
         stds = [np.std([m["final_accuracy"] for m in sub[k]["members"]]) for k in sub]

@@ -224,7 +224,7 @@ class _Counted:
 
     def __init__(self, hvp, dim):
         self.hvp, self.dim, self.calls = hvp, dim, 0
-        if isinstance(hvp, HessianOperator):
+        if hasattr(hvp, "dtype"):  # a HessianOperator, or an operator wrapping one
             self.dtype = hvp.dtype
         else:  # a plain function: the session's default float (float64 under x64)
             probe = jax.ShapeDtypeStruct((dim,), jnp.result_type(float))

@@ -169,7 +169,7 @@ def tensor_maps(maps: dict[int, np.ndarray], tensor: str, lr: float, path: str) 
 
 def onset(curves: dict[str, tuple[str, dict]], path: str) -> None:
     """When rounding starts to matter: per source (curves maps name -> (kind, onset curves of
-    eos_jax.studies.twins.onset_curves)), the spread across members along training.
+    eos_jax.studies.twins.common.onset_curves)), the spread across members along training.
     Rounding sources are solid, stochastic ones dashed."""
     panels = (
         ("accuracy std", "std of test accuracy across members", "linear"),
@@ -199,6 +199,51 @@ def onset(curves: dict[str, tuple[str, dict]], path: str) -> None:
     fig.legend(handles, labels, loc="outside right center", fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def nested(groups: list, bases: list, path: str) -> None:
+    """The nested study (studies.twins.nested): left, the distribution-level std of each
+    base's rounding twins (dots), pooled over bases and of the seed members (bars: 95%
+    intervals), per split; right, each rounding/seed ratio with its interval against 1 and
+    the equivalence margin."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for x, g in enumerate(groups):
+        d = g.distribution_std
+        left.errorbar(
+            [x],
+            [d.value],
+            [[d.value - d.low], [d.high - d.value]],
+            fmt="o",
+            color="C1" if g.kind == "stochastic" else "C0",
+            capsize=4,
+        )
+        per_base = [b.distribution_std for b in bases if (b.source, b.split) == (g.source, g.split)]
+        left.plot([x + 0.2] * len(per_base), per_base, ".", color="0.5")
+    left.set_xticks(range(len(groups)), [f"{g.source}\n{g.split}" for g in groups])
+    left.set_ylabel("distribution-level accuracy std")
+    left.set_title("spread (grey: each base's twins)")
+    ratios = [
+        (g, lvl, r)
+        for g in groups
+        for lvl, r in (("set", g.ratio_observed), ("distribution", g.ratio_distribution))
+        if r is not None
+    ]
+    for y, (_, _, r) in enumerate(ratios):
+        right.errorbar(
+            [r.value],
+            [y],
+            xerr=[[r.value - r.low], [r.high - r.value]],
+            fmt="o",
+            capsize=4,
+            color="C0",
+        )
+    right.axvline(1, color="k", lw=1)
+    right.axvspan(0.8, 1.25, color="0.9", zorder=0, label="equivalence margin")
+    right.set_yticks(range(len(ratios)), [f"{g.source} {g.split}\n{lvl}" for g, lvl, _ in ratios])
+    right.set_xscale("log")
+    right.set_xlabel("rounding / seed std ratio (95% interval)")
+    right.legend(loc="best", fontsize=8)
+    _save(fig, path)
 
 
 def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, path: str) -> None:
@@ -268,18 +313,24 @@ def factors(rows: list[dict], ratio_name: str, path: str) -> None:
 
 
 def sharpness_curves(curves: dict[str, dict], path: str) -> None:
-    """Left: data-loss sharpness against step per run, its predicted threshold dashed in the
-    same colour. Right: the training-set loss (log scale)."""
+    """Left: data-loss sharpness (preconditioned for a curve marked `preconditioned`: Adam)
+    against step per run, its predicted threshold dashed in the same colour. Right: the
+    training-set loss (log scale)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, c in enumerate(curves.values()):
         color = f"C{i % 10}"
         left.plot(c["steps"], c["sharpness"], color=color, label=c["label"])
         left.axhline(c["predicted"], color=color, linestyle="--", linewidth=0.8)
         right.semilogy(c["steps"], c["loss"], color=color)
+    adam = any(c.get("preconditioned") for c in curves.values())
     left.set(
         xlabel="step",
-        ylabel="top eigenvalue of the data-loss Hessian",
-        title="sharpness (dashed: c / lr - wd)",
+        ylabel="top eigenvalue of P^-1/2 H P^-1/2"
+        if adam
+        else "top eigenvalue of the data-loss Hessian",
+        title="sharpness (dashed: c / lr - wd"
+        + ", Adam: (2 + 2 beta1) / ((1 - beta1) lr)" * adam
+        + ")",
     )
     left.legend(fontsize=7)
     right.set(xlabel="step", ylabel="training-set loss", title="loss")
@@ -364,9 +415,11 @@ def forecast(predictions: list[dict], path: str) -> None:
 
 
 PHASE_MARKERS = {
+    "edge": ("o", "tab:green"),
     "edge at c/lr - wd": ("o", "tab:green"),
-    "edge (c/lr ~ c/lr - wd)": ("o", "tab:olive"),
+    "edge (unresolved)": ("o", "tab:olive"),
     "edge at c/lr": ("s", "tab:orange"),
+    "between c/lr - wd and c/lr": ("D", "tab:brown"),
     "below the edge": ("v", "tab:blue"),
     "above the edge": ("^", "tab:purple"),
     "diverged": ("x", "tab:red"),
@@ -375,30 +428,38 @@ PHASE_MARKERS = {
 
 def eos_phases(rows: list[dict], path: str) -> None:
     """A phase diagram of a weight-decay sweep: each run at (c/lr, shift of the threshold by
-    the decay as a fraction of c/lr = lr wd / c), marked by where it settled, annotated with
-    observed / predicted plateau."""
+    the decay as a fraction of c/lr = lr wd / c, log scales), marked by where it settled,
+    annotated with the centre's (else the iterate's) plateau / prediction and the orbit's
+    period where measured (irregular: hollow)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     seen = set()
-    for r in rows:
+    for i, r in enumerate(rows):
         c_over_lr = r["predicted_threshold"] + r["weight_decay"]
         shift = r["weight_decay"] / c_over_lr
         marker, color = PHASE_MARKERS[r["phase"]]
         label = None if r["phase"] in seen else r["phase"]
         seen.add(r["phase"])
-        ax.scatter(c_over_lr, shift, marker=marker, color=color, s=45, label=label)
+        hollow = r.get("period") == "irregular"
+        face = "none" if hollow else color
+        ax.scatter(
+            c_over_lr, shift, marker=marker, edgecolors=color, facecolors=face, s=45, label=label
+        )
         if "observed_over_predicted" in r:
+            centre = r.get("midpoint_plateau", r["observed_plateau"]) / r["predicted_threshold"]
+            period = f", period {r['period']}" if "period" in r else ""
             ax.annotate(
-                f"{r['observed_over_predicted']:.2f}",
+                f"{centre:.3f}{period}",
                 (c_over_lr, shift),
                 fontsize=6,
-                xytext=(4, 3),
+                xytext=(4, 3 - 8 * (i % 3)),  # neighbouring runs' labels apart
                 textcoords="offset points",
             )
     ax.set(
         xscale="log",
+        yscale="log" if all(r["weight_decay"] > 0 for r in rows) else "linear",
         xlabel="c / lr (the threshold without decay)",
         ylabel="lr wd / c (the decay's shift of the threshold)",
-        title="Weight decay at the edge: where each run settled (observed / predicted)",
+        title="Weight decay at the edge: where each run settled (centre / prediction)",
     )
     ax.title.set_fontsize(9)
     ax.legend(fontsize=7)

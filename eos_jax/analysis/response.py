@@ -41,11 +41,10 @@ x64 must be on for the whole process (`numerics.enable_x64()` before any array e
 `eos_jax.studies.response.configure_numerics` does; the `dtype` source needs the same).
 
 `split_step` is the computation of one step (traceable, jitted by the observer);
-`LinearResponse` runs it after every training step, keeping w_t, w'_t (copies: the trainer
-donates the state buffers to the next step) and the two responses in memory, and records
-every `every_steps` steps. Resume: the responses live in memory only, so a resumed run (or
-any call that does not follow the previous step) restarts both from the actual Delta at
-that step and records `restarted_at` (None while they run from step 0).
+`LinearResponse` runs it after every training step, keeping copies of w_t, w'_t (the trainer
+donates the state buffers to the next step) and carrying the two responses (`carried`,
+saved with every checkpoint): a resumed run goes on from the saved responses and the
+restored states, and writes exactly the records of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -196,10 +195,10 @@ class LinearResponse(Observer):
     at that step: the norms of QUANTITIES in total and per state tensor ('per_tensor':
     {StateSpace path: {quantity: norm}}; f, r, N and e are those of the step just taken,
     not accumulated since the previous record), ratio_r = ||Delta|| / ||delta^r||, ratio_f =
-    ||Delta|| / ||delta^f|| (None where the response is 0), restarted_at (the step the
-    responses were restarted from after a resume, None while they run from step 0) and
-    step_exact (the observer's recomputed U(w_t) is the trainer's w_{t+1} bit for bit, as
-    it must be for f_t to be the perturbation alone). Member 0's record holds nothing.
+    ||Delta|| / ||delta^f|| (None where the response is 0) and step_exact (the observer's
+    recomputed U(w_t) is the trainer's w_{t+1} bit for bit, as it must be for f_t to be the
+    perturbation alone). Member 0's record holds nothing. It carries delta^f_t and
+    delta^r_t ({'response_f', 'response_r'}: float64 vectors), checkpointed with the states.
     """
 
     at_start = True
@@ -207,7 +206,7 @@ class LinearResponse(Observer):
 
     def __init__(self, every_steps: int = 1, last_step: int | None = None):
         self.every_steps, self.last_step = every_steps, last_step
-        self._previous = None  # (step, w_t copy, w'_t copy, delta^f_t, delta^r_t, restarted_at)
+        self._previous = None  # (step, w_t copy, w'_t copy)
 
     def setup(self, ensemble, num_steps: int) -> None:
         """ValueError unless the ensemble is a twin pair this observer can split."""
@@ -254,30 +253,49 @@ class LinearResponse(Observer):
         self._steps_at = jax.jit(functools.partial(steps_at, *train_steps))
         self._split = jax.jit(functools.partial(split_step, step64))
         self._streams = [ensemble.streams[j] for j in ensemble.stream_of]
-        self._previous = None
+        self._previous = self.carried = None
 
     def due(self, step: int, run) -> bool:
         return self.observes(step)  # every step it watches; records only where Observer.due says
 
+    def start(self, run) -> None:
+        """At step 0 both responses start from Delta_0; at a resumed step they are those
+        restored. Keeps copies of the states at this step, for the split of the next."""
+        states = [_plain_state(s) for s in run.members()]
+        if run.step == 0:
+            delta = flat64(states[1]) - flat64(states[0])
+            self.carried = {"response_f": delta, "response_r": delta}
+        self._previous = (run.step, *map(_copy, states))
+
     def __call__(self, run) -> None:
         states = [_plain_state(s) for s in run.members()]
-        split, restarted_at = None, None
-        previous = self._previous
-        if previous is not None and previous[0] == run.step - 1:
-            _, state, twin, response_f, response_r, restarted_at = previous
-            t = previous[0]
+        split = None
+        t, state, twin = self._previous
+        if run.step != t:  # the step t -> t + 1 just taken
+            if run.step != t + 1:
+                raise RuntimeError(
+                    f"linear response observes every step: called at step {run.step} after "
+                    f"step {t} (start(run) begins at another step)"
+                )
             batches = [jax.device_put(s.batch(t)) for s in self._streams]
             stepped = self._steps_at(state, twin, *batches)
-            split = self._split(state, twin, batches[0], *states, stepped, response_f, response_r)
-            response_f, response_r = split.response_f, split.response_r
-        else:  # the start (step 0), or a restart (a resumed run)
-            response_f = response_r = flat64(states[1]) - flat64(states[0])
-            restarted_at = None if run.step == 0 else run.step
-        self._previous = (run.step, *map(_copy, states), response_f, response_r, restarted_at)
+            carried = self.carried
+            split = self._split(
+                state,
+                twin,
+                batches[0],
+                *states,
+                stepped,
+                carried["response_f"],
+                carried["response_r"],
+            )
+            self.carried = {"response_f": split.response_f, "response_r": split.response_r}
+            self._previous = (run.step, *map(_copy, states))
         if super().due(run.step, run):
-            self.write(run, [{}, self._record(states, split, response_f, response_r, restarted_at)])
+            record = self._record(states, split, **self.carried)
+            self.write(run, [{}, record])
 
-    def _record(self, states, split, response_f, response_r, restarted_at) -> dict:
+    def _record(self, states, split, response_f, response_r) -> dict:
         space = StateSpace.of(states[0])
         slices = space.float_slices()
         paths = tuple(slices)
@@ -301,20 +319,19 @@ class LinearResponse(Observer):
         record["per_tensor"] = {
             path: {q: float(per[i, j]) for i, q in enumerate(rows)} for j, path in enumerate(paths)
         }
-        record["restarted_at"] = restarted_at
         record["step_exact"] = None if split is None else bool(split.exact)
         return record
 
     @classmethod
     def read(cls, records):
-        """A Series with QUANTITIES, RATIOS, restarted_at and step_exact (member 1's row;
+        """A Series with QUANTITIES, RATIOS and step_exact (member 1's row;
         member 0's is NaN), and per tensor 'quantity/path'."""
         tensors = next(
             (r["per_tensor"] for r in kind_records(records, cls.kind) if "per_tensor" in r), {}
         )
         fields = {
             name: (lambda r, name=name: r.get(name))
-            for name in (*QUANTITIES, *RATIOS, "restarted_at", "step_exact")
+            for name in (*QUANTITIES, *RATIOS, "step_exact")
         }
         for path in tensors:
             for q in QUANTITIES:

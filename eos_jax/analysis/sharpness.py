@@ -19,9 +19,10 @@ eigenvector; the iterate's own sharpness then flips between the two sides' curva
 while the midpoint's is the curvature of the orbit itself. The observer then also runs one
 step before each measurement, to keep w_{t-1} (a copy of the parameters).
 
-The warm starts live in the observer: a resumed run starts its first measurement cold
-(more products, the same eigenvalues to within tol), and its first midpoint after a resume
-is missing when the step before it was not run in this session.
+The warm starts are what the observer carries (`carried`: each member's last eigenvectors,
+saved with every checkpoint), and the iterate before a midpoint measurement that falls
+right after a checkpoint is the restored one: a resumed run measures exactly what an
+uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eos_jax.analysis import curvature
+from eos_jax.analysis.flat import StateSpace
 from eos_jax.training import steps
 from eos_jax.training.observers import Observer, record_fields
 
@@ -100,7 +102,6 @@ class Sharpness(Observer):
         self.k, self.tol, self.max_iters = k, tol, max_iters
         self.loss_chunk_size = loss_chunk_size
         self.reuse_linearisation, self.midpoint = reuse_linearisation, midpoint
-        self._vectors: dict[int, jax.Array] = {}
         self._previous: tuple[int, list] | None = None  # (step, member params), for midpoints
 
     def setup(self, ensemble, num_steps: int) -> None:
@@ -114,7 +115,20 @@ class Sharpness(Observer):
             raise ValueError(f"sharpness max_iters={self.max_iters!r} must be an integer > k")
         self.batches = curvature.train_chunks(ensemble.dataset, self.size, self.chunk_size)
         self.full = curvature.train_chunks(ensemble.dataset, None, self.loss_chunk_size)
-        self._vectors, self._previous = {}, None
+        self._previous = self.carried = None
+
+    def start(self, run) -> None:
+        """At step 0: no warm start yet (carried: per member zero vectors, not 'warm'). At any
+        start, the iterate kept before a measurement at the next step."""
+        if run.step == 0:
+            spaces = [StateSpace.of(m.params) for m in run.members()]
+            vectors = [jnp.zeros((s.dim, self.k), s.dtype) for s in spaces]
+            self.carried = {"vectors": vectors, "warm": jnp.zeros(len(spaces), bool)}
+        self._keep_iterate(run)
+
+    def _keep_iterate(self, run) -> None:
+        if self.midpoint and Observer.due(self, run.step + 1, run):  # the next is measured
+            self._previous = (run.step, [jax.tree.map(np.array, m.params) for m in run.members()])
 
     def due(self, step: int, run) -> bool:
         before_a_measurement = self.midpoint and step > 0 and super().due(step + 1, run)
@@ -129,19 +143,21 @@ class Sharpness(Observer):
             op,
             op.dim,
             k=self.k,
-            init=self._vectors.get(i),
+            init=self.carried["vectors"][i] if self.carried["warm"][i] else None,
             tol=self.tol,
             max_iters=self.max_iters,
             seed=i,
         )
-        self._vectors[i] = top.eigenvectors
+        vectors, warm = self.carried["vectors"], self.carried["warm"]
+        if top.eigenvectors.shape == vectors[i].shape:  # else (fewer pairs): cold next time
+            vectors = [top.eigenvectors if j == i else v for j, v in enumerate(vectors)]
+            self.carried = {"vectors": vectors, "warm": warm.at[i].set(True)}
         return op, top
 
     def __call__(self, run) -> None:
         stored = self._previous
         previous = stored[1] if stored and stored[0] == run.step - 1 else None
-        if self.midpoint and Observer.due(self, run.step + 1, run):  # the next is measured
-            self._previous = (run.step, [jax.tree.map(np.array, m.params) for m in run.members()])
+        self._keep_iterate(run)
         if not Observer.due(self, run.step, run):  # only kept the iterate
             return
         values = []

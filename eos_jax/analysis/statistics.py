@@ -1,30 +1,39 @@
-"""Statistics of ensembles' final accuracies: spreads with confidence intervals.
+"""Statistics of ensembles' final accuracies: spreads, their parts, and confidence intervals.
 
-Spreads are the paper's population std (ddof=0). Every interval comes by one of two methods:
+Two kinds of interval, each exact or checked by simulation (tests/test_statistics.py):
 
-- 'normal' (default): exact if the values are independent normal draws: chi-square for a
-  std, F for a ratio of two stds, Student t for a mean. With the paper's 6 members per
-  ensemble these cover at their nominal rate; accuracies across seeds are close to normal
-  (Jordan 2023).
-- 'bootstrap': percentile bootstrap over members (each group resampled independently),
-  from a fixed seed. It assumes nothing about the distribution but undercovers with few
-  members: for the std of 6 normal draws a nominal 95% interval covered sigma in only ~59%
-  of 2,000 simulated ensembles (87% with 30), against 94% for 'normal'.
+- Normal theory, for independent members whose accuracies are close to normal (Jordan
+  2023): chi-square for a std (`std_interval`), F for a ratio of two stds
+  (`std_ratio_interval`), Student t for a mean (`mean_interval`). Spreads are the paper's
+  population std (ddof=0).
+- Generalised pivotal quantities, for what normal theory cannot reach: a `Spread` splits
+  the variance of accuracy across runs on one evaluation set of n examples into the
+  distribution-level variance and the finite set's part, mean_x p(x)(1 - p(x)) / n, with
+  p(x) the chance that a run gets example x right (Jordan 2023, "On the variance of neural
+  network training with respect to test sets and distributions"); both are estimated
+  without bias from the runs' per-example correctness. A spread can also be `pooled` over
+  base trajectories (a nested design: R rounding twins of each of B bases, as the paper's
+  Table 1), so that its interval covers the mean over bases, not one base's value.
+  `spread_std` and `spread_ratio` draw the pivots of each part (chi-square for a group of
+  independent runs; log-scale Student t with B - 1 degrees of freedom across bases) and
+  read the interval off their quantiles. For one group and no finite-set part they are the
+  chi-square and F intervals above.
 
-`independent_errors_std` gives the std that test-set sampling alone would produce
-(Jordan 2023, "Calibrated chaos"), to read beside the observed std. The binomial
-sqrt(p(1-p)/n) of the mean accuracy is not that null: all runs share one test set.
+A rounding/seed ratio is read in words against 1 and an equivalence margin (`in_words`): an
+interval that contains 1 but leaves the margin is "undecided", not agreement.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.stats
 
-METHODS = ("normal", "bootstrap")
+# A rounding/seed std ratio inside this margin counts as "as much as a new seed".
+EQUIVALENCE_MARGIN = (0.8, 1.25)
+_DRAWS = 200_000  # pivot draws per interval: quantile error ~0.2%, a few ms
+LEVELS = ("set", "distribution")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,114 +48,215 @@ class Estimate:
     sizes: tuple[int, ...]
 
 
-def std_interval(
-    values, *, confidence: float = 0.95, method: str = "normal", resamples: int = 10_000, seed=0
-) -> Estimate:
-    """Population std of `values` with a confidence interval for the true std sigma.
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """The variance of accuracy across runs on one evaluation set, and its parts.
 
-    'normal': n * s^2 / sigma^2 ~ chi2(n - 1) for the ddof=0 variance s^2 of n normal draws.
+    observed: unbiased (ddof=1) variance of the runs' accuracies; pooled over bases, the
+      mean of each base's. noise: unbiased estimate of the finite set's part,
+      mean_x p(x)(1 - p(x)) / examples (0 when per-example correctness is unknown).
+    runs, bases: how many runs in all, in how many groups (bases); base_se: the standard
+      error of the pooled `observed` from its spread across bases (nan for one group).
     """
-    x = _as_sample(values, "values")
-    _check_options(confidence, method, resamples)
-    value = float(np.std(x))
-    if method == "normal":
-        n = len(x)
-        upper_q, lower_q = scipy.stats.chi2.ppf([(1 + confidence) / 2, (1 - confidence) / 2], n - 1)
-        low, high = np.sqrt(n * value**2 / upper_q), np.sqrt(n * value**2 / lower_q)
-    else:
-        (draws,) = _bootstrap([x], resamples, seed)
-        low, high = _percentiles(np.std(draws, axis=1), confidence)
-    return Estimate(value, float(low), float(high), confidence, method, (len(x),))
+
+    observed: float
+    noise: float
+    examples: int
+    runs: int
+    bases: int = 1
+    base_se: float = float("nan")
+
+    @property
+    def distribution(self) -> float:
+        """Unbiased distribution-level variance: (observed - noise) / (1 - 1/examples)."""
+        return (self.observed - self.noise) / (1 - 1 / self.examples)
+
+    def value(self, level: str) -> float:
+        """The variance at `level`: 'set' (observed on this set) or 'distribution'."""
+        return self.observed if level == "set" else self.distribution
+
+    def draws(self, level: str, rng: np.random.Generator, size: int = _DRAWS) -> np.ndarray:
+        """Generalised pivotal draws of the true variance at `level`."""
+        if self.bases == 1:  # (runs - 1) observed / true ~ chi2(runs - 1)
+            df = self.runs - 1
+            observed = self.observed * df / rng.chisquare(df, size)
+        else:  # log(mean over bases) ~ Student t(bases - 1) around the truth
+            scale = self.base_se / self.observed if self.observed > 0 else 0.0
+            observed = self.observed * np.exp(-scale * rng.standard_t(self.bases - 1, size))
+        if level == "set":
+            return observed
+        return (observed - self.noise) / (1 - 1 / self.examples)
 
 
-def std_ratio_interval(
-    numerator,
-    denominator,
-    *,
-    confidence: float = 0.95,
-    method: str = "normal",
-    resamples: int = 10_000,
-    seed=0,
-) -> Estimate:
-    """std(numerator) / std(denominator) (population stds) with an interval for the ratio
-    of the true stds, e.g. rounding ensemble over seed ensemble.
-
-    'normal': (s1^2 / sigma1^2) / (s2^2 / sigma2^2) ~ F(n1 - 1, n2 - 1) for the ddof=1
-    variances. A zero denominator gives inf (nan if the numerator is zero too), in the value
-    and in the 'normal' bounds; bootstrap replicates that are 0/0 are left out, and the
-    bounds are nan if all are.
-    """
-    a, b = _as_sample(numerator, "numerator"), _as_sample(denominator, "denominator")
-    _check_options(confidence, method, resamples)
-    value = _ratio(np.std(a), np.std(b))
-    if method == "normal":
-        unbiased = _ratio(np.std(a, ddof=1), np.std(b, ddof=1))
-        upper_q, lower_q = scipy.stats.f.ppf(
-            [(1 + confidence) / 2, (1 - confidence) / 2], len(a) - 1, len(b) - 1
-        )
-        low, high = unbiased / np.sqrt(upper_q), unbiased / np.sqrt(lower_q)
-    else:
-        draws_a, draws_b = _bootstrap([a, b], resamples, seed)
-        replicates = _ratio(np.std(draws_a, axis=1), np.std(draws_b, axis=1))
-        low, high = _percentiles(replicates[~np.isnan(replicates)], confidence)
-    return Estimate(float(value), float(low), float(high), confidence, method, (len(a), len(b)))
+def spread(correct) -> Spread:
+    """The Spread of one group of independent runs from their per-example correctness
+    (runs, examples) of 0/1 or bool, at least 2 runs."""
+    c = _as_correctness(correct)
+    runs, examples = c.shape
+    accuracy = c.mean(axis=1, dtype=np.float64)
+    right = c.sum(axis=0, dtype=np.int64).astype(np.float64)
+    # k(N - k) / (N (N - 1)) is the unbiased estimate of p(1 - p) from k right of N runs.
+    noise = float(np.sum(right * (runs - right)) / (runs * (runs - 1) * examples**2))
+    return Spread(float(np.var(accuracy, ddof=1)), noise, examples, runs)
 
 
-def mean_interval(
-    values, *, confidence: float = 0.95, method: str = "normal", resamples: int = 10_000, seed=0
-) -> Estimate:
-    """Mean of `values` (e.g. churn or softmax L2 of each member against the reference) with
-    a Student t ('normal') or percentile bootstrap interval.
-
-    Pairs that share a reference member are not independent: read the interval as rough.
-    """
-    x = _as_sample(values, "values")
-    _check_options(confidence, method, resamples)
-    value = float(np.mean(x))
-    if method == "normal":
-        half = scipy.stats.t.ppf((1 + confidence) / 2, len(x) - 1) * np.std(x, ddof=1)
-        low, high = value - half / np.sqrt(len(x)), value + half / np.sqrt(len(x))
-    else:
-        (draws,) = _bootstrap([x], resamples, seed)
-        low, high = _percentiles(np.mean(draws, axis=1), confidence)
-    return Estimate(value, float(low), float(high), confidence, method, (len(x),))
-
-
-def independent_errors_std(correct) -> float:
-    """The accuracy std if every test example erred independently (Jordan 2023).
-
-    correct: (members, examples) of 0/1 or bool. With p_i the error rate of example i across
-    the members and n examples, var = sum_i p_i (1 - p_i) / n^2. The plug-in p_i (1 - p_i)
-    is biased low by a factor (members - 1) / members.
-    """
-    c = np.asarray(correct)
-    if c.ndim != 2 or c.shape[0] < 1 or c.shape[1] < 1:
-        raise ValueError(f"correct has shape {c.shape}; expected (members, examples), both >= 1")
-    if not np.isin(c, (0, 1)).all():
-        raise ValueError("correct holds values other than 0/1 (or False/True)")
-    error_rate = 1 - c.mean(axis=0, dtype=np.float64)
-    return float(np.sqrt(np.sum(error_rate * (1 - error_rate)) / c.shape[1] ** 2))
-
-
-def format_estimate(label: str, estimate: Estimate, digits: int = 2) -> str:
-    """One line, e.g. 'rounding/seed accuracy-std ratio 0.71 [0.45, 1.10] (95% CI, normal,
-    6+6 members)'."""
-    numbers = ", ".join(f"{v:.{digits}f}" for v in (estimate.low, estimate.high))
-    members = "+".join(str(n) for n in estimate.sizes)
-    return (
-        f"{label} {estimate.value:.{digits}f} [{numbers}] "
-        f"({estimate.confidence:.0%} CI, {estimate.method}, {members} members)"
+def pooled(spreads) -> Spread:
+    """The mean Spread over base trajectories (one Spread per base, each from that base's
+    twins), with the standard error of its observed variance across bases (>= 2 bases, all
+    on the same evaluation set)."""
+    spreads = list(spreads)
+    if len(spreads) < 2 or any(s.bases != 1 for s in spreads):
+        raise ValueError(f"pooled needs >= 2 single-base spreads, got {len(spreads)}")
+    if len({s.examples for s in spreads}) != 1:
+        raise ValueError("pooled spreads must come from one evaluation set")
+    observed = np.array([s.observed for s in spreads])
+    return Spread(
+        float(observed.mean()),
+        float(np.mean([s.noise for s in spreads])),
+        spreads[0].examples,
+        sum(s.runs for s in spreads),
+        len(spreads),
+        float(observed.std(ddof=1) / np.sqrt(len(spreads))),
     )
 
 
-def against_one(estimate: Estimate) -> str:
+def spread_std(
+    s: Spread, level: str, *, confidence: float = 0.95, seed: int = 0, draws: int = _DRAWS
+) -> Estimate:
+    """The std at `level` ('set' or 'distribution') with its interval (0 where the unbiased
+    variance is negative: the set's part alone explains the spread); `draws` pivots."""
+    _check_level(level, confidence)
+    draws = s.draws(level, np.random.default_rng(seed), draws)
+    low, high = _quantiles(np.sqrt(np.clip(draws, 0, None)), confidence)
+    return Estimate(
+        float(np.sqrt(max(s.value(level), 0.0))), low, high, confidence, _method(s), (s.runs,)
+    )
+
+
+def spread_ratio(
+    numerator: Spread,
+    denominator: Spread,
+    level: str,
+    *,
+    confidence: float = 0.95,
+    seed: int = 0,
+    draws: int = _DRAWS,
+) -> Estimate:
+    """std(numerator) / std(denominator) at `level`, e.g. rounding over seed, with the
+    interval of the ratio of the true stds (the two groups' pivots drawn independently)."""
+    _check_level(level, confidence)
+    rng = np.random.default_rng(seed)
+    num, den = numerator.draws(level, rng, draws), denominator.draws(level, rng, draws)
+    ratios = _ratio(np.sqrt(np.clip(num, 0, None)), np.sqrt(np.clip(den, 0, None)))
+    low, high = _quantiles(np.nan_to_num(ratios, nan=0.0), confidence)
+    value = _ratio(
+        np.sqrt(max(numerator.value(level), 0.0)), np.sqrt(max(denominator.value(level), 0.0))
+    )
+    method = ", ".join(sorted({_method(numerator), _method(denominator)}))
+    return Estimate(float(value), low, high, confidence, method, (numerator.runs, denominator.runs))
+
+
+def std_interval(values, *, confidence: float = 0.95) -> Estimate:
+    """Population std of `values` with the chi-square interval for the true std sigma:
+    n * s^2 / sigma^2 ~ chi2(n - 1) for the ddof=0 variance s^2 of n normal draws."""
+    x = _as_sample(values, "values")
+    _check_confidence(confidence)
+    value, n = float(np.std(x)), len(x)
+    upper_q, lower_q = scipy.stats.chi2.ppf([(1 + confidence) / 2, (1 - confidence) / 2], n - 1)
+    low, high = np.sqrt(n * value**2 / upper_q), np.sqrt(n * value**2 / lower_q)
+    return Estimate(value, float(low), float(high), confidence, "normal", (n,))
+
+
+def std_ratio_interval(numerator, denominator, *, confidence: float = 0.95) -> Estimate:
+    """std(numerator) / std(denominator) (population stds) with the F interval for the ratio
+    of the true stds: (s1^2 / sigma1^2) / (s2^2 / sigma2^2) ~ F(n1 - 1, n2 - 1) for the
+    ddof=1 variances. A zero denominator gives inf (nan if the numerator is zero too)."""
+    a, b = _as_sample(numerator, "numerator"), _as_sample(denominator, "denominator")
+    _check_confidence(confidence)
+    value = _ratio(np.std(a), np.std(b))
+    unbiased = _ratio(np.std(a, ddof=1), np.std(b, ddof=1))
+    upper_q, lower_q = scipy.stats.f.ppf(
+        [(1 + confidence) / 2, (1 - confidence) / 2], len(a) - 1, len(b) - 1
+    )
+    low, high = unbiased / np.sqrt(upper_q), unbiased / np.sqrt(lower_q)
+    return Estimate(float(value), float(low), float(high), confidence, "normal", (len(a), len(b)))
+
+
+def mean_interval(values, *, confidence: float = 0.95) -> Estimate:
+    """Mean of `values` (e.g. churn of each member against the reference) with a Student t
+    interval. Pairs that share a reference member are not independent: read it as rough."""
+    x = _as_sample(values, "values")
+    _check_confidence(confidence)
+    value = float(np.mean(x))
+    half = scipy.stats.t.ppf((1 + confidence) / 2, len(x) - 1) * np.std(x, ddof=1)
+    low, high = value - half / np.sqrt(len(x)), value + half / np.sqrt(len(x))
+    return Estimate(value, float(low), float(high), confidence, "normal", (len(x),))
+
+
+def independent_errors_std(correct) -> float:
+    """The accuracy std that the finite evaluation set alone gives (Jordan 2023): the square
+    root of a Spread's unbiased `noise` part, from correctness (runs, examples)."""
+    return float(np.sqrt(spread(correct).noise))
+
+
+def ratio_width(
+    rounding: Spread, seed: Spread, bases: int, twins: int, seeds: int, level: str
+) -> float:
+    """The factor high / low that the 95% interval of the rounding/seed std ratio at `level`
+    would span with `bases` x `twins` rounding members and `seeds` seed members, if the
+    variance components were the measured ones (first-order: the log-variance of each part
+    scales as 1/members; the variation between bases is kept)."""
+    num_var = _log_variance_per_group(rounding, level, bases, twins)
+    den_var = _log_variance_per_group(seed, level, 1, seeds)
+    return float(np.exp(2 * 1.96 * 0.5 * np.sqrt(num_var + den_var)))
+
+
+def _log_variance_per_group(s: Spread, level: str, bases: int, runs: int) -> float:
+    """Var(log of the estimated variance at `level`) for a design of `bases` x `runs`."""
+    signal = s.value(level)
+    if signal <= 0:
+        return np.inf
+    within = 2 * s.observed**2 / (runs - 1)  # var of one base's observed variance
+    if s.bases > 1:  # measured variation between bases, less its within-base part
+        per_base = s.base_se**2 * s.bases
+        between = max(0.0, per_base - 2 * s.observed**2 / (s.runs / s.bases - 1))
+        return (between + within) / bases / signal**2
+    return within / signal**2
+
+
+def in_words(estimate: Estimate, margin: tuple[float, float] = EQUIVALENCE_MARGIN) -> str:
     """How a rounding/seed ratio's interval reads against 1 (a spread as large as the
-    seed's), in words."""
+    seed's) and the equivalence margin."""
+    low, high = margin
     if estimate.high < 1:
         return "less than a new seed does (the whole interval is below 1)"
     if estimate.low > 1:
         return "more than a new seed does (the whole interval is above 1)"
-    return "as much as a new seed, within the interval (it contains 1)"
+    if low <= estimate.low and estimate.high <= high:
+        return f"as much as a new seed (the interval lies within the margin [{low}, {high}])"
+    return (
+        f"undecided at this size (the interval contains 1 and leaves the equivalence "
+        f"margin [{low}, {high}])"
+    )
+
+
+def format_interval(estimate: Estimate, form: str = ".2f") -> str:
+    """'value [low, high]', each number in the format `form` (e.g. '.2f', '.2g')."""
+    return f"{estimate.value:{form}} [{estimate.low:{form}}, {estimate.high:{form}}]"
+
+
+def format_estimate(label: str, estimate: Estimate, form: str = ".2f") -> str:
+    """One line, e.g. 'rounding/seed accuracy-std ratio 0.71 [0.45, 1.10] (95% CI, normal,
+    6+6 members)'."""
+    members = "+".join(str(n) for n in estimate.sizes)
+    return (
+        f"{label} {format_interval(estimate, form)} "
+        f"({estimate.confidence:.0%} CI, {estimate.method}, {members} members)"
+    )
+
+
+def _method(s: Spread) -> str:
+    return f"nested over {s.bases} bases" if s.bases > 1 else "pivotal"
 
 
 def _as_sample(values, name: str, minimum: int = 2) -> np.ndarray:
@@ -158,13 +268,24 @@ def _as_sample(values, name: str, minimum: int = 2) -> np.ndarray:
     return x
 
 
-def _check_options(confidence: float, method: str, resamples: int) -> None:
+def _as_correctness(correct) -> np.ndarray:
+    c = np.asarray(correct)
+    if c.ndim != 2 or c.shape[0] < 2 or c.shape[1] < 2:
+        raise ValueError(f"correct has shape {c.shape}; expected (runs >= 2, examples >= 2)")
+    if not np.isin(c, (0, 1)).all():
+        raise ValueError("correct holds values other than 0/1 (or False/True)")
+    return c.astype(bool)
+
+
+def _check_confidence(confidence: float) -> None:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence!r} not in (0, 1)")
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
-        raise ValueError(f"resamples={resamples!r} must be an int >= 1")
+
+
+def _check_level(level: str, confidence: float) -> None:
+    _check_confidence(confidence)
+    if level not in LEVELS:
+        raise ValueError(f"level={level!r}; allowed: {', '.join(LEVELS)}")
 
 
 def _ratio(numerator, denominator):
@@ -173,16 +294,8 @@ def _ratio(numerator, denominator):
         return np.true_divide(numerator, denominator)
 
 
-def _bootstrap(groups: Sequence[np.ndarray], resamples: int, seed) -> list[np.ndarray]:
-    """(resamples, n) draws with replacement of each group, every group drawn on its own."""
-    rng = np.random.default_rng(seed)
-    return [g[rng.integers(0, len(g), size=(resamples, len(g)))] for g in groups]
-
-
-def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
-    """Percentile bounds as order statistics (no interpolation, so inf replicates stay inf)."""
-    if replicates.size == 0:
-        return np.nan, np.nan
+def _quantiles(draws: np.ndarray, confidence: float) -> tuple[float, float]:
+    """Equal-tailed bounds as order statistics (no interpolation, so inf draws stay inf)."""
     tail = (1 - confidence) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail], method="inverted_cdf")
+    low, high = np.quantile(draws, [tail, 1 - tail], method="inverted_cdf")
     return float(low), float(high)

@@ -63,7 +63,9 @@ def generator_args(num_samples: int = DEFAULT_NUM_SAMPLES, seed: int = DEFAULT_S
     if isinstance(num_samples, bool) or not isinstance(num_samples, int):
         raise ValueError(f"num_samples={num_samples!r} must be an int")
     if num_samples < NUM_CLASSES or num_samples % NUM_CLASSES:
-        raise ValueError(f"num_samples={num_samples} must be a positive multiple of 10")
+        raise ValueError(
+            f"dataset_kwargs.num_samples={num_samples} must be a positive multiple of 10"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed!r} must be an int in [0, 2**32)")
     from mnist1d.data import get_dataset_args
@@ -86,7 +88,10 @@ def heldout_args(size: int, seed: int = DEFAULT_HELDOUT_SEED) -> dict:
     """Generator arguments of the held-out split: `size` signals of seed `seed`, all in the
     package's train part (train_split 1.0)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size % NUM_CLASSES:
-        raise ValueError(f"heldout_size={size!r} must be a positive multiple of 10")
+        raise ValueError(
+            f"dataset_kwargs.heldout_size={size!r} must be 0 (no held-out split) or a positive "
+            "multiple of 10"
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"heldout_seed={seed!r} must be an int in [0, 2**32)")
     return {**generator_args(size, seed), "train_split": 1.0}

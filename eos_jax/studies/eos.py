@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 
 from eos_jax import recipe, results
-from eos_jax.analysis import linearisation, plots, regions, sharpness
+from eos_jax.analysis import adaptive, linearisation, orbit, plots, regions, sharpness
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
 from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, trainer
@@ -33,7 +33,7 @@ from eos_jax.training.sources import Member
 
 # the sweeps the configs define (experiments/configs/eos_*.py)
 EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
-EXPERIMENTS += ("momentum", "depth")
+EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam")
 EXPERIMENTS += ("cross_entropy", "complexity", "resnet")
 
 
@@ -55,9 +55,12 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
     # orbit) and the curvature along the oscillation (Sharpness(midpoint=True)).
     e.midpoint = False
     e.reached_fraction = 0.95  # "reached": sharpness >= this fraction of the prediction
-    # A run's phase: at the edge when its plateau is within this fraction of a prediction
-    # (c/lr - wd, or c/lr), else below or above it; a run that diverges is a phase too.
-    e.phase_tolerance = 0.05
+    # A run's phase: at the edge when the centre's plateau is within `phase_spread` robust
+    # standard deviations of its own values over the last half (at least the Lanczos tol,
+    # relative) of a prediction (c/lr - wd, or c/lr); unresolved where it is near both.
+    e.phase_spread = 2.0
+    # The orbit's period (analysis.orbit) from the last `orbit_window` steps (0: off).
+    e.orbit_window = 0
     # the Regions observer: None = the sharpness cadence, 0 = off
     e.regions_every_steps = ml_collections.config_dict.placeholder(int)
     e.regions_size = 512  # the first `regions_size` training examples
@@ -79,15 +82,21 @@ class EosRun(PlannedRun):
 
 
 def optimizer_kind(opt) -> str:
-    """'gd', 'heavy_ball' or 'nesterov' (linearisation's names) for a recipe's optimizer."""
+    """'gd', 'heavy_ball' or 'nesterov' (linearisation's names) for a recipe's SGD, or its
+    optimizer.name ('adam', 'adamw')."""
+    if opt.get("name", "sgd") != "sgd":
+        return opt.name
     if opt.momentum == 0:
         return "gd"
     return "nesterov" if opt.nesterov else "heavy_ball"
 
 
 def predicted_threshold(config) -> float:
-    """The largest stable data-loss sharpness c / lr - wd of a constant-lr recipe."""
+    """The largest stable data-loss sharpness c / lr - wd of a constant-lr SGD recipe; for
+    Adam, of the preconditioned sharpness (adaptive.threshold)."""
     opt = config.optimizer
+    if opt.get("name", "sgd") != "sgd":
+        return adaptive.threshold(opt.lr, opt.beta1)
     return linearisation.stability_threshold(
         optimizer_kind(opt), opt.lr, opt.momentum, opt.weight_decay
     )
@@ -108,8 +117,10 @@ def plan(config) -> list[EosRun]:
         raise ValueError(f"unknown experiment {e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
     if not e.runs:
         raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
-    if not 0 < e.phase_tolerance < 1:
-        raise ValueError(f"eos.phase_tolerance={e.phase_tolerance!r} must be in (0, 1)")
+    if not e.phase_spread > 0:
+        raise ValueError(f"eos.phase_spread={e.phase_spread!r} must be > 0")
+    if not (isinstance(e.orbit_window, int) and (e.orbit_window == 0 or e.orbit_window >= 20)):
+        raise ValueError(f"eos.orbit_window={e.orbit_window!r} must be 0 (off) or an integer >= 20")
     if not 0 < e.reached_fraction <= 1:
         raise ValueError(f"eos.reached_fraction={e.reached_fraction!r} must be in (0, 1]")
     if not (isinstance(e.edge_every_steps, int) and e.edge_every_steps >= 0):
@@ -132,6 +143,11 @@ def plan(config) -> list[EosRun]:
                 f"end in the first half of the run (num_steps={steps}): the plateau is read "
                 "from the second half, at the constant lr"
             )
+        if r.optimizer.get("name", "sgd") != "sgd" and r.optimizer.weight_decay:
+            raise ValueError(
+                f"eos.runs {text!r}: the Adam threshold (2 + 2 beta1) / ((1 - beta1) lr) is for "
+                f"optimizer.weight_decay=0, got {r.optimizer.weight_decay!r}"
+            )
         predicted = predicted_threshold(r)
         if predicted <= 0:
             raise ValueError(
@@ -143,9 +159,10 @@ def plan(config) -> list[EosRun]:
     return runs
 
 
-def _observers(config) -> list:
-    """Sharpness, Regions unless eos.regions_every_steps is 0, and EdgeRadius when
-    eos.edge_every_steps is not 0."""
+def _observers(config, runs) -> list:
+    """Sharpness, Regions unless eos.regions_every_steps is 0, EdgeRadius when
+    eos.edge_every_steps is not 0, Orbit when eos.orbit_window is not 0, and
+    PreconditionedSharpness (same cadence as Sharpness) when a run uses Adam."""
     e = config.eos
     out = [
         sharpness.Sharpness(
@@ -164,6 +181,11 @@ def _observers(config) -> list:
         out.append(regions.Regions(every, e.regions_size, e.regions_size, e.regions_threshold))
     if e.edge_every_steps:
         out.append(linearisation.EdgeRadius(e.edge_every_steps, e.edge_iters))
+    if e.orbit_window:
+        out.append(orbit.Orbit(e.orbit_window))
+    if any(r.recipe.optimizer.get("name", "sgd") != "sgd" for r in runs):
+        every, size = e.sharpness_every_steps, e.size
+        out.append(adaptive.PreconditionedSharpness(every, size, e.chunk_size, e.tol, e.max_iters))
     return out
 
 
@@ -176,7 +198,7 @@ def execute(config, workdir: str) -> dict:
             Ensemble(r.members, dataset, "unrolled"),
             r.recipe,
             os.path.join(workdir, r.name),
-            _observers(config),
+            _observers(config, runs),
         )
         for r in runs
     }
@@ -187,7 +209,7 @@ def execute(config, workdir: str) -> dict:
         row, curve = summarize_run(r, records, summaries[r.name], config.eos)
         rows.append(row)
         curves[r.name] = curve
-    shown = [{k: row[k] for k in SHOWN if k in row} for row in rows]
+    shown = results.shown_columns(rows, SHOWN)  # a diverged run: a row that says so
     table = results.write_table(workdir, "eos", rows, shown)
     plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
     plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
@@ -200,24 +222,38 @@ def execute(config, workdir: str) -> dict:
     return summary
 
 
+def phase_tolerance(window, spread: float, floor: float) -> float:
+    """How far from a prediction a plateau still matches it: `spread` robust standard
+    deviations (IQR / 1.349) of the measurements over the window, at least `floor` of their
+    median (the eigenvalue's own tolerance)."""
+    window = np.asarray(window, dtype=np.float64)
+    robust_std = np.subtract(*np.percentile(window, [75, 25])) / 1.349
+    return float(max(spread * robust_std, floor * abs(np.median(window))))
+
+
 def phase(plateau: float, predicted: float, weight_decay: float, tolerance: float) -> str:
     """Where a run settled: at the edge c/lr - wd (the prediction), at c/lr (as if the decay
-    did not count), both (closer together than the tolerance), or below / above them."""
+    did not count), unresolved (within `tolerance` of both: the measurement cannot tell
+    them apart), between them, or below / above both."""
     without_decay = predicted + weight_decay
-    near_prediction = abs(plateau / predicted - 1) <= tolerance
-    near_without = abs(plateau / without_decay - 1) <= tolerance
+    near_prediction = abs(plateau - predicted) <= tolerance
+    near_without = abs(plateau - without_decay) <= tolerance
+    if weight_decay == 0:  # one prediction
+        near_without = False
     if near_prediction and near_without:
-        return "edge (c/lr ~ c/lr - wd)"
+        return "edge (unresolved)"
     if near_prediction:
-        return "edge at c/lr - wd"
+        return "edge at c/lr - wd" if weight_decay else "edge"
     if near_without:
         return "edge at c/lr"
-    return "below the edge" if plateau < predicted else "above the edge"
+    if min(predicted, without_decay) < plateau < max(predicted, without_decay):
+        return "between c/lr - wd and c/lr"
+    return "below the edge" if plateau < min(predicted, without_decay) else "above the edge"
 
 
 def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple[dict, dict]:
     """One run's row and curves, from its records (through the observers' readers), its
-    summary and the eos settings (reached_fraction, phase_tolerance)."""
+    summary and the eos settings (reached_fraction, phase_spread, tol)."""
     opt, recipe_ = r.recipe.optimizer, r.recipe
     predicted = r.predicted
     row = {
@@ -237,17 +273,27 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
     measured = sharpness.Sharpness.read(records)
     steps, values = measured.member("sharpness", 0)
     train_loss = measured.member("train_set_loss", 0)[1]
+    data_sharpness = (steps, values)
+    adam = adaptive.PreconditionedSharpness.read(records)
+    if adam.steps.size:  # Adam's threshold is about the preconditioned sharpness
+        keep = np.isin(steps, adam.steps)
+        steps, values = adam.member("preconditioned_sharpness", 0)
+        train_loss = train_loss[keep]
     curve = {
         "steps": steps.tolist(),
         "sharpness": values.tolist(),
         "loss": train_loss.tolist(),
         "predicted": predicted,
         "label": f"{r.name}: predicted {predicted:.3g}",
+        "preconditioned": bool(adam.steps.size),
     }
     if done.get("status") == "diverged":
         row.update(phase="diverged", max_sharpness=float(values.max()), note=done["what"])
         return row, curve
     last_half = values[steps >= done["steps"] / 2]
+    if adam.steps.size:
+        late = data_sharpness[0] >= done["steps"] / 2
+        row["data_sharpness_plateau"] = float(np.median(data_sharpness[1][late]))
     observed = float(np.median(last_half))
     reached = steps[values >= settings.reached_fraction * predicted]
     row.update(
@@ -264,6 +310,7 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
             "hvps_per_call": float(np.mean(measured.member("num_hvps", 0)[1])),
         }
     )
+    centre = last_half
     for field, column in (
         ("midpoint_sharpness", "midpoint_plateau"),
         ("oscillation_curvature", "oscillation_plateau"),
@@ -272,8 +319,16 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
         if at.size:
             row[column] = float(np.median(value[at >= done["steps"] / 2]))
             curve[field] = (at.tolist(), value.tolist())
-    plateau = row.get("midpoint_plateau", observed)  # the orbit's centre where measured
-    row["phase"] = phase(plateau, predicted, row["weight_decay"], settings.phase_tolerance)
+            if field == "midpoint_sharpness":
+                centre = value[at >= done["steps"] / 2]
+    plateau = float(np.median(centre))  # the orbit's centre where measured
+    tolerance = phase_tolerance(centre, settings.phase_spread, settings.tol)
+    row["phase_tolerance"] = tolerance
+    row["phase"] = phase(plateau, predicted, row["weight_decay"], tolerance)
+    projection = orbit.Orbit.read(records)
+    series = projection.member("projection", 0)[1] if projection.steps.size else ()
+    if len(series) >= orbit.MIN_LENGTH:  # a run shorter than the window may have fewer
+        row["period"] = orbit.period_label(orbit.orbit_period(series))
     edge = linearisation.EdgeRadius.read(records)
     if edge.steps.size:
         at, radius = edge.member("radius", 0)
@@ -302,6 +357,8 @@ def _layers(fractions: dict) -> str:
 SHOWN = ("name", "optimizer", "lr", "weight_decay", "momentum", "layers", "steps")
 SHOWN += ("predicted_threshold", "observed_plateau", "observed_over_predicted", "plateau_iqr")
 SHOWN += ("initial_sharpness", "reached_at_step", "final_train_loss", "phase")
+SHOWN += ("phase_tolerance", "period")  # period with eos.orbit_window
+SHOWN += ("data_sharpness_plateau",)  # Adam: the plateau columns are the preconditioned
 SHOWN += ("midpoint_plateau", "oscillation_plateau")  # with eos.midpoint
 SHOWN += ("edge_radius", "edge_radius_iqr")  # with the EdgeRadius observer
 SHOWN += ("transitioning_first", "transitioning_last")  # with the Regions observer

@@ -87,22 +87,26 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _distinct(name: str, values, allowed) -> tuple:
+def _distinct(name: str, values, allowed, what: str) -> tuple:
+    """The values of response.{name}: ValueError naming the field, the value and `what` is
+    allowed, unless they are one or more allowed values, each once."""
     values = tuple(values)
-    if not values or any(not allowed(v) for v in values):
-        raise ValueError(f"response.{name}={values!r}: give one or more valid values")
-    if len(set(values)) != len(values):
-        raise ValueError(f"response.{name}={values!r} repeats a value")
+    bad = [v for v in values if not allowed(v)]
+    if not values or bad or len(set(values)) != len(values):
+        problem = f"{bad[0]!r} is not one" if bad else "empty" if not values else "a repeat"
+        raise ValueError(f"response.{name}={values!r} ({problem}): give one or more of {what}")
     return values
 
 
 def plan(config) -> list[ResponseRun]:
     """One run per activation x source x lr x seed. Bad settings: ValueError."""
     s = config.response
-    activations = _distinct("activations", s.activations, lambda a: a in ACTIVATIONS)
-    chosen = _distinct("sources", s.sources, lambda x: x in SOURCES)
-    lrs = _distinct("lrs", s.lrs, lambda lr: _is_number(lr) and lr > 0)
-    seeds = _distinct("seeds", s.seeds, lambda x: _is_int(x) and x >= 0)
+    activations = _distinct(
+        "activations", s.activations, lambda a: a in ACTIVATIONS, ", ".join(ACTIVATIONS)
+    )
+    chosen = _distinct("sources", s.sources, lambda x: x in SOURCES, ", ".join(SOURCES))
+    lrs = _distinct("lrs", s.lrs, lambda lr: _is_number(lr) and lr > 0, "numbers > 0")
+    seeds = _distinct("seeds", s.seeds, lambda x: _is_int(x) and x >= 0, "integers >= 0")
     if len(tuple(s.ks)) != 2 or s.ks[0] == s.ks[1]:
         raise ValueError(f"response.ks={tuple(s.ks)!r} must be two different k values")
     if not _is_int(s.ulps) or s.ulps == 0:
@@ -164,6 +168,12 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
     x64 must be on (configure_numerics); planned: `plan(config)` when already made."""
     runs = plan(config) if planned is None else planned
     dataset = build.dataset(config)
+    size = config.response.switches_size
+    if not (_is_int(size) and 1 <= size <= dataset.num_train):
+        raise ValueError(
+            f"response.switches_size={size!r} must be an integer in [1, {dataset.num_train}] "
+            "(the first training examples)"
+        )
     trainers = {r.name: _trainer(config, r, dataset, workdir) for r in runs}
     summaries = train_all(config, workdir, trainers, keep_going=True, release_programs=True)
     rows, curves = [], {}
@@ -172,7 +182,7 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
         row, curve = summarize_run(r, records, summaries[r.name], config.response.leave_ratio)
         rows.append(row)
         curves[r.name] = curve
-    shown = [{k: row.get(k) for k in SHOWN} for row in rows]
+    shown = results.shown_columns(rows, SHOWN)
     table = results.write_table(workdir, "response", rows, shown)
     plots.response_curves(curves, os.path.join(workdir, "response.png"))
     summary = {"table": table, "runs": rows}
@@ -192,6 +202,7 @@ SHOWN = (
     "source",
     "lr",
     "seed",
+    "status",  # finished, or diverged (its other cells: up to the divergence)
     "rounding_jump_at",
     "leaves_at",
     "restrained_at",
@@ -358,12 +369,6 @@ def _value(x) -> float | None:
     return None if x is None or np.isnan(x) else float(x)
 
 
-def _last(row: np.ndarray) -> float | None:
-    """The last value of a row that is not NaN, or None."""
-    kept = row[~np.isnan(row)]
-    return float(kept[-1]) if kept.size else None
-
-
 def first_jump(values: np.ndarray, factor: float) -> int | None:
     """The first index from 3 on whose value exceeds `factor` times every value from index 2
     up to it (NaN skipped), or None. On ||r_t||, recorded from step 1 on: a jump of the
@@ -427,7 +432,6 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         exponent_late=_value((log_growth[end] - log_growth[mid]) / span) if span > 0 else None,
         # the twins' growth over the second half against the tangent's (None: no stretch)
         restraint_late=lyapunov.restraint(delta, log_growth, mid, end),
-        restarted_at=_last(resp["restarted_at"][1]),
         exponent_observed=_value(log_growth[end] / steps_[end]) if steps_[end] > 0 else None,
         switches_end=switches_at(steps_[end]),
     )

@@ -68,7 +68,8 @@ def model(config, data: Dataset):
 
 
 def optimizer(config, steps_per_epoch: int):
-    """The recipe's SGD: step decay at epoch boundaries, momentum, weight decay, perturbation k."""
+    """The recipe's SGD or Adam / AdamW: step decay at epoch boundaries, warm-up, momentum
+    or Adam's moments, weight decay, perturbation k."""
     opt = config.optimizer
     arithmetic = opt.get("arithmetic", "as_written")
     if arithmetic != "as_written" and not optim.xla_fuses_multiply_add():
@@ -85,6 +86,17 @@ def optimizer(config, steps_per_epoch: int):
     )
     if opt.get("warmup_steps", 0):
         schedule = optim.linear_warmup(schedule, opt.warmup_steps)
+    if opt.get("name", "sgd") != "sgd":
+        return optim.adam(
+            schedule,
+            opt.beta1,
+            opt.beta2,
+            opt.eps,
+            opt.bias_correction,
+            opt.weight_decay,
+            decoupled=opt.name == "adamw",
+            k=opt.k,
+        )
     return optim.sgd(
         schedule,
         momentum=opt.momentum,

@@ -5,7 +5,10 @@ An observer runs every `every_steps` steps and at the last step (at step 0 too i
 records of its `kind` to metrics.jsonl (`write`). It owns their layout: `read(records)`
 gives them back as arrays by member and step (a `Series`), and summaries, study tables and
 figures read through it, never through the records' keys. `summarize` derives its part of
-summary.json from the records, so a resumed run needs no observer state. Measurements that
+summary.json from the records. What an observer propagates from step to step (a response
+carried forward, warm-start vectors) is explicit: its `carried` pytree of arrays, set in
+`start` and saved with every checkpoint, so that a resumed run writes exactly the records
+of an uninterrupted one. Measurements that
 compare members live in eos_jax.analysis (they import this module, never the other way
 round).
 """
@@ -70,6 +73,9 @@ class Observer:
     """Base class: override `__call__(run)` and, if it adds to the summary, `summarize`.
 
     kind: the records' kind; fields: {name: getter from a record}, what `read` returns.
+    carried: what the observer propagates from step to step (a pytree of arrays; None:
+    nothing, its records are all it needs), saved with each checkpoint and restored with
+    the states.
     """
 
     every_steps: int = 1
@@ -77,9 +83,16 @@ class Observer:
     at_start: bool = False
     kind: str = ""
     fields: dict[str, Callable[[dict], float]] = {}
+    carried = None
 
     def setup(self, ensemble, num_steps: int) -> None:
         """Checks the observer's settings against the run before anything is written."""
+
+    def start(self, run) -> None:
+        """Called before the first step of a session: at step 0 with the initial states
+        (an observer that carries state sets `carried` there: its shapes are what a restore
+        reads back), and, when the run resumes, again at the restored step, with `carried`
+        restored from the checkpoint."""
 
     def check_every_steps(self, name: str) -> None:
         """ValueError unless every_steps is an integer >= 1 and last_step None or one (for
@@ -153,11 +166,22 @@ class TrainLog(Observer):
             run.request_stop(f"train accuracy >= {self.stop_at_accuracy}")
 
 
-def read_predictions(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions (members, examples), labels) saved by Evaluate at a run's last step."""
+def read_predictions(workdir: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """(predictions (members, examples), labels) of `split` ('test', or 'heldout' where the
+    dataset has one) saved by Evaluate at a run's last step."""
+    prefix = "" if split == "test" else f"{split}_"
     with np.load(os.path.join(workdir, PREDICTIONS)) as saved:
-        members = sorted((k for k in saved if k.startswith("member")), key=lambda k: int(k[6:]))
-        return np.stack([saved[k] for k in members]), saved["labels"]
+        if f"{prefix}labels" not in saved:
+            raise ValueError(f"{workdir} has no {split} predictions (saved: {', '.join(saved)})")
+        members = [k for k in saved if k.startswith(f"{prefix}member")]
+        members.sort(key=lambda k: int(k.removeprefix(f"{prefix}member")))
+        return np.stack([saved[k] for k in members]), saved[f"{prefix}labels"]
+
+
+def read_correctness(workdir: str, split: str = "test") -> np.ndarray:
+    """Each member's correctness on each example of `split`, (members, examples) bool."""
+    predicted, labels = read_predictions(workdir, split)
+    return predicted == labels
 
 
 def final_accuracy(evals, last: int = 10) -> float:
@@ -175,10 +199,11 @@ PREDICTIONS = "predictions.npz"
 class Evaluate(Observer):
     """Each member's test accuracy; weights and test logits must be finite. At the last step
     the members' test predictions go to predictions.npz ('member<i>', and 'labels'), for
-    per-example statistics (e.g. how much of the accuracy spread is test-set noise), and,
+    per-example statistics (how much of the accuracy spread is the finite set's part), and,
     where the dataset has a 'heldout' split (a large set from the same distribution, e.g.
-    mnist1d's heldout_size), each member's accuracy on it (heldout_accuracy): its accuracy
-    on the distribution, to within that set's own binomial error."""
+    mnist1d's heldout_size), each member's accuracy on it (heldout_accuracy) and its
+    predictions there ('heldout_member<i>', 'heldout_labels'; uint8, 100 kB per member for
+    100,000 signals)."""
 
     kind = "eval"
     fields = record_fields("test_accuracy", "heldout_accuracy")
@@ -192,20 +217,26 @@ class Evaluate(Observer):
         run.check_finite("test logits", logits)
         labels = run.ensemble.dataset.test_labels
         values = [{"test_accuracy": accuracy(x, labels)} for x in logits]
+        if run.step == run.num_steps:
+            self._save_predictions(run, logits, values)
+        self.write(run, values)
+        run.progress(acc=" ".join(f"{v['test_accuracy']:.3f}" for v in values))
+
+    @staticmethod
+    def _save_predictions(run, logits, values) -> None:
+        """predictions.npz at the last step; the held-out accuracies into `values`."""
         dataset = run.ensemble.dataset
-        if run.step == run.num_steps and "heldout" in dataset.splits:
+        saved = {"labels": dataset.test_labels}
+        saved |= {f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)}
+        if "heldout" in dataset.splits:
             heldout = run.ensemble.logits(
                 run.states, run.trainer.config.eval_batch_size, split="heldout"
             )
-            for value, x in zip(values, heldout, strict=True):
+            saved["heldout_labels"] = dataset.heldout_labels.astype(np.uint8)
+            for i, (value, x) in enumerate(zip(values, heldout, strict=True)):
                 value["heldout_accuracy"] = accuracy(x, dataset.heldout_labels)
-        self.write(run, values)
-        run.progress(acc=" ".join(f"{v['test_accuracy']:.3f}" for v in values))
-        if run.step == run.num_steps:
-            predicted = {
-                f"member{i}": np.asarray(steps.predictions(x)) for i, x in enumerate(logits)
-            }
-            run.save_arrays(PREDICTIONS, {"labels": labels, **predicted})
+                saved[f"heldout_member{i}"] = np.asarray(steps.predictions(x), np.uint8)
+        run.save_arrays(PREDICTIONS, saved)
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
@@ -222,17 +253,18 @@ class Evaluate(Observer):
 
 class Checkpoint(Observer):
     """Saves the whole state (weights checked finite first, so a damaged state is never the
-    'last good' checkpoint); also at the step where a run stops early."""
+    'last good' checkpoint); also at the step where a run stops early. saved(states): what a
+    checkpoint holds (the trainer's: the states and what its observers carry)."""
 
-    def __init__(self, checkpointer, every_steps: int):
-        self.checkpointer, self.every_steps = checkpointer, every_steps
+    def __init__(self, checkpointer, every_steps: int, saved=lambda states: states):
+        self.checkpointer, self.every_steps, self.saved = checkpointer, every_steps, saved
 
     def due(self, step: int, run) -> bool:
         return step > 0 and (super().due(step, run) or step == run.end)
 
     def __call__(self, run) -> None:
         run.check_finite("weights", [m.params for m in run.members()])
-        self.checkpointer.save(run.step, run.states)
+        self.checkpointer.save(run.step, self.saved(run.states))
 
 
 def params_hashes(members) -> list[str]:

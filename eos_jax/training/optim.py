@@ -1,4 +1,5 @@
-"""PyTorch-equivalent SGD as optax transformations, and the paper's perturbed update.
+"""PyTorch-equivalent SGD and Adam / AdamW as optax transformations, and the paper's
+perturbed update (adam: the same -(lr * k) * (u / k) on Adam's direction u).
 
 PyTorch's SGD step, for every parameter w with gradient g::
 
@@ -247,6 +248,83 @@ def sgd(
         parts.append(optax.trace(decay=momentum, nesterov=nesterov))
     parts.append(scale_by_perturbed_lr(learning_rate, k))
     return optax.chain(*parts)
+
+
+@jax.custom_jvp
+def _sqrt(v):
+    """jnp.sqrt, whose tangent at v = 0 is 0, not inf * 0 = NaN: Adam's v is 0 only where
+    every gradient so far was 0, and there dv = 2 (1 - beta2) g dg = 0 exactly (the true
+    change of sqrt(v) is second order), so the exact linearisation (EdgeRadius) stays finite
+    on nets with dead units."""
+    return jnp.sqrt(v)
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals, tangents):
+    (v,), (dv,) = primals, tangents
+    root = jnp.sqrt(v)
+    return root, jnp.where(v > 0, dv / (2 * jnp.where(v > 0, root, 1)), 0)
+
+
+def scale_by_adam(b1: float, b2: float, eps: float, bias_correction: bool = True):
+    """Adam's direction m_hat / (sqrt(v_hat) + eps) with optax.ScaleByAdamState: optax's
+    scale_by_adam op for op (the same bits, tests/test_adam.py), its square root with a
+    finite tangent at v = 0 (_sqrt), and without bias correction m / (sqrt(v) + eps)."""
+
+    def init_fn(params):
+        mu, nu = (optax.tree_utils.tree_zeros_like(params) for _ in range(2))  # two buffers
+        return optax.ScaleByAdamState(jnp.zeros([], jnp.int32), mu, nu)
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree_utils.tree_update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree_utils.tree_update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        mu_hat, nu_hat = mu, nu
+        if bias_correction:
+            mu_hat = optax.tree_utils.tree_bias_correction(mu, b1, count)
+            nu_hat = optax.tree_utils.tree_bias_correction(nu, b2, count)
+        out = jax.tree.map(lambda m, v: m / (_sqrt(v) + eps), mu_hat, nu_hat)
+        return out, optax.ScaleByAdamState(count, mu, nu)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def adam(
+    learning_rate: float | optax.Schedule,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    bias_correction: bool = True,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    k: int = 1,
+) -> optax.GradientTransformation:
+    """Adam (coupled L2: g + wd * w enters the moments, as torch.optim.Adam) or, decoupled,
+    AdamW (wd * w added to Adam's direction, as optax.adamw: w <- w - lr (u + wd w)); the
+    step is the paper's perturbed -(lr * k) * (u / k) (scale_by_perturbed_lr), which for
+    k = 1 and powers of two is exactly optax.adam's -lr * u."""
+    parts = []
+    if weight_decay and not decoupled:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(scale_by_adam(beta1, beta2, eps, bias_correction))
+    if weight_decay and decoupled:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(scale_by_perturbed_lr(learning_rate, k))
+    return optax.chain(*parts)
+
+
+def adam_preconditioner(opt_state, beta2: float, eps: float, bias_correction: bool = True):
+    """Adam's current diagonal preconditioner P = sqrt(v_hat) + eps (a params-shaped tree),
+    v_hat = v / (1 - beta2^t) with bias correction (v without), from an adam(...) state."""
+    found = [s for _, s in optax.tree_utils.tree_get_all_with_path(opt_state, "ScaleByAdamState")]
+    if len(found) != 1:
+        raise ValueError(f"expected one ScaleByAdamState in the state, found {len(found)}")
+    state = found[0]
+    nu = state.nu
+    if bias_correction:
+        nu = optax.tree_utils.tree_bias_correction(nu, beta2, state.count)
+    return jax.tree.map(lambda v: jnp.sqrt(v) + eps, nu)
 
 
 @functools.cache

@@ -182,22 +182,28 @@ class Trainer:
             os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2)
         )
         start = self.checkpointer.latest_step() or 0
+        end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
+        run = Run(self, NullWriter(), num_steps, end, bar=None)
+        run.at(0, states, {})
+        for o in self.observers:  # what they carry starts here (the shapes a restore reads)
+            o.start(run)
         if start:
-            states = self.checkpointer.restore(states)
+            states = self._restore(states)
             restored = sorted({int(m.step) for m in ensemble.unpack(states)})
             if restored != [start]:
                 raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
+            run.at(start, states, {})
+            for o in self.observers:
+                o.start(run)
         if primary:  # records after the restored step (all of them, from 0) will be redone
             truncate_metrics(workdir, start)
-        end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
         observers = [
             *self.observers,
-            obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps),
+            obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps, self._saved),
         ]
         t0 = time.time()
         with results.MetricsWriter(workdir) if primary else NullWriter() as writer:
-            run = Run(self, writer, num_steps, end, bar=None)
-            run.at(start, states, {})
+            run.writer = writer
             try:
                 states = self._loop(run, observers, states, start)
             except KeyboardInterrupt:
@@ -238,6 +244,26 @@ class Trainer:
             o.summarize(records, summary)
         results.finish(workdir, summary)
         return summary
+
+    def _carried(self) -> dict:
+        """What the observers carry from step to step, by their position (None left out)."""
+        return {str(i): o.carried for i, o in enumerate(self.observers) if o.carried is not None}
+
+    def _saved(self, states):
+        """What a checkpoint holds: the states and, where any observer carries something,
+        what it carries."""
+        carried = self._carried()
+        return {"states": states, "observers": carried} if carried else states
+
+    def _restore(self, states):
+        """The latest checkpoint's states (in the structure of `states`); what the observers
+        carried there goes back to them."""
+        saved = self.checkpointer.restore(self._saved(states))
+        if not self._carried():
+            return saved
+        for key, carried in saved["observers"].items():
+            self.observers[int(key)].carried = carried
+        return saved["states"]
 
     def _loop(self, run: Run, observers: list, states, start: int):
         """Steps from `start` to run.end, running the observers that are due (those of step 0

@@ -9,11 +9,17 @@ The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
                 threshold 2/lr - wd by 0-30% of 2/lr) and at lrs chosen after the decay
                 (from the probe); a phase diagram (phases.png) of where each run
                 settles, measured at the midpoint of the last two iterates
+  weight_decay_edge  the lr chosen after each decay that does not collapse the net (0.01,
+                0.03, 0.1) so that 2/lr - wd is 2-10% below S(wd), and three of
+                weight_decay's far-past runs (the irregular region); each run's orbit
+                period and phase (which prediction the centre's curvature matches)
   weight_decay_bn  the same net with BatchNorm before each tanh, wd = 0, 0.4, 2 at 2/lr = 40
   weight_decay_probe  the same decays at a small lr (2/lr = 200, stable): the sharpness
                 that training with each decay reaches when nothing limits it
   momentum      heavy ball (2+2mu)/lr and Nesterov (2+2mu)/((1+2mu) lr), all at 40
   depth         1, 2, 3 hidden layers and widths 100, 400 at 2/lr = 40
+  adam          full-batch Adam (beta1 0.9): the preconditioned sharpness against 38/lr at
+                three lrs, and at one lr with eps 1e-4 and without bias correction
 """
 
 import ml_collections
@@ -70,6 +76,21 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
         c.eos.sharpness_every_steps = 25
         c.eos.midpoint = True  # the orbit's centre: the iterate flips across it at the edge
         c.eos.edge_every_steps = 100
+    elif experiment == "weight_decay_edge":
+        # 2/lr - wd just below S(wd) (period-two orbits), then far past it (irregular)
+        edge = [(wd, s * f) for wd, s in PROBE_SHARPNESS.items() for f in EDGE_FRACTIONS]
+        past = [(0.03, PROBE_SHARPNESS[0.03] / f) for f in (1.5, 3.0)]
+        past.append((0.1, PROBE_SHARPNESS[0.1] / 1.5))
+        c.eos.runs = sweep_runs(
+            *(
+                (2 / (t + wd), 3000, f"optimizer.weight_decay={wd!r} optimizer.warmup_steps=1000")
+                for wd, t in edge + past
+            )
+        )
+        c.eos.midpoint = True
+        c.eos.edge_every_steps = 200
+        c.eos.regions_every_steps = 0
+        c.eos.orbit_window = 256
     elif experiment == "weight_decay_bn":
         # BatchNorm before each tanh makes the hidden weights scale-invariant
         c.eos.runs = sweep_runs(
@@ -91,6 +112,15 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
             (3.0 / 2.0 / 40, 2000, "optimizer.momentum=0.5 optimizer.nesterov=True"),
             (3.8 / 2.8 / 40, 2000, "optimizer.momentum=0.9 optimizer.nesterov=True"),
         )
+    elif experiment == "adam":
+        c.optimizer.update(name="adam", momentum=0.0, beta1=0.9, beta2=0.999, eps=1e-8)
+        c.eos.runs = sweep_runs(
+            *((lr, 1500, "") for lr in ADAM_LRS),
+            (ADAM_LRS[1], 1500, "optimizer.eps=0.0001"),
+            (ADAM_LRS[1], 1500, "optimizer.bias_correction=False"),
+        )
+        c.eos.edge_every_steps = 100
+        c.eos.regions_every_steps = 0
     elif experiment == "depth":
         c.eos.runs = sweep_runs(
             *(
@@ -106,3 +136,6 @@ WDS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0, 8.0)  # the probe's decays
 # S(wd): the plateaus that `:weight_decay_probe` printed (docs/eos.md); decays of 0.3 and
 # more collapse the net to sharpness 1 at any lr, so no lr can put the edge below them
 PROBE_SHARPNESS = {0.01: 23.2, 0.03: 7.32, 0.1: 2.51}
+ADAM_LRS = (4e-4, 1e-3, 2.5e-3)  # adam: 38/lr = 95,000, 38,000, 15,200
+# weight_decay_edge: 2/lr - wd at these fractions of S(wd)
+EDGE_FRACTIONS = (0.9, 0.94, 0.98)

@@ -9,6 +9,8 @@ The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
   resnet         MSE at 2/lr = 20 with the 1-D ResNet-20 (BatchNorm, residual blocks)
   complexity     MSE at 2/lr = 20, depth 1-4 conv layers and width 16-64: the plateau,
                  the step it is reached, and the share of units in the transitioning band
+  adam           full-batch Adam (beta1 0.9) at two lrs: the preconditioned sharpness
+                 against 38/lr, and |mu|
 """
 
 import ml_collections
@@ -41,6 +43,11 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
         c.model, c.model_kwargs = "resnet1d_20", ml_collections.ConfigDict()
         c.eos.regions_every_steps = 0  # its activations take BatchNorm outputs
         c.eos.runs = sweep_runs((2 / 20, 2000, ""))
+    elif experiment == "adam":
+        c.optimizer.update(name="adam", beta1=0.9, beta2=0.999, eps=1e-8)
+        c.eos.runs = sweep_runs((1e-3, 1000, ""), (2.5e-3, 1000, ""))
+        c.eos.edge_every_steps = 100
+        c.eos.regions_every_steps = 0
     elif experiment == "complexity":
         c.eos.runs = sweep_runs(
             *(
