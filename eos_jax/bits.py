@@ -10,6 +10,7 @@ import hashlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
@@ -38,11 +39,13 @@ def tree_hash(tree) -> str:
 
 def tree_all_finite(tree) -> bool:
     """True iff no leaf of the pytree holds a NaN or an infinity."""
-    return all(np.all(np.isfinite(x)) for x in named_leaves(tree).values() if _is_float(x))
+    return all(np.all(np.isfinite(x)) for x in named_leaves(tree).values() if is_float(x))
 
 
-def _is_float(x: np.ndarray) -> bool:
-    return np.issubdtype(x.dtype, np.floating) or x.dtype == ml_dtypes.bfloat16
+def is_float(x) -> bool:
+    """Whether an array (NumPy or JAX, traced too) holds floating-point numbers, bfloat16
+    included: the leaves that have ulps, a place in a flat vector and a tangent."""
+    return bool(jnp.issubdtype(jnp.result_type(x), jnp.floating))
 
 
 def _ordered_int(x: np.ndarray) -> np.ndarray:
@@ -56,7 +59,7 @@ def _ordered_int(x: np.ndarray) -> np.ndarray:
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Number of representable floats between a and b, entry by entry (0 iff same value)."""
     a, b = np.asarray(a), np.asarray(b)
-    if a.dtype != b.dtype or not _is_float(a):
+    if a.dtype != b.dtype or not is_float(a):
         raise ValueError(
             f"ulp_distance needs two arrays of one float dtype, got {a.dtype}, {b.dtype}"
         )
@@ -75,7 +78,7 @@ def ulp_step(x: np.ndarray, index: tuple[int, ...], n: int = 1) -> np.ndarray:
     silently not change the computation.
     """
     x = np.array(x, copy=True)
-    if not _is_float(x):
+    if not is_float(x):
         raise ValueError(f"ulp_step needs a float array, got {x.dtype}")
     value = x[index]
     smallest_normal = ml_dtypes.finfo(x.dtype).smallest_normal
@@ -114,6 +117,20 @@ def first_normal_index(x: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(flat[0], x.shape))
 
 
+def relative_differences(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Entrywise |a - b| / (|a| + |b|) (0 where both are 0): the terms of the paper's
+    relative-L1 distance D = 2 mean(...) (diff_stats' rel_l1). An entry where either side is
+    NaN or infinite (and the two are not equal) counts as fully different, 1; equal
+    infinities are no difference."""
+    finite = np.isfinite(a) & np.isfinite(b)
+    broken = ~finite & ~(a == b)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.where(finite, np.abs(a - b), 0.0)
+        denom = np.abs(a) + np.abs(b)
+        rel = np.divide(diff, denom, out=np.zeros_like(diff), where=finite & (denom > 0))
+    return np.where(broken, 1.0, rel)
+
+
 def diff_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     """How two arrays of the same shape differ: ulps, absolute, relative, paper's rel-L1.
 
@@ -127,12 +144,10 @@ def diff_stats(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     broken = ~finite & ~(a64 == b64)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.where(finite, np.abs(a64 - b64), np.where(broken, np.inf, 0.0))
-        denom = np.abs(a64) + np.abs(b64)
-        rel = np.divide(diff, denom, out=np.zeros_like(diff), where=finite & (denom > 0))
-    rel = np.where(broken, 1.0, rel)
+    rel = relative_differences(a64, b64)
     if broken.any():
         max_ulp = np.inf
-    elif _is_float(a):
+    elif is_float(a):
         max_ulp = float(np.max(ulp_distance(a[finite], b[finite]), initial=0))
     else:
         max_ulp = float(np.max(diff, initial=0))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import math
+import numbers
+import os
 
 import jax
 import ml_collections
@@ -198,8 +200,11 @@ def validate(config, stop_at_step: int | None = None) -> None:
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
             raise ValueError(f"config.{name}={value!r} must be a finite number >= 0")
     validate_adam(config.optimizer)
+    validate_sgd(config.optimizer)
+    validate_schedule(config.optimizer)
     if config.loss not in LOSSES:
-        raise ValueError(f"unknown loss {config.loss!r}; allowed: {', '.join(LOSSES)}")
+        raise ValueError(f"config.loss={config.loss!r}; allowed: {', '.join(LOSSES)}")
+    _check_seeds(config)
     padding = config.get("augment_padding")
     if padding is not None and (
         not isinstance(padding, int) or isinstance(padding, bool) or padding < 0
@@ -251,6 +256,96 @@ def validate_adam(opt) -> None:
             )
 
 
+def is_int(value) -> bool:
+    """An integer (Python or NumPy), not a bool: the one test of an integer setting."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """A finite real number (Python or NumPy), not a bool: the one test of a numeric setting."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_seeds(config) -> None:
+    """ValueError naming a config.seeds entry that is not an integer >= 0."""
+    for name, value in config.get("seeds", {}).items():
+        if not (is_int(value) and value >= 0):
+            raise ValueError(f"config.seeds.{name}={value!r} must be an integer >= 0")
+
+
+# How the perturbed update rounds (training.optim): op by op, as PyTorch's CPU kernels, or as
+# the authors' CUDA kernels.
+ARITHMETICS = ("as_written", "torch_cpu", "authors_cuda")
+
+
+def validate_sgd(opt) -> None:
+    """ValueError naming the field unless the perturbation k is an integer >= 1 and, for
+    SGD, momentum is in [0, 1), nesterov a bool (True needs momentum > 0) and arithmetic
+    known."""
+    k = opt.get("k", 1)
+    if not (is_int(k) and k >= 1):
+        raise ValueError(f"config.optimizer.k={k!r} must be an integer >= 1")
+    if opt.get("name", "sgd") != "sgd":
+        return
+    if not opt.momentum < 1:
+        raise ValueError(f"config.optimizer.momentum={opt.momentum!r} must be in [0, 1)")
+    nesterov = opt.get("nesterov", False)
+    if not isinstance(nesterov, bool):
+        raise ValueError(f"config.optimizer.nesterov={nesterov!r} must be True or False")
+    if nesterov and opt.momentum == 0:
+        raise ValueError(
+            "config.optimizer.nesterov=True needs config.optimizer.momentum > 0, got "
+            f"{opt.momentum!r}: set the momentum, or nesterov=False"
+        )
+    arithmetic = opt.get("arithmetic", "as_written")
+    if arithmetic not in ARITHMETICS:
+        raise ValueError(
+            f"config.optimizer.arithmetic={arithmetic!r}; allowed: {', '.join(ARITHMETICS)}"
+        )
+
+
+def validate_schedule(opt) -> None:
+    """ValueError naming the field unless decay_epochs are increasing numbers > 0 and
+    exactly one of decay_factor and decay_divisor is a number > 0 (the other None)."""
+    epochs = tuple(opt.get("decay_epochs", ()))
+    if not all(is_number(e) and e > 0 for e in epochs) or list(epochs) != sorted(epochs):
+        raise ValueError(
+            f"config.optimizer.decay_epochs={epochs!r} must be increasing epochs > 0 "
+            "(() for a constant lr)"
+        )
+    factor, divisor = opt.get("decay_factor"), opt.get("decay_divisor")
+    if (factor is None) == (divisor is None):
+        raise ValueError(
+            f"config.optimizer.decay_factor={factor!r}, config.optimizer.decay_divisor="
+            f"{divisor!r}: give exactly one (lr * factor or lr / divisor), the other None"
+        )
+    for name, value in (("decay_factor", factor), ("decay_divisor", divisor)):
+        if value is not None and not (is_number(value) and value > 0):
+            raise ValueError(f"config.optimizer.{name}={value!r} must be a finite number > 0")
+
+
+def validate_numerics(config) -> None:
+    """ValueError naming the config.numerics field unless the dtypes and matmul precision
+    are known names and cpu_threads None or an integer in [1, CPUs available]."""
+    n = config.numerics
+    for name in ("param_dtype", "compute_dtype"):
+        if n[name] not in numerics.DTYPES:
+            raise numerics.NumericsError(
+                f"config.numerics.{name}={n[name]!r}; allowed: {', '.join(numerics.DTYPES)}"
+            )
+    if n.matmul_precision not in numerics.MATMUL_PRECISIONS:
+        raise numerics.NumericsError(
+            f"config.numerics.matmul_precision={n.matmul_precision!r}; allowed: "
+            f"{', '.join(numerics.MATMUL_PRECISIONS)}"
+        )
+    threads, available = n.get("cpu_threads"), len(os.sched_getaffinity(0))
+    if threads is not None and not (is_int(threads) and 1 <= threads <= available):
+        raise numerics.NumericsError(
+            f"config.numerics.cpu_threads={threads!r} must be None (all) or an integer in "
+            f"[1, {available}] (the CPUs available)"
+        )
+
+
 def check_microbatches(n, batch_sizes=()) -> None:
     """ValueError unless n (config.microbatches) is an integer >= 1 dividing every batch size
     given: the one check of the recipe, the stream's batches and the step's."""
@@ -279,6 +374,7 @@ def validate_mesh(mesh) -> None:
 def configure_numerics(config) -> numerics.DtypePolicy:
     """Applies config.numerics before any array exists (x64, XLA flags, threads, matmul
     precision); returns the dtype policy. Entry points call it first."""
+    validate_numerics(config)
     n = config.numerics
     policy = dtype_policy(config)
     numerics.configure(

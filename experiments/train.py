@@ -12,7 +12,7 @@ import json
 from absl import flags
 
 from eos_jax import recipe
-from eos_jax.training import trainer
+from eos_jax.training import build, trainer
 from experiments import common
 
 _CONFIG = common.define_config("experiments/configs/default.py", "Recipe.", section="model")
@@ -29,6 +29,8 @@ def main(argv):
     del argv  # common.start refuses positional arguments
     config = _CONFIG.value
     recipe.configure_numerics(config)
+    recipe.validate(config, _STOP_AT.value)  # before the data is read: errors name the field
+    build.check_names(config)
     common.join_distributed()
     summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
     print(json.dumps(summary, indent=2))

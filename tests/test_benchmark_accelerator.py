@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from eos_jax import results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,6 +25,9 @@ def bench(*args):
     )
 
 
+@pytest.mark.slow  # a benchmark end to end (~25 s CPU); what it reports on the CPU is tested
+# faster: reruns bit-identical (tests/test_hardening.py's audit), unrolled member 0 = one run
+# (tests/test_ensemble.py)
 def test_cpu_run_reports_every_variant_and_both_strategies(tmp_path):
     out = tmp_path / "accelerator.json"
     done = bench("--recipe=embedded", "--steps=2", "--k=2", f"--json_out={out}")

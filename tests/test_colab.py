@@ -11,6 +11,8 @@ nbformat = pytest.importorskip("nbformat")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # the notebook end to end (~20-45 s); the studies it calls are tested in
+# tests/test_twins_experiments.py and tests/test_theory_experiments.py
 def test_notebook_runs_and_shows_its_figures(tmp_path, monkeypatch):
     monkeypatch.setenv("EOS_COLAB_TEST", "1")
     monkeypatch.setenv("EOS_COLAB_RUNS", str(tmp_path))

@@ -80,7 +80,8 @@ def exact_hessian(name):
     return dense_hessian(*setup(name))
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "bn"])
+# The CNN takes the MLP's code path (no BatchNorm) at a larger compile: make test-slow.
+@pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow), "bn"])
 def test_hvp_and_lanczos_match_dense_hessian(name):
     with jax.enable_x64(True):
         model, params, batch_stats, batches = setup(name)

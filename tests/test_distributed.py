@@ -105,12 +105,15 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     finish(split)
     # A resume that process 0 alone refuses (it alone checks the workdir) ends them all, and
     # leaves the workdir as it was.
+    # Timed from process 0's refusal, not from the start: on a loaded machine starting two
+    # processes alone took over 60 s.
     refused = start(d("split"), 2, 2, [*steps, "--config.optimizer.lr=0.05"], heartbeat=5)
-    started = time.time()
-    (_, error), _ = communicate(refused, 120)
+    ((_, error),) = communicate(refused[:1], 240)
+    refused_at = time.time()
+    communicate(refused[1:], 120)
     assert refused[0].returncode == 1 and refused[1].returncode != 0
     assert "error: workdir" in error and "different config" in error
-    assert time.time() - started < 60
+    assert time.time() - refused_at < 60
     finish(start(d("split"), 2, 2, steps))
 
     two = results.read_json(d("two/summary.json"))
@@ -128,6 +131,8 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     assert os.path.exists(d("split/predictions.npz"))
 
 
+@pytest.mark.slow  # ~45 s CPU; the twins main runs in tests/test_twins_experiments.py and
+# process 0 alone writing in tests/test_ensemble.py (one process) and the test above (two)
 def test_two_processes_run_a_twins_experiment_and_process_0_alone_reports(tmp_path):
     args = [
         "--config=experiments/configs/twins_embedded.py:sources",

@@ -50,7 +50,7 @@ def test_state_distance_covers_params_and_momentum_across_dtypes():
 
 def test_table1_spreads_are_population_std():
     acc = np.array([[0.9, 0.8], [0.7, 0.6], [0.5, 0.4]])
-    rows, over_seeds = twins.table1_rows(acc, [1, 2, 3], ["k=1", "k=3"])
+    rows, over_seeds = twins.table1.table1_rows(acc, [1, 2, 3], ["k=1", "k=3"])
     assert [r["std over perturbations"] for r in rows] == pytest.approx([0.05] * 3)
     assert over_seeds["k=1"] == pytest.approx(np.std([0.9, 0.7, 0.5]))
     assert observers.final_accuracy(list(range(20))) == 14.5

@@ -34,7 +34,14 @@ def train(members, dataset, strategy, steps=STEPS, initial_hashes=None):
     return [bits.tree_hash(m.params) for m in ens.unpack(states)], ens.unpack(states)
 
 
-@pytest.mark.parametrize("strategy", ensemble.STRATEGIES)
+# Unrolled: also shown by test_unrolled_reference_member_is_the_ordinary_run (exact k).
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s
+        for s in ensemble.STRATEGIES
+    ],
+)
 def test_identical_members_stay_bit_identical(digits, strategy):
     initial = []
     hashes, _ = train(
@@ -176,6 +183,7 @@ SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a fresh process; members split over devices: tests/test_mesh.py (4 x 2)
 def test_vmap_member_axis_is_sharded_across_devices():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     out = subprocess.run(

@@ -205,8 +205,8 @@ def test_bad_eos_runs_fail_before_anything_is_written(tmp_path, runs, message):
     "field, value, message",
     [
         ("regions_every_steps", -1, "eos.regions_every_steps=-1 must be None or >= 0"),
-        ("regions_size", 1001, r"regions size=1001 must be an integer in \[1, 1000\]"),
-        ("regions_threshold", -1.0, "regions threshold=-1.0 must be a finite number > 0"),
+        ("regions_size", 1001, r"eos.regions_size=1001 must be an integer in \[1, 1000\]"),
+        ("regions_threshold", -1.0, "eos.regions_threshold=-1.0 must be a finite number > 0"),
     ],
 )
 def test_bad_regions_settings_fail_before_anything_is_written(tmp_path, field, value, message):

@@ -23,7 +23,7 @@ from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
 from experiments import common
-from experiments.configs import response_mnist1d, twins_mnist1d_resnet
+from experiments.configs import eos_digits, response_mnist1d, theory_fig1, twins_mnist1d_resnet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ("--config.model_kwargs.widths=(4,8)", "--config.batch_size=32")
@@ -408,3 +408,88 @@ def test_a_diverged_run_is_a_row_that_says_so_and_the_others_keep_their_columns(
     assert lines[0].count("|") == lines[2].count("|") == lines[3].count("|") == len(healthy) + 1
     # a table whose first row has fewer columns keeps the others' too
     assert "observed_plateau" in results.markdown_table([diverged, healthy]).splitlines()[0]
+
+
+# Issue 25, case 6 in every main: an error names the field as --config.X spells it, the bad
+# value and what is allowed (studies check their settings where they enter, before the
+# observers or the library see them; nothing is written).
+
+
+def _train_config():
+    return tiny_config()
+
+
+def _eos_config():
+    config = eos_digits.get_config("plateau")
+    config.update_from_flattened_dict(
+        {"eos.runs": ("optimizer.lr=0.05 num_steps=2",), "train_subset": 64, "batch_size": 64}
+    )
+    return config
+
+
+def _response_config():
+    config = response_mnist1d.get_config()
+    config.update_from_flattened_dict({"response.seeds": (0,), "response.lrs": (0.1,)})
+    return config
+
+
+def _check_train(config, workdir):
+    recipe.validate_numerics(config)  # what experiments.train checks before anything runs
+    recipe.validate(config)
+    build.check_names(config)
+
+
+PROBED = {  # main: (its config, what the main runs first with it)
+    "train": (_train_config, _check_train),
+    "eos": (_eos_config, eos_study.execute),
+    "response": (_response_config, lambda config, workdir: response_study.plan(config)),
+    "theory": (theory_fig1.get_config, lambda config, workdir: theory.validate(config)),
+}
+
+
+@pytest.mark.parametrize(
+    "main, field, value, named",
+    [
+        ("train", "optimizer.k", 0, ["config.optimizer.k=0 must be an integer >= 1"]),
+        ("train", "optimizer.momentum", 2.0, ["config.optimizer.momentum=2.0", "[0, 1)"]),
+        ("train", "optimizer.arithmetic", "x", ["optimizer.arithmetic='x'", "as_written, torch"]),
+        ("train", "optimizer.decay_epochs", (-1,), ["optimizer.decay_epochs=(-1,)", "epochs > 0"]),
+        ("train", "optimizer.decay_factor", -1.0, ["optimizer.decay_factor=-1.0", "number > 0"]),
+        ("train", "seeds.subset", -1, ["config.seeds.subset=-1 must be an integer >= 0"]),
+        ("train", "model", "x", ["config.model='x'; known: ", "small_cnn"]),
+        ("train", "dataset", "x", ["config.dataset='x'; known: ", "mnist1d"]),
+        ("train", "loss", "x", ["config.loss='x'; allowed: cross_entropy, mse"]),
+        ("train", "numerics.param_dtype", "x", ["numerics.param_dtype='x'", "bf16, fp32, fp64"]),
+        ("train", "numerics.matmul_precision", "x", ["matmul_precision='x'", "high, highest"]),
+        ("train", "numerics.cpu_threads", 0, ["numerics.cpu_threads=0", "None (all) or"]),
+        ("eos", "eos.experiment", "x", ["eos.experiment='x'; known: plateau, weight_decay"]),
+        ("eos", "eos.k", 0, ["eos.k=0 must be an integer >= 1"]),
+        ("eos", "eos.sharpness_every_steps", 0, ["eos.sharpness_every_steps=0", ">= 1"]),
+        ("eos", "eos.tol", 2.0, ["eos.tol=2.0 must be a number in (0, 1)"]),
+        ("eos", "eos.max_iters", 1, ["eos.max_iters=1 must be an integer >= 2"]),
+        ("eos", "eos.chunk_size", 0, ["eos.chunk_size=0 must be an integer >= 1"]),
+        ("eos", "eos.size", 65, ["eos.size=65 must be an integer in [1, 64]"]),
+        ("eos", "eos.regions_size", 0, ["eos.regions_size=0 must be an integer >= 1"]),
+        ("eos", "eos.regions_threshold", 0.0, ["eos.regions_threshold=0.0", "number > 0"]),
+        ("response", "response.ks", (0, 1), ["response.ks=(0, 1)", "integers >= 1"]),
+        ("theory", "experiment", "x", ["config.experiment='x'; known: heat, linear_pde"]),
+    ],
+)
+def test_every_main_names_the_field_the_value_and_what_is_allowed(
+    tmp_path, main, field, value, named
+):
+    make, check = PROBED[main]
+    config = make()
+    config.update_from_flattened_dict({field: value})
+    with pytest.raises(ValueError) as caught:
+        check(config, str(tmp_path / "run"))
+    for text in named:
+        assert text in results.first_line(caught.value)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_bad_setting_is_one_line_naming_its_field(tmp_path):
+    """The main's side of the above (one representative: a process costs seconds)."""
+    out = run("train", f"--workdir={tmp_path / 'run'}", "--config.seeds.subset=-1")
+    assert_one_line_error(out, "config.seeds.subset=-1 must be an integer >= 0")
+    assert not os.path.exists(tmp_path / "run")

@@ -109,9 +109,9 @@ def test_cifar5k_configs_plan_and_build_their_nets_without_the_data(net):
 
 
 def test_with_batch_norm_the_mlp_preactivations_are_the_normalised_ones():
-    """mlp with batch_norm: the activation reads bn{i}, so tanh(bn1's output) is what hidden2
+    """mlp with use_batch_norm: the activation reads bn{i}, so tanh(bn1's output) is what hidden2
     multiplies, over the batch's own statistics (train mode)."""
-    model = create_model("mlp", hidden=(5, 3), num_classes=2, batch_norm=True)
+    model = create_model("mlp", hidden=(5, 3), num_classes=2, use_batch_norm=True)
     x = np.random.default_rng(0).normal(0, 1, (16, 2, 2, 1)).astype(np.float32)
     variables = model.init(jax.random.key(0), x, train=False)
     z = regions.preactivations(model, variables, x)

@@ -415,7 +415,7 @@ def test_response_figure_has_a_panel_per_activation_and_source(tmp_path):
     [
         ("response.activations", ("sigmoid",), "response.activations"),
         ("response.sources", ("dtype",), "response.sources"),
-        ("response.lrs", (0.1, 0.1), "repeats"),
+        ("response.lrs", (0.1, 0.1), r"response.lrs=\(0.1, 0.1\) \(a repeat\)"),
         ("response.seeds", (-1,), "response.seeds"),
         ("response.ks", (1, 1), "two different k"),
         ("response.ulps", 0, "nonzero"),
@@ -475,6 +475,8 @@ def test_the_resnet_study_plans_the_paper_fidelity_resnet_and_edits_its_first_bl
         response_mnist1d_resnet.get_config("x")
 
 
+@pytest.mark.slow  # ~45 s CPU. Faster, the same code: the CNN twins here, BatchNorm statistics
+# in the flat state (tests/test_linearisation.py), the ResNet's switches (tests/test_switches.py)
 def test_resnet_twins_with_batch_norm_and_shifts_follow_the_full_forcing(tmp_path):
     """The whole state (parameters, momentum, BatchNorm statistics) of the BN ResNet with
     random shifts is split: the recomputed step has the trainer's bits at every step, the

@@ -235,13 +235,22 @@ def test_bad_input_is_a_one_line_value_error(call, message):
 @pytest.mark.parametrize(
     "low, high, words",
     [
-        (0.4, 0.97, "less than a new seed"),
-        (1.1, 2.0, "more than"),
-        (0.85, 1.2, "lies within the margin [0.8, 1.25]"),
-        (0.6, 1.3, "undecided at this size"),
-        (0.85, 1.3, "undecided at this size"),
+        (0.24, 0.97, "not more than a new seed (the interval ends below 1.25; the whole "),
+        (0.27, 0.75, "not more than a new seed (the interval ends below 1.25; the whole "),
+        (0.41, 1.05, "not more than a new seed (the interval ends below 1.25; the interval "),
+        (0.85, 1.6, "not less than a new seed (the interval starts above 0.8; the interval "),
+        (1.3, 2.0, "not less than a new seed (the interval starts above 0.8; the whole "),
+        (0.85, 1.2, "as much as a new seed (within the equivalence margin [0.8, 1.25]; the "),
+        (0.6, 1.3, "undecided at this size (the interval reaches past 0.8 and 1.25; the "),
     ],
 )
-def test_in_words_reads_the_interval_against_one_and_the_margin(low, high, words):
+def test_in_words_reads_two_one_sided_tests_against_the_margin(low, high, words):
     estimate = st.Estimate(0.9, low, high, 0.95, "normal", (12, 12))
-    assert words in st.in_words(estimate)
+    assert st.in_words(estimate).startswith(words)
+
+
+def test_a_ratio_of_two_unresolved_spreads_is_not_estimable():
+    flat = st.Spread(1e-6, 2e-6, 1000, 12)
+    ratio = st.spread_ratio(flat, flat, "distribution", draws=2_000)
+    assert math.isnan(ratio.value) and ratio.high == math.inf
+    assert "not estimable" in st.in_words(ratio)

@@ -12,7 +12,8 @@ import pytest
 
 from eos_jax import bits
 from eos_jax.analysis import one_layer, pde
-from eos_jax.models.one_layer import OneLayerConv
+from eos_jax.models.activations import swish
+from eos_jax.models.one_layer import OneLayerConv, valid_correlation_fft
 
 ALPHA = 20.0
 STEPS = 1000
@@ -89,7 +90,7 @@ def test_heat_equation_bound_is_one_half():
     assert np.max(np.abs(unstable[-1])) > 1e6 * np.max(np.abs(u0))
     # After 40 steps the top mode (factor -2.191) dominates the next (-2.174) by (2.191/2.174)^40
     # ~ 1.4 only, so the measured rate is within 1% rather than exact.
-    predicted = pde.spectral_radius(pde.dense_eigenvalues(pde.heat_dirichlet_matrix(31)), 0.8)
+    predicted = pde.max_amplification(pde.dense_eigenvalues(pde.heat_dirichlet_matrix(31)), 0.8)
     assert pde.observed_growth_rate(unstable) == pytest.approx(predicted, rel=1e-2)
 
 
@@ -133,6 +134,21 @@ def test_fft_and_direct_correlation_models_agree():
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-12)
 
 
+def swish_derivative(z, beta: float = 1.0):
+    """s'(z) = sigmoid(beta z) + beta z sigmoid(beta z) (1 - sigmoid(beta z))."""
+    sig = jax.nn.sigmoid(beta * z)
+    return sig + beta * z * sig * (1 - sig)
+
+
+def pde_rhs(kernel, image, alpha, beta: float = 1.0, label=1.0):
+    """The paper's closed form dK/dt = -a(K) mean_x[s'(z(x)) I(x + y)] - alpha K, a =
+    sigmoid(p) - y: what autodiff's gradient must equal."""
+    z = one_layer.responses(kernel, image)
+    a = jax.nn.sigmoid(jnp.mean(swish(z, beta))) - label
+    weighted_input = valid_correlation_fft(image[None], swish_derivative(z, beta))[0] / z.size
+    return -a * weighted_input - alpha * kernel
+
+
 @pytest.mark.parametrize("label", [0.0, 1.0])
 def test_autodiff_gradient_equals_closed_form_pde_rhs(checkerboard, label):
     image, kernel0 = checkerboard
@@ -141,7 +157,7 @@ def test_autodiff_gradient_equals_closed_form_pde_rhs(checkerboard, label):
     for img, kernel in cases:
         img, kernel = jnp.asarray(img), jnp.asarray(kernel)
         grad = jax.grad(one_layer.loss)(kernel, img, ALPHA, 1.0, label)
-        rhs = one_layer.pde_rhs(kernel, img, ALPHA, 1.0, label)
+        rhs = pde_rhs(kernel, img, ALPHA, 1.0, label)
         # fp64 precision: both are the same sums in different orders; 1e-14 of the largest
         # entry is ~50 ulps, far below any modelling error (which would be O(1) relative).
         np.testing.assert_allclose(grad, -rhs, rtol=0, atol=1e-14 * float(jnp.max(jnp.abs(grad))))

@@ -62,7 +62,11 @@ def test_heat_smoke_classifies_both_time_steps(tmp_path):
 
 
 BAD_CONFIGS = {  # id: (config module, overrides, what the one-line message must say)
-    "unknown experiment": (theory_fig4_left, {"experiment": "fig9"}, "unknown experiment"),
+    "unknown experiment": (
+        theory_fig4_left,
+        {"experiment": "fig9"},
+        "config.experiment='fig9'; known: heat",
+    ),
     "negative lr": (theory_fig4_left, {"lrs": (0.01, -0.05)}, r"config.lrs = .*numbers > 0"),
     "no lrs": (theory_fig4_left, {"lrs": ()}, "config.lrs = ().*non-empty"),
     "restrained steps 0": (theory_fig4_left, {"steps": 0}, r"config.steps = 0 .*>= 4"),

@@ -122,10 +122,20 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     "experiment, overrides, message",
     [
-        ("sources", {"twins.sources": ("jitter",)}, "unknown source 'jitter'"),
+        (
+            "sources",
+            {"twins.sources": ("jitter",)},
+            r"twins.sources=\('jitter',\): unknown source 'jitter'; known: none, update_k",
+        ),
         ("sources", {"twins.sources": ()}, "twins.sources must be a non-empty list"),
         ("sources", {"twins.sources": ("none", "none")}, "without repeats"),
-        ("sources", {"twins.members": 1}, "at least 2 members"),
+        ("sources", {"twins.members": 1}, "twins.members=1 must be an integer >= 2"),
+        ("sources", {"twins.divergence_every_steps": 0}, "twins.divergence_every_steps=0"),
+        (
+            "sources",
+            {"twins.sources": ("update_k",), "twins.member_values": (-1, 2)},
+            r"twins.member_values=\(-1, 2\): update_k needs integers k >= 1",
+        ),
         (
             "sources",
             {"twins.sources": ("ulp_init", "update_k"), "twins.member_values": (0, 1)},
@@ -136,7 +146,11 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
             {"twins.sources": ("ulp_init",), "twins.tensor": "conv7/kernel"},
             "no tensor 'conv7/kernel'",
         ),
-        ("sources", {"twins.sources": ("none",), "twins.strategy": "pmap"}, "unknown strategy"),
+        (
+            "sources",
+            {"twins.sources": ("none",), "twins.strategy": "pmap"},
+            "twins.strategy='pmap': unknown strategy",
+        ),
         ("table1", {"twins.ks": (1, 0)}, "k >= 1"),
         ("table1", {"twins.seeds": ()}, "twins.seeds must be a non-empty list"),
         ("table1", {"twins.seeds": (1, -2)}, "integers >= 0"),
@@ -145,10 +159,9 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
         ("fig2", {"twins.snapshots": 0}, "twins.snapshots must be an integer >= 1"),
         ("fig2", {"twins.map_snapshots": (0, 99)}, r"map_snapshots \(0, 99\)"),
         ("fig2", {"twins.watch": "conv7/kernel"}, "no tensor 'conv7/kernel' to watch"),
-        ("figure3", {}, "unknown experiment 'figure3'"),
+        ("figure3", {}, "twins.experiment='figure3'; known: table1, fig2"),
         ("nested", {"twins.compare": ("seed", "update_k")}, "one or more rounding sources"),
         ("nested", {"twins.bases": ()}, "twins.bases must be a non-empty list"),
-        ("nested", {"twins.members": 1}, r"twins.members=1 must be an integer >= 2"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, overrides, message):
@@ -308,8 +321,8 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
     assert "heldout acc std" in summary["table"]
     lines = summary["verdict"].splitlines()
     assert "held-out (distribution) ratio" in lines[1]
-    assert lines[2].startswith("on the test set: one rounding spreads the accuracy ")
-    assert lines[3].startswith("on the distribution (held-out set): one rounding spreads the ")
+    assert lines[2].startswith("on the test set: one rounding against a new seed: ")
+    assert lines[3].startswith("on the distribution (held-out set): one rounding against a ")
 
 
 def test_resnet_headline_config_nests_twins_in_12_bases_against_24_seeds():
@@ -352,7 +365,9 @@ def test_resnet_factors_change_one_ingredient_at_a_time():
     for label, text, variant in twins.compared.factor_recipes(config)[1:]:
         changed = {k for k, v in _flat(variant).items() if base[k] != v}
         assert changed == {field.partition("=")[0] for field in text.split()}, label
-    with pytest.raises(ValueError, match="unknown experiment 'table1'; known: sources, factors"):
+    with pytest.raises(
+        ValueError, match="unknown experiment 'table1'; known: nested, sources, factors"
+    ):
         twins_mnist1d_resnet.get_config("table1")
 
 

@@ -18,7 +18,7 @@ import scipy.special
 
 from eos_jax import bits
 from eos_jax.training import steps
-from eos_jax.training.observers import Observer, record_fields
+from eos_jax.training.observers import Observer, itstime, record_fields
 
 
 def momentum(opt_state):
@@ -106,11 +106,17 @@ class MemberDistance(Observer):
             ],
         )
 
+    @staticmethod
+    def summary(series, member: int) -> dict:
+        """One member's summary from a `read` Series: churn, softmax L2 and the parameter
+        distances (params_rel_l1: the weight distance D) at the last recorded step."""
+        last = {k: float(series[k][member, -1]) for k in ("churn", "softmax_l2")}
+        return last | {f"params_{k}": float(series[f"params_{k}"][member, -1]) for k in DIFF_STATS}
+
     def summarize(self, records, summary) -> None:
         series = self.read(records)
         for i, member in enumerate(summary["members"]):
-            member.update({k: float(series[k][i, -1]) for k in ("churn", "softmax_l2")})
-            member.update({f"params_{k}": float(series[f"params_{k}"][i, -1]) for k in DIFF_STATS})
+            member.update(self.summary(series, i))
         others = summary["members"][1:]
         for key in ("churn", "softmax_l2", "params_rel_l1"):
             summary[f"mean_{key}"] = float(np.mean([m[key] for m in others])) if others else 0.0
@@ -147,7 +153,7 @@ class WatchTensor(Observer):
         bad = [
             s
             for s in self.map_steps
-            if not isinstance(s, int) or not 0 <= s <= num_steps or s % self.every_steps
+            if not isinstance(s, int) or not 0 <= s <= num_steps or not itstime(s, **self.cadence())
         ]
         if bad:
             raise ValueError(
@@ -155,8 +161,10 @@ class WatchTensor(Observer):
                 f"{self.every_steps} up to {num_steps})"
             )
 
-    def due(self, step: int, run) -> bool:
-        return step % self.every_steps == 0
+    def cadence(self, run=None) -> dict:
+        """From step 0 on, every every_steps steps; not at the run's last step (the maps are
+        comparable between runs of different lengths)."""
+        return {"every_steps": self.every_steps, "at_start": True}
 
     def __call__(self, run) -> None:
         leaves = [bits.named_leaves(m.params)[self.tensor] for m in run.members()]

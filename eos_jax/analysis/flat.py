@@ -18,9 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+from eos_jax import bits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +39,7 @@ class StateSpace:
             treedef,
             tuple(tuple(np.shape(x)) for x in leaves),
             tuple(jnp.result_type(x) for x in leaves),
-            tuple(_is_float(x) for x in leaves),
+            tuple(bits.is_float(x) for x in leaves),
             tuple(jax.tree_util.keystr(p) for p, _ in with_paths),
         )
 

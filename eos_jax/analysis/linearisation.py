@@ -33,7 +33,6 @@ from eos_jax.analysis.flat import StateSpace
 from eos_jax.training.observers import Observer, record_fields
 
 OPTIMIZERS = ("gd", "heavy_ball", "nesterov")
-SPECTRAL_METHODS = ("arnoldi", "power")
 
 
 # --------------------------------------------------------------------------------------
@@ -105,8 +104,7 @@ def update_map(train_step: Callable, batch) -> UpdateMap:
 
 class SpectralRadius(NamedTuple):
     """radius = |eigenvalue|; eigenvalue (complex) of largest modulus found; residual: the
-    Arnoldi estimate ||dU x - eigenvalue x|| (x unit), or for power iteration the spread of
-    the last growth factors; num_jvps: products used."""
+    Arnoldi estimate ||dU x - eigenvalue x|| (x unit); num_jvps: products used."""
 
     radius: float
     eigenvalue: complex
@@ -117,20 +115,14 @@ class SpectralRadius(NamedTuple):
 def spectral_radius(
     jvp: Callable[[jax.Array], jax.Array],
     dim: int,
-    method: str = "arnoldi",
     num_iters: int = 50,
     tol: float = 1e-10,
     init=None,
     seed: int = 0,
 ) -> SpectralRadius:
-    """Largest |eigenvalue| of a (non-symmetric) linear map given by products.
-
-    'arnoldi': Krylov basis with full reorthogonalisation, eigenvalues of the Hessenberg
-    matrix; handles complex pairs (momentum). 'power': normalised power iteration; converges
-    for a real, simple dominant eigenvalue at rate |lambda_2 / lambda_1| (plain GD).
-    """
-    if method not in SPECTRAL_METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(SPECTRAL_METHODS)}")
+    """Largest |eigenvalue| of a (non-symmetric) linear map given by products, by Arnoldi:
+    a Krylov basis with full reorthogonalisation, eigenvalues of the Hessenberg matrix;
+    handles complex pairs (momentum)."""
     if not (isinstance(num_iters, int) and num_iters >= 1):
         raise ValueError(f"num_iters must be a positive integer, got {num_iters!r}")
     if dim < 1:
@@ -142,26 +134,7 @@ def spectral_radius(
         else jnp.asarray(init, dtype)
     )
     v = np.asarray(v, np.float64)
-    if method == "power":
-        return _power(jvp, v, num_iters, tol)
     return _arnoldi(jvp, v, min(num_iters, dim), tol)
-
-
-def _power(jvp, v, num_iters, tol):
-    v = v / np.linalg.norm(v)
-    growth, sign = [], 1.0
-    for _ in range(num_iters):
-        w = np.asarray(jvp(jnp.asarray(v)), np.float64)
-        g = float(np.linalg.norm(w))
-        if g == 0.0:
-            return SpectralRadius(0.0, 0.0, 0.0, len(growth) + 1)
-        sign = float(np.sign(np.vdot(v, w))) or 1.0
-        growth.append(g)
-        v = w / g
-        if len(growth) >= 3 and np.ptp(growth[-3:]) <= tol * g:
-            break
-    spread = float(np.ptp(growth[-3:])) if len(growth) >= 3 else float("inf")
-    return SpectralRadius(growth[-1], complex(sign * growth[-1]), spread, len(growth))
 
 
 def _arnoldi(jvp, v, m, tol):
@@ -260,7 +233,7 @@ def edge_mode(
     """
     dim = StateSpace.of(state).dim
     product = update.linear_operator(state)
-    shifted = spectral_radius(lambda t: product(t) - t, dim, "arnoldi", num_iters, tol, seed=seed)
+    shifted = spectral_radius(lambda t: product(t) - t, dim, num_iters, tol, seed=seed)
     mu = shifted.eigenvalue + 1
     return EdgeMode(complex(mu), float(abs(mu)), shifted.residual, shifted.num_jvps)
 

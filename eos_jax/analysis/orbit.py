@@ -58,8 +58,9 @@ class Orbit(Observer):
             raise ValueError(f"orbit window={self.window!r} must be an integer >= 20")
         self.first = max(1, num_steps - self.window + 1)
 
-    def due(self, step: int, run) -> bool:
-        return step >= self.first
+    def cadence(self, run) -> dict:
+        """Every step from `first` (the last `window` steps of the planned run) on."""
+        return {"every_steps": 1, "first_step": self.first}
 
     def _direction(self, params) -> list[np.ndarray]:
         if self._u is None:

@@ -33,8 +33,10 @@ def amplification_factors(eigenvalues, dt: float) -> np.ndarray:
     return 1.0 - dt * np.asarray(eigenvalues)
 
 
-def spectral_radius(eigenvalues, dt: float) -> float:
-    """max |1 - dt * lambda|: the per-step growth of the fastest-growing mode."""
+def max_amplification(eigenvalues, dt: float) -> float:
+    """max |1 - dt * lambda|: the per-step growth of the fastest-growing mode (the spectral
+    radius of the forward-Euler step I - dt A, from A's eigenvalues; the spectral radius of
+    a training step's linearisation is linearisation.spectral_radius)."""
     return float(np.max(np.abs(amplification_factors(eigenvalues, dt))))
 
 

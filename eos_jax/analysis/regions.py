@@ -56,13 +56,9 @@ PREACTIVATIONS = {
 }
 
 
-def _has_batch_norm(model) -> bool:
-    return bool(getattr(model, "batch_norm", False) or getattr(model, "use_batch_norm", False))
-
-
 def preactivation_pattern(model) -> str:
     """The regex of `model`'s pre-activation paths; ValueError for other models."""
-    pattern = PREACTIVATIONS.get((type(model), _has_batch_norm(model)))
+    pattern = PREACTIVATIONS.get((type(model), bool(getattr(model, "use_batch_norm", False))))
     if pattern is None:
         known = ", ".join(dict.fromkeys(c.__name__ for c, _ in PREACTIVATIONS))
         raise ValueError(f"regions: model {type(model).__name__} is not supported; known: {known}")
@@ -193,15 +189,27 @@ class Regions(Observer):
         }
         return read_series(records, cls.kind, fields)
 
+    @staticmethod
+    def transitioning(series, member: int) -> dict[str, np.ndarray]:
+        """{layer: one member's transitioning fractions at the recorded steps} from a `read`
+        Series ({} without records)."""
+        layers = [f.split("/", 1)[1] for f in series.values if f.startswith("transitioning/")]
+        return {layer: series.member(f"transitioning/{layer}", member)[1] for layer in layers}
+
+    @classmethod
+    def summary(cls, series, member: int) -> dict:
+        """One member's summary from a `read` Series: per layer, the transitioning fraction
+        at the first and the last measurement."""
+        band = cls.transitioning(series, member)
+        return {
+            "initial_transitioning": {layer: float(v[0]) for layer, v in band.items()},
+            "last_transitioning": {layer: float(v[-1]) for layer, v in band.items()},
+        }
+
     def summarize(self, records, summary) -> None:
         series = self.read(records)
-        layers = [f.split("/", 1)[1] for f in series.values if f.startswith("transitioning/")]
         for i, member in enumerate(summary["members"]):
-            band = {layer: series.member(f"transitioning/{layer}", i)[1] for layer in layers}
-            member.update(
-                initial_transitioning={layer: float(v[0]) for layer, v in band.items()},
-                last_transitioning={layer: float(v[-1]) for layer, v in band.items()},
-            )
+            member.update(self.summary(series, i))
 
 
 @functools.cache

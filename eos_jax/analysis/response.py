@@ -56,11 +56,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eos_jax import bits
 from eos_jax.analysis.flat import StateSpace
 from eos_jax.analysis.linearisation import tangent_map
 from eos_jax.analysis.lyapunov import TangentState, TangentStep, plain
 from eos_jax.training import build, steps
-from eos_jax.training.observers import Observer, kind_records, read_series
+from eos_jax.training.observers import Observer, itstime, kind_records, read_series
 
 # The norms a record holds, each in total and per state tensor (StateSpace paths).
 QUANTITIES = (
@@ -91,18 +92,14 @@ class Split(NamedTuple):
     exact: jax.Array  # bool: the recomputed U(w_t) is the trainer's w_{t+1} bit for bit
 
 
-def _is_float(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
 def _as_float64(state):
     """The state with its floating leaves cast (exactly) to float64."""
-    return jax.tree.map(lambda x: x.astype(jnp.float64) if _is_float(x) else x, state)
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if bits.is_float(x) else x, state)
 
 
 def _with_floats(state, floats_from):
     """`state`'s integer leaves (step, k) with the floating leaves of `floats_from`."""
-    return jax.tree.map(lambda a, b: b if _is_float(a) else a, state, floats_from)
+    return jax.tree.map(lambda a, b: b if bits.is_float(a) else a, state, floats_from)
 
 
 def flat64(state) -> jax.Array:
@@ -256,7 +253,8 @@ class LinearResponse(Observer):
         self._previous = self.carried = None
 
     def due(self, step: int, run) -> bool:
-        return self.observes(step)  # every step it watches; records only where Observer.due says
+        """Every step it watches (up to last_step); it records only where its cadence says."""
+        return itstime(step, **(self.cadence(run) | {"every_steps": 1}))
 
     def start(self, run) -> None:
         """At step 0 both responses start from Delta_0; at a resumed step they are those
@@ -340,10 +338,13 @@ class LinearResponse(Observer):
                 )
         return read_series(records, cls.kind, fields)
 
-    def summarize(self, records, summary) -> None:
-        series = self.read(records)
+    @staticmethod
+    def summary(series) -> dict:
+        """The pair's summary from a `read` Series (member 1's record): Delta, delta^f and
+        delta^r at the last step observed ({} without records)."""
         if len(series.steps) == 0:
-            return
-        summary["members"][1].update(
-            {f"{q}_end": float(series[q][1, -1]) for q in ("delta", "response_f", "response_r")}
-        )
+            return {}
+        return {f"{q}_end": float(series[q][1, -1]) for q in ("delta", "response_f", "response_r")}
+
+    def summarize(self, records, summary) -> None:
+        summary["members"][1].update(self.summary(self.read(records)))

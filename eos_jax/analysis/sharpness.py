@@ -36,7 +36,7 @@ import numpy as np
 from eos_jax.analysis import curvature
 from eos_jax.analysis.flat import StateSpace
 from eos_jax.training import steps
-from eos_jax.training.observers import Observer, record_fields
+from eos_jax.training.observers import Observer, itstime, record_fields
 
 
 @functools.cache
@@ -127,12 +127,16 @@ class Sharpness(Observer):
         self._keep_iterate(run)
 
     def _keep_iterate(self, run) -> None:
-        if self.midpoint and Observer.due(self, run.step + 1, run):  # the next is measured
+        if self.midpoint and self.measures(run.step + 1, run):  # the next is measured
             self._previous = (run.step, [jax.tree.map(np.array, m.params) for m in run.members()])
 
+    def measures(self, step: int, run) -> bool:
+        """Whether it measures after `step` steps (its cadence; `due` adds the steps before)."""
+        return super().due(step, run)
+
     def due(self, step: int, run) -> bool:
-        before_a_measurement = self.midpoint and step > 0 and super().due(step + 1, run)
-        return super().due(step, run) or before_a_measurement
+        """Its measurements, and with `midpoint` the step before each (to keep the iterate)."""
+        return itstime(step, **self.cadence(run), before=self.midpoint)
 
     def _top(self, i: int, model, loss: str, params, batch_stats):
         """The operator at params and its top eigenpairs, warm-started from member i's last."""
@@ -158,7 +162,7 @@ class Sharpness(Observer):
         stored = self._previous
         previous = stored[1] if stored and stored[0] == run.step - 1 else None
         self._keep_iterate(run)
-        if not Observer.due(self, run.step, run):  # only kept the iterate
+        if not self.measures(run.step, run):  # only kept the iterate
             return
         values = []
         for i, (member, state) in enumerate(zip(run.ensemble.members, run.members(), strict=True)):
@@ -197,13 +201,26 @@ class Sharpness(Observer):
         along = float(jnp.vdot(d, op(d))) / norm2 if norm2 > 0 else None
         return {"midpoint_sharpness": float(top.eigenvalues[0]), "oscillation_curvature": along}
 
+    @classmethod
+    def summary(cls, series, member: int) -> dict:
+        """One member's summary from a `read` Series: its initial, last and largest
+        sharpness, and the mean Hessian products per measurement."""
+        return {
+            **extremes(series.member("sharpness", member)[1]),
+            "sharpness_hvps_per_call": float(np.mean(series.member("num_hvps", member)[1])),
+        }
+
     def summarize(self, records, summary) -> None:
         series = self.read(records)
         for i, member in enumerate(summary["members"]):
-            sharpness = series.member("sharpness", i)[1]
-            member.update(
-                initial_sharpness=float(sharpness[0]),
-                last_sharpness=float(sharpness[-1]),
-                max_sharpness=float(sharpness.max()),
-                sharpness_hvps_per_call=float(np.mean(series.member("num_hvps", i)[1])),
-            )
+            member.update(self.summary(series, i))
+
+
+def extremes(values: np.ndarray) -> dict:
+    """initial_sharpness, last_sharpness and max_sharpness of one member's measurements (of
+    the data-loss sharpness, or of another curvature a study reads as its sharpness)."""
+    return {
+        "initial_sharpness": float(values[0]),
+        "last_sharpness": float(values[-1]),
+        "max_sharpness": float(values.max()),
+    }

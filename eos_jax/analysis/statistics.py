@@ -19,8 +19,11 @@ Two kinds of interval, each exact or checked by simulation (tests/test_statistic
   read the interval off their quantiles. For one group and no finite-set part they are the
   chi-square and F intervals above.
 
-A rounding/seed ratio is read in words against 1 and an equivalence margin (`in_words`): an
-interval that contains 1 but leaves the margin is "undecided", not agreement.
+A rounding/seed ratio is read in words (`in_words`) by two one-sided tests against an
+equivalence margin [0.8, 1.25]: "not more than a new seed" when the interval ends below
+1.25, "not less" when it starts above 0.8, "as much as a new seed" when both hold,
+"undecided" otherwise (an interval that contains 1 does not show agreement); where the
+interval stands against 1 is said beside it.
 """
 
 from __future__ import annotations
@@ -148,7 +151,7 @@ def spread_ratio(
     rng = np.random.default_rng(seed)
     num, den = numerator.draws(level, rng, draws), denominator.draws(level, rng, draws)
     ratios = _ratio(np.sqrt(np.clip(num, 0, None)), np.sqrt(np.clip(den, 0, None)))
-    low, high = _quantiles(np.nan_to_num(ratios, nan=0.0), confidence)
+    low, high = _quantiles(np.nan_to_num(ratios, nan=0.0, posinf=np.inf), confidence)
     value = _ratio(
         np.sqrt(max(numerator.value(level), 0.0)), np.sqrt(max(denominator.value(level), 0.0))
     )
@@ -225,19 +228,27 @@ def _log_variance_per_group(s: Spread, level: str, bases: int, runs: int) -> flo
 
 
 def in_words(estimate: Estimate, margin: tuple[float, float] = EQUIVALENCE_MARGIN) -> str:
-    """How a rounding/seed ratio's interval reads against 1 (a spread as large as the
-    seed's) and the equivalence margin."""
+    """A rounding/seed ratio's interval read as two one-sided tests against the equivalence
+    margin: 'not more than a new seed' when it ends below the margin's top, 'not less' when
+    it starts above its bottom, 'as much as a new seed' when both hold, else 'undecided'.
+    Where it stands against 1 follows in parentheses."""
     low, high = margin
+    if not np.isfinite(estimate.value):
+        return "undecided: not estimable (the set's own part explains both spreads)"
     if estimate.high < 1:
-        return "less than a new seed does (the whole interval is below 1)"
-    if estimate.low > 1:
-        return "more than a new seed does (the whole interval is above 1)"
-    if low <= estimate.low and estimate.high <= high:
-        return f"as much as a new seed (the interval lies within the margin [{low}, {high}])"
-    return (
-        f"undecided at this size (the interval contains 1 and leaves the equivalence "
-        f"margin [{low}, {high}])"
-    )
+        where = "the whole interval is below 1"
+    elif estimate.low > 1:
+        where = "the whole interval is above 1"
+    else:
+        where = "the interval contains 1"
+    not_more, not_less = estimate.high < high, estimate.low > low
+    if not_more and not_less:
+        return f"as much as a new seed (within the equivalence margin [{low}, {high}]; {where})"
+    if not_more:
+        return f"not more than a new seed (the interval ends below {high}; {where})"
+    if not_less:
+        return f"not less than a new seed (the interval starts above {low}; {where})"
+    return f"undecided at this size (the interval reaches past {low} and {high}; {where})"
 
 
 def format_interval(estimate: Estimate, form: str = ".2f") -> str:

@@ -44,14 +44,14 @@ class SmallCNN(nn.Module):
 class MLP(nn.Module):
     """Flatten, then dense -> activation per hidden width, then dense; fc-tanh by default.
 
-    batch_norm: a BatchNorm (PyTorch semantics) between each hidden dense layer and its
+    use_batch_norm: a BatchNorm (PyTorch semantics) between each hidden dense layer and its
     activation, which makes the hidden weights scale-invariant (weight decay shrinks them
     without changing the function they compute).
     """
 
     hidden: tuple[int, ...] = (200, 200)
     activation: str = "tanh"
-    batch_norm: bool = False
+    use_batch_norm: bool = False
     num_classes: int = 10
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -63,7 +63,7 @@ class MLP(nn.Module):
         x = x.reshape(x.shape[0], -1)
         for index, width in enumerate(self.hidden, start=1):
             x = pytorch_dense(width, x.shape[-1], name=f"hidden{index}", **dtypes)(x)
-            if self.batch_norm:
+            if self.use_batch_norm:
                 x = PyTorchBatchNorm(not train, name=f"bn{index}", **dtypes)(x)
             x = act(x)
         return pytorch_dense(self.num_classes, x.shape[-1], name="head", **dtypes)(x)

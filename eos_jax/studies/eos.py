@@ -114,7 +114,7 @@ def plan(config) -> list[EosRun]:
     """The runs of the sweep, each alone (K = 1). Bad settings: ValueError."""
     e = config.eos
     if e.experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
+        raise ValueError(f"eos.experiment={e.experiment!r}; known: {', '.join(EXPERIMENTS)}")
     if not e.runs:
         raise ValueError("eos.runs is empty: give one 'field=value ...' string per run")
     if not e.phase_spread > 0:
@@ -127,6 +127,7 @@ def plan(config) -> list[EosRun]:
         raise ValueError(f"eos.edge_every_steps={e.edge_every_steps!r} must be an integer >= 0")
     if e.regions_every_steps is not None and e.regions_every_steps < 0:
         raise ValueError(f"eos.regions_every_steps={e.regions_every_steps!r} must be None or >= 0")
+    _check_observer_settings(e)
     recipe.validate(config)
     runs = []
     for i, text in enumerate(e.runs):
@@ -157,6 +158,41 @@ def plan(config) -> list[EosRun]:
         members = [Member("recipe", r)]
         runs.append(EosRun(_name(i, text), r, members, overrides=text, predicted=predicted))
     return runs
+
+
+def _check_observer_settings(e) -> None:
+    """ValueError naming the eos.* field (as --config.eos.* spells it), its value and what
+    is allowed, for the settings the observers take (their own errors name no field)."""
+    wanted = [("sharpness_every_steps", 1), ("size", 1), ("chunk_size", 1), ("k", 1)]
+    wanted += [("max_iters", e.k + 1 if recipe.is_int(e.k) else 2)]
+    if e.regions_every_steps != 0:
+        wanted += [("regions_size", 1)]
+    if e.edge_every_steps:
+        wanted += [("edge_iters", 2)]
+    for name, least in wanted:
+        if not (recipe.is_int(e[name]) and e[name] >= least):
+            bound = (
+                " (eos.k + 1: Lanczos needs more iterations than eigenpairs)"
+                if name == "max_iters"
+                else ""
+            )
+            raise ValueError(f"eos.{name}={e[name]!r} must be an integer >= {least}{bound}")
+    if not (recipe.is_number(e.tol) and 0 < e.tol < 1):
+        raise ValueError(f"eos.tol={e.tol!r} must be a number in (0, 1) (a relative residual)")
+    t = e.regions_threshold
+    if e.regions_every_steps != 0 and not (recipe.is_number(t) and t > 0):
+        raise ValueError(f"eos.regions_threshold={t!r} must be a finite number > 0")
+
+
+def _check_sizes(e, num_train: int) -> None:
+    """ValueError naming eos.size or eos.regions_size beyond the training set."""
+    names = ("size", "regions_size") if e.regions_every_steps != 0 else ("size",)
+    for name in names:
+        if e[name] > num_train:
+            raise ValueError(
+                f"eos.{name}={e[name]!r} must be an integer in [1, {num_train}] (the first "
+                "training examples)"
+            )
 
 
 def _observers(config, runs) -> list:
@@ -193,6 +229,7 @@ def execute(config, workdir: str) -> dict:
     """Trains every run (resuming, skipping finished ones), writes tables and figures."""
     runs = plan(config)
     dataset = build.dataset(config)
+    _check_sizes(config.eos, dataset.num_train)
     trainers = {
         r.name: trainer.Trainer(
             Ensemble(r.members, dataset, "unrolled"),
@@ -252,11 +289,52 @@ def phase(plateau: float, predicted: float, weight_decay: float, tolerance: floa
 
 
 def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple[dict, dict]:
-    """One run's row and curves, from its records (through the observers' readers), its
-    summary and the eos settings (reached_fraction, phase_spread, tol)."""
+    """One run's row and curves, from its records (through the observers' readers and their
+    summaries), its summary and the eos settings (reached_fraction, phase_spread, tol)."""
+    row = _recipe_columns(r)
+    measured = sharpness.Sharpness.read(records)
+    adam = adaptive.PreconditionedSharpness.read(records)
+    steps, values, train_loss = _threshold_sharpness(measured, adam)
+    curve = {
+        "steps": steps.tolist(),
+        "sharpness": values.tolist(),
+        "loss": train_loss.tolist(),
+        "predicted": r.predicted,
+        "label": f"{r.name}: predicted {r.predicted:.3g}",
+        "preconditioned": bool(adam.steps.size),
+    }
+    if done.get("status") == "diverged":
+        most = sharpness.extremes(values)["max_sharpness"]
+        row.update(phase="diverged", max_sharpness=most, note=done["what"])
+        return row, curve
+    half = done["steps"] / 2
+    if adam.steps.size:
+        at, data_sharpness = measured.member("sharpness", 0)
+        row["data_sharpness_plateau"] = float(np.median(data_sharpness[at >= half]))
+    last_half = values[steps >= half]
+    shown = sharpness.Sharpness.summary(measured, 0)
+    if adam.steps.size:  # the threshold is about the preconditioned sharpness
+        shown |= sharpness.extremes(values)
+    reached = steps[values >= settings.reached_fraction * r.predicted]
+    row.update(_plateau_columns(r.predicted, last_half, shown, reached, done["steps"]))
+    row["final_train_loss"] = float(train_loss[-1])
+    row["final_test_accuracy"] = done["members"][0]["last_test_accuracy"]
+    row["hvps_per_call"] = shown["sharpness_hvps_per_call"]
+    centre = _midpoint_columns(measured, half, row, curve, last_half)
+    plateau = float(np.median(centre))  # the orbit's centre where measured
+    tolerance = phase_tolerance(centre, settings.phase_spread, settings.tol)
+    row["phase_tolerance"] = tolerance
+    row["phase"] = phase(plateau, r.predicted, row["weight_decay"], tolerance)
+    _orbit_column(records, row)
+    _edge_columns(records, half, row, curve)
+    _regions_columns(records, row, curve)
+    return row, curve
+
+
+def _recipe_columns(r: EosRun) -> dict:
+    """The row's columns that the run's recipe decides."""
     opt, recipe_ = r.recipe.optimizer, r.recipe
-    predicted = r.predicted
-    row = {
+    return {
         "name": r.name,
         "overrides": r.overrides,
         "model": recipe_.model,
@@ -268,48 +346,42 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
         "lr": float(opt.lr),
         "weight_decay": float(opt.weight_decay),
         "momentum": float(opt.momentum),
-        "predicted_threshold": predicted,
+        "predicted_threshold": r.predicted,
     }
-    measured = sharpness.Sharpness.read(records)
+
+
+def _threshold_sharpness(measured, adam):
+    """(steps, values, training-set loss) of the sharpness the run's threshold is about: the
+    data-loss sharpness, or for Adam the preconditioned one (at the steps both measured)."""
     steps, values = measured.member("sharpness", 0)
     train_loss = measured.member("train_set_loss", 0)[1]
-    data_sharpness = (steps, values)
-    adam = adaptive.PreconditionedSharpness.read(records)
-    if adam.steps.size:  # Adam's threshold is about the preconditioned sharpness
+    if adam.steps.size:
         keep = np.isin(steps, adam.steps)
         steps, values = adam.member("preconditioned_sharpness", 0)
         train_loss = train_loss[keep]
-    curve = {
-        "steps": steps.tolist(),
-        "sharpness": values.tolist(),
-        "loss": train_loss.tolist(),
-        "predicted": predicted,
-        "label": f"{r.name}: predicted {predicted:.3g}",
-        "preconditioned": bool(adam.steps.size),
-    }
-    if done.get("status") == "diverged":
-        row.update(phase="diverged", max_sharpness=float(values.max()), note=done["what"])
-        return row, curve
-    last_half = values[steps >= done["steps"] / 2]
-    if adam.steps.size:
-        late = data_sharpness[0] >= done["steps"] / 2
-        row["data_sharpness_plateau"] = float(np.median(data_sharpness[1][late]))
+    return steps, values, train_loss
+
+
+def _plateau_columns(predicted: float, last_half, shown: dict, reached, steps: int) -> dict:
+    """The observed plateau (median over the last half) against the prediction, the
+    sharpness's first and largest values (`shown`: Sharpness.summary) and the first step
+    where it reached the prediction (`reached`: the steps where it did)."""
     observed = float(np.median(last_half))
-    reached = steps[values >= settings.reached_fraction * predicted]
-    row.update(
-        {
-            "steps": int(done["steps"]),
-            "observed_plateau": observed,
-            "observed_over_predicted": observed / predicted,
-            "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
-            "initial_sharpness": float(values[0]),
-            "max_sharpness": float(values.max()),
-            "reached_at_step": int(reached[0]) if reached.size else None,
-            "final_train_loss": float(train_loss[-1]),
-            "final_test_accuracy": done["members"][0]["last_test_accuracy"],
-            "hvps_per_call": float(np.mean(measured.member("num_hvps", 0)[1])),
-        }
-    )
+    return {
+        "steps": int(steps),
+        "observed_plateau": observed,
+        "observed_over_predicted": observed / predicted,
+        "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
+        "initial_sharpness": shown["initial_sharpness"],
+        "max_sharpness": shown["max_sharpness"],
+        "reached_at_step": int(reached[0]) if reached.size else None,
+    }
+
+
+def _midpoint_columns(measured, half: float, row: dict, curve: dict, last_half):
+    """With eos.midpoint: the plateaus of the midpoint sharpness and of the curvature along
+    the oscillation into `row`, their curves into `curve`. Returns the orbit's centre over
+    the last half: the midpoint sharpness where measured, else `last_half`."""
     centre = last_half
     for field, column in (
         ("midpoint_sharpness", "midpoint_plateau"),
@@ -317,36 +389,44 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
     ):
         at, value = measured.member(field, 0)
         if at.size:
-            row[column] = float(np.median(value[at >= done["steps"] / 2]))
+            row[column] = float(np.median(value[at >= half]))
             curve[field] = (at.tolist(), value.tolist())
             if field == "midpoint_sharpness":
-                centre = value[at >= done["steps"] / 2]
-    plateau = float(np.median(centre))  # the orbit's centre where measured
-    tolerance = phase_tolerance(centre, settings.phase_spread, settings.tol)
-    row["phase_tolerance"] = tolerance
-    row["phase"] = phase(plateau, predicted, row["weight_decay"], tolerance)
+                centre = value[at >= half]
+    return centre
+
+
+def _orbit_column(records: list[dict], row: dict) -> None:
+    """With the Orbit observer: the orbit's period into `row`."""
     projection = orbit.Orbit.read(records)
     series = projection.member("projection", 0)[1] if projection.steps.size else ()
     if len(series) >= orbit.MIN_LENGTH:  # a run shorter than the window may have fewer
         row["period"] = orbit.period_label(orbit.orbit_period(series))
+
+
+def _edge_columns(records: list[dict], half: float, row: dict, curve: dict) -> None:
+    """With the EdgeRadius observer: the edge radius over the last half (median, IQR) into
+    `row`, its curve into `curve`."""
     edge = linearisation.EdgeRadius.read(records)
     if edge.steps.size:
         at, radius = edge.member("radius", 0)
-        late = radius[at >= done["steps"] / 2]
+        late = radius[at >= half]
         row["edge_radius"] = float(np.median(late))
         row["edge_radius_iqr"] = float(np.subtract(*np.percentile(late, [75, 25])))
         curve["edge_steps"], curve["edge_radius"] = at.tolist(), radius.tolist()
+
+
+def _regions_columns(records: list[dict], row: dict, curve: dict) -> None:
+    """With the Regions observer: per layer the transitioning fraction at the first and the
+    last measurement (Regions.summary) into `row`, the curves into `curve`."""
     bands = regions.Regions.read(records)
-    layers = [f.split("/", 1)[1] for f in bands.values if f.startswith("transitioning/")]
-    if layers:
-        transitioning = {
-            layer: bands.member(f"transitioning/{layer}", 0)[1].tolist() for layer in layers
-        }
-        row["transitioning_first"] = _layers({k: v[0] for k, v in transitioning.items()})
-        row["transitioning_last"] = _layers({k: v[-1] for k, v in transitioning.items()})
+    transitioning = regions.Regions.transitioning(bands, 0)
+    if transitioning:
+        shown = regions.Regions.summary(bands, 0)
+        row["transitioning_first"] = _layers(shown["initial_transitioning"])
+        row["transitioning_last"] = _layers(shown["last_transitioning"])
         curve["regions_steps"] = bands.steps.tolist()
-        curve["transitioning"] = transitioning
-    return row, curve
+        curve["transitioning"] = {layer: v.tolist() for layer, v in transitioning.items()}
 
 
 def _layers(fractions: dict) -> str:

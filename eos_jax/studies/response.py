@@ -33,10 +33,11 @@ import dataclasses
 import os
 import re
 
+import jax
 import ml_collections
 import numpy as np
 
-from eos_jax import numerics, recipe, results
+from eos_jax import bits, numerics, recipe, results
 from eos_jax.analysis import divergence, lyapunov, plots, regions
 from eos_jax.analysis import response as linear_response
 from eos_jax.models import create_model
@@ -79,14 +80,6 @@ class ResponseRun(PlannedRun):
     seed: int = 0
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _distinct(name: str, values, allowed, what: str) -> tuple:
     """The values of response.{name}: ValueError naming the field, the value and `what` is
     allowed, unless they are one or more allowed values, each once."""
@@ -105,19 +98,20 @@ def plan(config) -> list[ResponseRun]:
         "activations", s.activations, lambda a: a in ACTIVATIONS, ", ".join(ACTIVATIONS)
     )
     chosen = _distinct("sources", s.sources, lambda x: x in SOURCES, ", ".join(SOURCES))
-    lrs = _distinct("lrs", s.lrs, lambda lr: _is_number(lr) and lr > 0, "numbers > 0")
-    seeds = _distinct("seeds", s.seeds, lambda x: _is_int(x) and x >= 0, "integers >= 0")
-    if len(tuple(s.ks)) != 2 or s.ks[0] == s.ks[1]:
-        raise ValueError(f"response.ks={tuple(s.ks)!r} must be two different k values")
-    if not _is_int(s.ulps) or s.ulps == 0:
+    lrs = _distinct("lrs", s.lrs, lambda lr: recipe.is_number(lr) and lr > 0, "numbers > 0")
+    seeds = _distinct("seeds", s.seeds, lambda x: recipe.is_int(x) and x >= 0, "integers >= 0")
+    ks = tuple(s.ks)
+    if len(ks) != 2 or ks[0] == ks[1] or not all(recipe.is_int(k) and k >= 1 for k in ks):
+        raise ValueError(f"response.ks={ks!r} must be two different k values, integers >= 1")
+    if not recipe.is_int(s.ulps) or s.ulps == 0:
         raise ValueError(f"response.ulps={s.ulps!r} must be a nonzero integer")
     for name in ("every_steps", "switches_every_steps"):
-        if not _is_int(s[name]) or s[name] < 1:
+        if not recipe.is_int(s[name]) or s[name] < 1:
             raise ValueError(f"response.{name}={s[name]!r} must be an integer >= 1")
     observed = s.get("observed_steps")
-    if observed is not None and not (_is_int(observed) and observed >= 1):
+    if observed is not None and not (recipe.is_int(observed) and observed >= 1):
         raise ValueError(f"response.observed_steps={observed!r} must be None or an integer >= 1")
-    if not (_is_number(s.leave_ratio) and s.leave_ratio > 1):
+    if not (recipe.is_number(s.leave_ratio) and s.leave_ratio > 1):
         raise ValueError(f"response.leave_ratio={s.leave_ratio!r} must be a number > 1")
     recipe.validate(config)
     runs = []
@@ -163,18 +157,35 @@ def _trainer(config, r: ResponseRun, dataset, workdir: str) -> trainer.Trainer:
     return trainer.Trainer(ens, r.recipe, os.path.join(workdir, r.name), observers)
 
 
+def _check_tensor(tensor, runs, trainers) -> None:
+    """ValueError naming response.tensor unless the ulp_init runs' model has that tensor
+    (read from the parameter shapes: nothing is computed)."""
+    for r in runs:
+        if r.source == "ulp_init":
+            shapes = trainers[r.name].ensemble.param_shapes()
+            flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+            known = [bits.path_name(path) for path, _ in flat]
+            if tensor not in known:
+                raise ValueError(
+                    f"response.tensor={tensor!r} is no parameter of the model; known: "
+                    f"{', '.join(known)}"
+                )
+            return
+
+
 def execute(config, workdir: str, planned: list | None = None) -> dict:
     """Trains every run (resuming, skipping finished ones), writes the table and figure.
     x64 must be on (configure_numerics); planned: `plan(config)` when already made."""
     runs = plan(config) if planned is None else planned
     dataset = build.dataset(config)
     size = config.response.switches_size
-    if not (_is_int(size) and 1 <= size <= dataset.num_train):
+    if not (recipe.is_int(size) and 1 <= size <= dataset.num_train):
         raise ValueError(
             f"response.switches_size={size!r} must be an integer in [1, {dataset.num_train}] "
             "(the first training examples)"
         )
     trainers = {r.name: _trainer(config, r, dataset, workdir) for r in runs}
+    _check_tensor(config.response.tensor, runs, trainers)
     summaries = train_all(config, workdir, trainers, keep_going=True, release_programs=True)
     rows, curves = [], {}
     for r in runs:
@@ -257,63 +268,99 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     with the prediction of the group's most skilful feature beside the observed value).
     Empty with fewer than 4 finished runs."""
     done = [r for r in rows if r.get("status") == "finished" and "churn_end" in r]
-    groups = {"all runs": done}
-    for activation in dict.fromkeys(r["activation"] for r in done):
-        groups[f"{activation} only"] = [r for r in done if r["activation"] == activation]
-    by_source = dict.fromkeys(r.get("source") for r in done)
-    for source in by_source if len(by_source) > 1 else ():
-        groups[f"{source} only"] = [r for r in done if r.get("source") == source]
     skill, predictions = [], []
-    for group, members in groups.items():
+    for group, members in _forecast_groups(done).items():
         for target in FORECAST_TARGETS:
             floor = churn_floor if target == "churn_end" else 0.0
             best = None
             for feature, read in FORECAST_FEATURES.items():
-                known = [(r, read(r)) for r in members if max(r[target], floor) > 0]
-                known = [(r, v) for r, v in known if v is not None and np.isfinite(v)]
-                used = [r for r, _ in known]
-                x = np.array([v for _, v in known])
-                y = np.log10([max(r[target], floor) for r in used])
-                shared = [_member0(r) for r in used]
-                if len(set(shared)) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+                fitted = _fit_feature(members, target, floor, read)
+                if fitted is None:
                     continue  # nothing to fit, or nothing to predict
-                predicted = _leave_one_out(x, y, shared)
-                baseline = _leave_one_out(np.zeros_like(x), y, shared)
-                rms = float(np.sqrt(np.mean((predicted - y) ** 2)))
-                rms0 = float(np.sqrt(np.mean((baseline - y) ** 2)))
-                score = 1 - rms / rms0 if rms0 > 0 else float("nan")
+                used, y, fit = fitted
                 skill.append(
                     {
                         "runs of": group,
                         "target": target,
                         "feature": feature,
                         "runs": len(used),
-                        "rms error (log10)": rms,
-                        "error factor": 10**rms,
-                        "rms of the mean (log10)": rms0,
-                        "skill": score,
+                        "rms error (log10)": fit.rms,
+                        "error factor": 10**fit.rms,
+                        "rms of the mean (log10)": fit.rms_of_mean,
+                        "skill": fit.skill,
                     }
                 )
                 # by skill: features read on different runs have different baselines
-                if score > (-np.inf if best is None else best[0]):
-                    best = (score, feature, used, predicted, y)
-            if best is None:
-                continue
-            _, feature, used, predicted, y = best
-            predictions += [
-                {
-                    "runs of": group,
-                    "target": target,
-                    "feature": feature,
-                    "name": r["name"],
-                    "activation": r["activation"],
-                    "observed": float(10**yi),
-                    "predicted": float(10**pi),
-                    "error factor": float(10 ** abs(pi - yi)),
-                }
-                for r, pi, yi in zip(used, predicted, y, strict=True)
-            ]
+                if fit.skill > (-np.inf if best is None else best[0].skill):
+                    best = (fit, feature, used, y)
+            if best is not None:
+                predictions += _forecast_rows(group, target, *best)
     return skill, predictions
+
+
+def _forecast_groups(done: list[dict]) -> dict[str, list[dict]]:
+    """{group: its runs}: all runs, each activation's, and each source's where there are
+    several."""
+    groups = {"all runs": done}
+    for activation in dict.fromkeys(r["activation"] for r in done):
+        groups[f"{activation} only"] = [r for r in done if r["activation"] == activation]
+    by_source = dict.fromkeys(r.get("source") for r in done)
+    for source in by_source if len(by_source) > 1 else ():
+        groups[f"{source} only"] = [r for r in done if r.get("source") == source]
+    return groups
+
+
+def _fit_feature(members: list[dict], target: str, floor: float, read):
+    """(the runs used, their log10 target, the LeaveOneOut fit of it on the feature `read`),
+    or None where fewer than 4 member-0 groups have both or either is constant."""
+    known = [(r, read(r)) for r in members if max(r[target], floor) > 0]
+    known = [(r, v) for r, v in known if v is not None and np.isfinite(v)]
+    used = [r for r, _ in known]
+    x = np.array([v for _, v in known])
+    y = np.log10([max(r[target], floor) for r in used])
+    shared = [_member0(r) for r in used]
+    if len(set(shared)) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return used, y, fit_leave_one_out(x, y, shared)
+
+
+def _forecast_rows(group: str, target: str, fit, feature: str, used, y) -> list[dict]:
+    """One row per run of the group: the best feature's prediction beside the observed."""
+    return [
+        {
+            "runs of": group,
+            "target": target,
+            "feature": feature,
+            "name": r["name"],
+            "activation": r["activation"],
+            "observed": float(10**yi),
+            "predicted": float(10**pi),
+            "error factor": float(10 ** abs(pi - yi)),
+        }
+        for r, pi, yi in zip(used, fit.predicted, y, strict=True)
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaveOneOut:
+    """A straight line's leave-one-out predictions of y from x, their RMS error, that of
+    predicting the other points' mean, and the skill 1 - rms / rms_of_mean (NaN where the
+    mean predicts exactly)."""
+
+    predicted: np.ndarray
+    rms: float
+    rms_of_mean: float
+    skill: float
+
+
+def fit_leave_one_out(x: np.ndarray, y: np.ndarray, shared: list) -> LeaveOneOut:
+    """The leave-one-out regression of y on x, leaving out with each point those that share
+    its `shared` key."""
+    predicted = _leave_one_out(x, y, shared)
+    baseline = _leave_one_out(np.zeros_like(x), y, shared)
+    rms = float(np.sqrt(np.mean((predicted - y) ** 2)))
+    rms0 = float(np.sqrt(np.mean((baseline - y) ** 2)))
+    return LeaveOneOut(predicted, rms, rms0, 1 - rms / rms0 if rms0 > 0 else float("nan"))
 
 
 def _member0(row: dict) -> tuple:
@@ -383,32 +430,66 @@ def first_jump(values: np.ndarray, factor: float) -> int | None:
 
 
 def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: float):
-    """One run's row and curve, from its records (through the observers' readers)."""
+    """One run's row and curve, from its records (through the observers' readers and their
+    summaries)."""
     row = {"name": r.name, "activation": r.activation, "source": r.source, "lr": r.lr}
     row.update(seed=r.seed, status=done.get("status", "finished"))
     resp = linear_response.LinearResponse.read(records)
-    steps_ = resp.steps
-    delta, ratio = resp["delta"][1], resp["ratio_r"][1]
-    switch_series = regions.Switches.read(records)
-    per_layer = [v[1] for f, v in switch_series.values.items() if f.startswith("switched/")]
-    switched = np.sum(per_layer, axis=0) if per_layer else np.zeros(len(switch_series.steps))
-    first = regions.Switches.first_switch(switch_series)
+    switches_at, layer_steps = _switches(regions.Switches.read(records))
+    rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
+    row.update(_event_columns(resp, leave_ratio, rounding_jump, switches_at, layer_steps))
+    growth = lyapunov.Lyapunov.read(records)
+    row.update(_end_columns(resp, growth, switches_at))
+    if rounding_jump is not None:  # the step it happens in: r, N and Delta before and after
+        row.update(_jump_columns(resp, rounding_jump))
+    distances = divergence.MemberDistance.read(records)
+    if distances.steps.size:  # the twins at the last step trained (the run's end)
+        twin = divergence.MemberDistance.summary(distances, 1)
+        row.update(
+            run_steps=int(distances.steps[-1]),
+            churn_end=twin["churn"],
+            weight_D_end=twin["params_rel_l1"],
+        )
+    curve = {
+        "activation": r.activation,
+        "source": r.source,
+        "label": f"lr {r.lr} seed {r.seed}",
+        "steps": resp.steps.tolist(),
+        "delta": resp["delta"][1].tolist(),
+        "response_r": resp["response_r"][1].tolist(),
+        "response_f": resp["response_f"][1].tolist(),
+        "first_switches": sorted(layer_steps.values()),
+        "leaves_at": row["leaves_at"],
+        "rounding_jump_at": row["rounding_jump_at"],
+    }
+    return row, curve
+
+
+def _switches(series):
+    """(switches_at(step): member 1's switched pre-activations over all layers at a recorded
+    step, None where none was recorded; {layer: the first step with a switch there})."""
+    per_layer = [v[1] for f, v in series.values.items() if f.startswith("switched/")]
+    switched = np.sum(per_layer, axis=0) if per_layer else np.zeros(len(series.steps))
+    first = regions.Switches.first_switch(series)
     layer_steps = {layer: v[1] for layer, v in first.items() if not np.isnan(v[1])}
 
     def switches_at(step):
-        at = np.flatnonzero(switch_series.steps == step)
+        at = np.flatnonzero(series.steps == step)
         return int(switched[at[0]]) if at.size else None
 
-    rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
+    return switches_at, layer_steps
+
+
+def _event_columns(resp, leave_ratio: float, rounding_jump, switches_at, layer_steps) -> dict:
+    """When the twins leave the linear response (||Delta|| / ||delta^r|| > leave_ratio), are
+    restrained (< 1 / leave_ratio), first switch, and the rounding jump; the switches, N and
+    the layer holding most of ||Delta||^2 there."""
+    steps_, ratio = resp.steps, resp["ratio_r"][1]
     left = np.flatnonzero(ratio > leave_ratio)
     leave = int(left[0]) if left.size else None
     restrained = np.flatnonzero(ratio < 1 / leave_ratio)
     before = None if leave is None or leave == 0 else leave - 1
-    end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
-    growth = lyapunov.Lyapunov.read(records)
-    log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
-    span = steps_[end] - steps_[mid]
-    row.update(
+    return dict(
         steps=int(steps_[-1]),
         leaves_at=None if leave is None else int(steps_[leave]),
         rounding_jump_at=None if rounding_jump is None else int(steps_[rounding_jump]),
@@ -420,10 +501,24 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         first_switch=int(min(layer_steps.values())) if layer_steps else None,
         first_switch_layer=min(layer_steps, key=layer_steps.get) if layer_steps else None,
         top_layer_leave=None if leave is None else _top(layer_shares(resp, leave)),
-        top_layer_end=_top(layer_shares(resp, end)),
-        delta_end=_value(delta[end]),
-        response_r_end=_value(resp["response_r"][1, end]),
-        response_f_end=_value(resp["response_f"][1, end]),
+        top_layer_end=_top(layer_shares(resp, len(steps_) - 1)),
+    )
+
+
+def _end_columns(resp, growth, switches_at) -> dict:
+    """||Delta||, ||delta^r||, ||delta^f|| and their ratios at the last observed step
+    (LinearResponse.summary); over the second half, the growth of log ||Delta|| beside the
+    tangent's exponent and the restraint; the exponent over the observed steps; switches at
+    the end."""
+    steps_, delta, ratio = resp.steps, resp["delta"][1], resp["ratio_r"][1]
+    end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
+    log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
+    span = steps_[end] - steps_[mid]
+    last = linear_response.LinearResponse.summary(resp)
+    return dict(
+        delta_end=_value(last["delta_end"]),
+        response_r_end=_value(last["response_r_end"]),
+        response_f_end=_value(last["response_f_end"]),
         ratio_r_end=_value(ratio[end]),
         ratio_f_end=_value(resp["ratio_f"][1, end]),
         delta_growth_late=_value(np.log(delta[end] / delta[mid]) / span)
@@ -435,32 +530,15 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         exponent_observed=_value(log_growth[end] / steps_[end]) if steps_[end] > 0 else None,
         switches_end=switches_at(steps_[end]),
     )
-    if rounding_jump is not None:  # the step it happens in: r, N and Delta before and after
-        at = {q: resp[q][1] for q in ("forcing_r", "nonlinear", "delta", "response_r")}
-        row.update(
-            rounding_jump=_value(at["forcing_r"][rounding_jump]),
-            nonlinear_at_jump=_value(at["nonlinear"][rounding_jump]),
-            delta_before_jump=_value(at["delta"][rounding_jump - 1]),
-            delta_at_jump=_value(at["delta"][rounding_jump]),
-            response_r_at_jump=_value(at["response_r"][rounding_jump]),
-        )
-    distances = divergence.MemberDistance.read(records)
-    if distances.steps.size:  # the twins at the last step trained (the run's end)
-        row.update(
-            run_steps=int(distances.steps[-1]),
-            churn_end=float(distances["churn"][1, -1]),
-            weight_D_end=float(distances["params_rel_l1"][1, -1]),
-        )
-    curve = {
-        "activation": r.activation,
-        "source": r.source,
-        "label": f"lr {r.lr} seed {r.seed}",
-        "steps": steps_.tolist(),
-        "delta": delta.tolist(),
-        "response_r": resp["response_r"][1].tolist(),
-        "response_f": resp["response_f"][1].tolist(),
-        "first_switches": sorted(layer_steps.values()),
-        "leaves_at": row["leaves_at"],
-        "rounding_jump_at": row["rounding_jump_at"],
-    }
-    return row, curve
+
+
+def _jump_columns(resp, jump: int) -> dict:
+    """||r|| and ||N|| at the rounding jump, ||Delta|| before and at it, ||delta^r|| at it."""
+    at = {q: resp[q][1] for q in ("forcing_r", "nonlinear", "delta", "response_r")}
+    return dict(
+        rounding_jump=_value(at["forcing_r"][jump]),
+        nonlinear_at_jump=_value(at["nonlinear"][jump]),
+        delta_before_jump=_value(at["delta"][jump - 1]),
+        delta_at_jump=_value(at["delta"][jump]),
+        response_r_at_jump=_value(at["response_r"][jump]),
+    )

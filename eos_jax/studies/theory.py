@@ -8,14 +8,12 @@ returns the summary. experiments/theory.py is the command-line main around it.
 
 from __future__ import annotations
 
-import math
-import numbers
 import os
 
 import numpy as np
 import tqdm
 
-from eos_jax import numerics, results
+from eos_jax import numerics, recipe, results
 from eos_jax.analysis import one_layer, pde, theory_plots
 
 POLICY = numerics.DtypePolicy("fp64", "fp64")
@@ -81,7 +79,7 @@ def run_heat(config, workdir):
                 "dt": dt,
                 "von Neumann dt bound": von_neumann,
                 "finite-grid dt bound": dirichlet,
-                "predicted spectral radius": pde.spectral_radius(eigenvalues, dt),
+                "predicted spectral radius": pde.max_amplification(eigenvalues, dt),
                 "observed growth/step": pde.observed_growth_rate(u),
                 "predicted": "stable" if dt <= von_neumann else "unstable",
                 "observed": "stable" if growth <= 1 else "unstable",
@@ -123,7 +121,7 @@ def run_linear_pde(config, workdir):
         )
         norms[alpha] = np.sqrt(np.sum(iterates**2, axis=(1, 2)))
         observed[alpha] = pde.observed_growth_rate(iterates)
-        predicted[alpha] = pde.spectral_radius(alpha + spectra.transitioning, config.lr)
+        predicted[alpha] = pde.max_amplification(alpha + spectra.transitioning, config.lr)
         rows += [{"alpha": alpha, "step": t, "kernel_norm": n} for t, n in enumerate(norms[alpha])]
         table.append(
             {
@@ -322,20 +320,12 @@ EXPERIMENTS = {
 }
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _positive(value) -> bool:
-    return _is_real(value) and value > 0
+    return recipe.is_number(value) and value > 0
 
 
 def _non_negative(value) -> bool:
-    return _is_real(value) and value >= 0
+    return recipe.is_number(value) and value >= 0
 
 
 def _rules(config, experiment: str) -> dict:
@@ -353,29 +343,29 @@ def _rules(config, experiment: str) -> dict:
         return check
 
     def steps(minimum, why):
-        return (lambda v: _is_int(v) and v >= minimum, f"an integer >= {minimum} ({why})")
+        return (lambda v: recipe.is_int(v) and v >= minimum, f"an integer >= {minimum} ({why})")
 
     growth = steps(pde.MIN_GROWTH_STEPS, "the observed growth rate needs them")
     diagnosis = steps(one_layer.MIN_CLASSIFY_STEPS, "the run classification needs them")
     lrs = (sequence(_positive), "a non-empty sequence of numbers > 0")
     one_layer_fields = {
-        "image_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2"),
+        "image_size": (lambda v: recipe.is_int(v) and v >= 2, "an integer >= 2"),
         "kernel_size": (
-            lambda v: _is_int(v) and 0 < v < config.image_size,
+            lambda v: recipe.is_int(v) and 0 < v < config.image_size,
             f"an integer with 0 < kernel_size < image_size = {config.get('image_size')!r}",
         ),
-        "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
+        "seed": (lambda v: recipe.is_int(v) and 0 <= v < 2**32, "an integer in [0, 2**32)"),
         "init_std": (_positive, "a number > 0"),
         "beta": (_positive, "a number > 0"),
-        "label": (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]"),
+        "label": (lambda v: recipe.is_number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     }
     if experiment == "heat":
         return {
-            "points": (lambda v: _is_int(v) and v >= 3, "an integer >= 3"),
+            "points": (lambda v: recipe.is_int(v) and v >= 3, "an integer >= 3"),
             "dts": (sequence(_positive), "a non-empty sequence of numbers > 0"),
             "steps": growth,
             "shown_steps": (
-                sequence(lambda t: _is_int(t) and 0 <= t <= config.steps),
+                sequence(lambda t: recipe.is_int(t) and 0 <= t <= config.steps),
                 f"a non-empty sequence of integers in [0, steps = {config.get('steps')!r}]",
             ),
         }
@@ -396,12 +386,12 @@ def _rules(config, experiment: str) -> dict:
         return one_layer_fields | {
             "alpha": (_non_negative, "a number >= 0"),
             "lrs": lrs,
-            "steps": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "steps": (lambda v: recipe.is_int(v) and v >= 1, "an integer >= 1"),
             "k_pair": (
-                sequence(lambda k: _is_int(k) and k >= 1, length=2),
+                sequence(lambda k: recipe.is_int(k) and k >= 1, length=2),
                 "two positive integers (the twins' perturbations k)",
             ),
-            "window": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+            "window": (lambda v: recipe.is_int(v) and v >= 1, "an integer >= 1"),
             "amplified_level": (_positive, "a number > 0"),
         }
     return one_layer_fields | {  # phase
@@ -420,7 +410,7 @@ def validate(config) -> None:
     experiment = config.get("experiment")
     if experiment not in EXPERIMENTS:
         known = ", ".join(EXPERIMENTS)
-        raise ValueError(f"unknown experiment {experiment!r}; known: {known}")
+        raise ValueError(f"config.experiment={experiment!r}; known: {known}")
     rules = _rules(config, experiment)
     missing = [name for name in rules if name not in config]
     if missing:

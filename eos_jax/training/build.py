@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from eos_jax import recipe
 from eos_jax.data import BatchStream, Dataset, load_dataset
+from eos_jax.data.datasets import KNOWN_NAMES
 from eos_jax.data.pipeline import DEFAULT_CROP_PADDING
-from eos_jax.models import create_model
+from eos_jax.models import MODELS, create_model
 from eos_jax.training import optim
+
+
+def check_names(config) -> None:
+    """ValueError naming config.model or config.dataset when unknown, with the known ones."""
+    if config.model not in MODELS:
+        raise ValueError(f"config.model={config.model!r}; known: {', '.join(MODELS)}")
+    if config.dataset not in KNOWN_NAMES:
+        raise ValueError(f"config.dataset={config.dataset!r}; known: {', '.join(KNOWN_NAMES)}")
 
 
 def dataset(config) -> Dataset:

@@ -1,14 +1,15 @@
 """Periodic observers of a training run: logging, evaluation and checkpointing.
 
 An observer runs every `every_steps` steps and at the last step (at step 0 too if
-`at_start`), reads the run through `Run` (device values are fetched only then), and writes
-records of its `kind` to metrics.jsonl (`write`). It owns their layout: `read(records)`
-gives them back as arrays by member and step (a `Series`), and summaries, study tables and
-figures read through it, never through the records' keys. `summarize` derives its part of
-summary.json from the records. What an observer propagates from step to step (a response
-carried forward, warm-start vectors) is explicit: its `carried` pytree of arrays, set in
-`start` and saved with every checkpoint, so that a resumed run writes exactly the records
-of an uninterrupted one. Measurements that
+`at_start`: its `cadence`, which `itstime` alone decides), reads the run through `Run`
+(device values are fetched only then), and writes records of its `kind` to metrics.jsonl
+(`write`). It owns their layout: `read(records)` gives them back as arrays by member and
+step (a `Series`), and summaries, study tables and figures read through it, never through
+the records' keys. `summarize` derives its part of summary.json from the records (through
+the observer's `summary` of its Series, which studies read too). What an observer
+propagates from step to step (a response carried forward, warm-start vectors) is explicit:
+its `carried` pytree of arrays, set in `start` and saved with every checkpoint, so that a
+resumed run writes exactly the records of an uninterrupted one. Measurements that
 compare members live in eos_jax.analysis (they import this module, never the other way
 round).
 """
@@ -69,6 +70,34 @@ def record_fields(*names: str) -> dict[str, Callable[[dict], float]]:
     return {name: (lambda record, name=name: record.get(name)) for name in names}
 
 
+def itstime(
+    step: int,
+    every_steps: int,
+    *,
+    at_start: bool = False,
+    at: tuple = (),
+    first_step: int = 0,
+    last_step: int | None = None,
+    before: bool = False,
+) -> bool:
+    """Whether an observer runs after `step` steps: the one cadence rule (big_vision's
+    itstime). Every `every_steps` steps and at the steps in `at` (a run's last step); at step
+    0 only if `at_start`; never before `first_step`; never after `last_step`, and at it;
+    with `before`, also at the step before each of those (not step 0: the iterate a
+    measurement at the next step needs)."""
+    if (
+        before
+        and step > 0
+        and itstime(step + 1, every_steps, at=at, last_step=last_step, first_step=first_step)
+    ):
+        return True
+    if step == 0:
+        return at_start
+    if step < first_step or (last_step is not None and step > last_step):
+        return False
+    return step % every_steps == 0 or step in at or step == last_step
+
+
 class Observer:
     """Base class: override `__call__(run)` and, if it adds to the summary, `summarize`.
 
@@ -104,18 +133,19 @@ class Observer:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} {field}={value!r} must be an integer >= 1")
 
-    def observes(self, step: int) -> bool:
-        """False after last_step: the observer watches no later step."""
-        return self.last_step is None or step <= self.last_step
+    def cadence(self, run) -> dict:
+        """When the observer runs, as itstime's options: every every_steps steps, at step 0 if
+        at_start, at the run's last step, up to and at last_step."""
+        return {
+            "every_steps": self.every_steps,
+            "at_start": self.at_start,
+            "at": (run.num_steps,),
+            "last_step": self.last_step,
+        }
 
     def due(self, step: int, run) -> bool:
-        """At step 0 if at_start; every every_steps steps, the run's last and last_step; never
-        after last_step."""
-        if step == 0:
-            return self.at_start
-        if not self.observes(step):
-            return False
-        return step % self.every_steps == 0 or step in (run.num_steps, self.last_step)
+        """Whether the observer runs after `step` steps (itstime of its cadence)."""
+        return itstime(step, **self.cadence(run))
 
     def __call__(self, run) -> None:
         raise NotImplementedError
@@ -259,8 +289,10 @@ class Checkpoint(Observer):
     def __init__(self, checkpointer, every_steps: int, saved=lambda states: states):
         self.checkpointer, self.every_steps, self.saved = checkpointer, every_steps, saved
 
-    def due(self, step: int, run) -> bool:
-        return step > 0 and (super().due(step, run) or step == run.end)
+    def cadence(self, run) -> dict:
+        """Also where the run ends early (run.end)."""
+        cadence = super().cadence(run)
+        return cadence | {"at": (*cadence["at"], run.end)}
 
     def __call__(self, run) -> None:
         run.check_finite("weights", [m.params for m in run.members()])

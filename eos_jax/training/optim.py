@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eos_jax import recipe
+
 
 class StepDecay:
     """Piecewise-constant lr: base_lr, changed at each boundary step by factor or divisor.
@@ -133,7 +135,7 @@ class TorchSgdState(NamedTuple):
     alpha: jax.Array  # float32(-lr * k) per schedule piece, lr * k formed in double
 
 
-ARITHMETICS = ("as_written", "torch_cpu", "authors_cuda")
+ARITHMETICS = recipe.ARITHMETICS
 
 
 def _host_lr(learning_rate) -> tuple[tuple[float, ...], Callable]:

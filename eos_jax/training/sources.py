@@ -29,7 +29,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
-from eos_jax import bits, numerics
+from eos_jax import bits, numerics, recipe
 
 KINDS = ("control", "rounding", "stochastic")
 UNCHANGED = -1  # the value of bitflip_init / reduction_order that leaves the recipe alone
@@ -51,7 +51,7 @@ class InitEdit:
             raise ValueError(
                 f"unknown init edit kind {self.kind!r}; allowed: {', '.join(EDIT_KINDS)}"
             )
-        if not all(_is_int(i) for i in self.index):
+        if not all(recipe.is_int(i) for i in self.index):
             raise ValueError(
                 f"init edit index {self.index!r} must be integers (or () = first "
                 "normal nonzero entry)"
@@ -150,13 +150,9 @@ def names(kind: str | None = None) -> tuple[str, ...]:
     return tuple(n for n, s in SOURCES.items() if kind is None or s.kind == kind)
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def _check_int(source: str, value, minimum: int, meaning: str) -> int:
     """value as an int, or a ValueError naming it and what is allowed."""
-    if not _is_int(value) or value < minimum:
+    if not recipe.is_int(value) or value < minimum:
         raise ValueError(f"{source} needs integers {meaning}, got {value!r}")
     return int(value)
 
@@ -181,7 +177,7 @@ def make_members(
     if reason:
         raise ValueError(f"source {source!r} does not apply to this recipe: {reason}")
     if not values:
-        if not _is_int(count) or count < 2:
+        if not recipe.is_int(count) or count < 2:
             raise ValueError(f"a twins ensemble needs at least 2 members, got count={count!r}")
         values = src.default_values(count, config)
     values = tuple(values)

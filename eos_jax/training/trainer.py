@@ -164,62 +164,85 @@ class Trainer:
     def run(self, stop_at_step: int | None = None) -> dict:
         """Trains to the end (or to stop_at_step, checkpointed: run again to continue),
         resuming from the latest checkpoint in workdir. Returns the summary."""
-        config, ensemble, workdir = self.config, self.ensemble, self.workdir
+        config, ensemble = self.config, self.ensemble
         recipe.validate(config, stop_at_step)
         states, self._initial = self.prepare(), None  # the step donates them
         num_steps = self.num_steps
         # Only now that everything is validated and builds does anything go to disk.
-        policy = recipe.dtype_policy(ensemble.members[0].config)
-        saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
-        primary = distributed.is_primary()
-        if primary:
-            results.prepare_workdir(
-                workdir,
-                saved,
-                numerics.fingerprint(policy, config, mesh_lib.describe(ensemble.mesh)),
-            )
+        self._prepare_workdir()
         self.checkpointer = Checkpointer(
-            os.path.join(workdir, "checkpoints"), config.get("max_checkpoints", 2)
+            os.path.join(self.workdir, "checkpoints"), config.get("max_checkpoints", 2)
         )
         start = self.checkpointer.latest_step() or 0
         end = num_steps if stop_at_step is None else max(start, min(stop_at_step, num_steps))
         run = Run(self, NullWriter(), num_steps, end, bar=None)
-        run.at(0, states, {})
-        for o in self.observers:  # what they carry starts here (the shapes a restore reads)
-            o.start(run)
-        if start:
-            states = self._restore(states)
-            restored = sorted({int(m.step) for m in ensemble.unpack(states)})
-            if restored != [start]:
-                raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
-            run.at(start, states, {})
-            for o in self.observers:
-                o.start(run)
-        if primary:  # records after the restored step (all of them, from 0) will be redone
-            truncate_metrics(workdir, start)
+        states = self._start(run, states, start)
         observers = [
             *self.observers,
             obs.Checkpoint(self.checkpointer, config.checkpoint_every_steps, self._saved),
         ]
         t0 = time.time()
-        with results.MetricsWriter(workdir) if primary else NullWriter() as writer:
+        states = self._train(run, observers, states, start)
+        self.checkpointer.close()
+        members = ensemble.unpack(states)
+        if run.end < run.num_steps:
+            return {
+                "stopped_at_step": run.end,
+                "steps": run.num_steps,
+                "params_hashes": obs.params_hashes(members),
+            }
+        return self._finish(run, observers, members, start, t0)
+
+    def _prepare_workdir(self) -> None:
+        """The work directory for this recipe, ensemble and numerics (process 0 only)."""
+        config, ensemble = self.config, self.ensemble
+        if not distributed.is_primary():
+            return
+        policy = recipe.dtype_policy(ensemble.members[0].config)
+        saved = {**results.as_dict(config), "ensemble": ensemble.describe(config)}
+        results.prepare_workdir(
+            self.workdir,
+            saved,
+            numerics.fingerprint(policy, config, mesh_lib.describe(ensemble.mesh)),
+        )
+
+    def _start(self, run: Run, states, start: int):
+        """The observers started at step 0, then, resuming, the latest checkpoint restored
+        and the observers started again there; the records after it dropped. Returns the
+        states to train from."""
+        run.at(0, states, {})
+        for o in self.observers:  # what they carry starts here (the shapes a restore reads)
+            o.start(run)
+        if start:
+            states = self._restore(states)
+            restored = sorted({int(m.step) for m in self.ensemble.unpack(states)})
+            if restored != [start]:
+                raise CheckpointError(f"checkpoint {start} holds the states of steps {restored}")
+            run.at(start, states, {})
+            for o in self.observers:
+                o.start(run)
+        if distributed.is_primary():  # records after the restored step (all, from 0) are redone
+            truncate_metrics(self.workdir, start)
+        return states
+
+    def _train(self, run: Run, observers: list, states, start: int):
+        """The loop with metrics.jsonl open (process 0) and the progress bar closed after it;
+        Ctrl-C: TrainingInterrupted naming the step and the last checkpoint."""
+        primary = distributed.is_primary()
+        with results.MetricsWriter(self.workdir) if primary else NullWriter() as writer:
             run.writer = writer
             try:
-                states = self._loop(run, observers, states, start)
+                return self._loop(run, observers, states, start)
             except KeyboardInterrupt:
                 raise TrainingInterrupted(run.step, self.checkpointer.latest_step()) from None
             finally:  # before any error line, so that it does not follow the bar on its line
                 if run.bar is not None:
                     run.bar.close()
-        num_steps, end = run.num_steps, run.end
-        self.checkpointer.close()
-        members = ensemble.unpack(states)
-        if end < num_steps:
-            return {
-                "stopped_at_step": end,
-                "steps": num_steps,
-                "params_hashes": obs.params_hashes(members),
-            }
+
+    def _finish(self, run: Run, observers: list, members, start: int, t0: float) -> dict:
+        """The finished run's summary (each observer adds its part), written last: it marks
+        the run finished. Other processes return it unwritten."""
+        config, ensemble, num_steps = self.config, self.ensemble, run.num_steps
         summary = {
             "status": "finished",
             "steps": num_steps,
@@ -237,12 +260,12 @@ class Trainer:
             summary.update(
                 goal=run.stop_reason, goal_reached_at_step=num_steps, planned_steps=planned
             )
-        if not primary:
+        if not distributed.is_primary():
             return {**summary, "process_index": jax.process_index()}
-        records = read_metrics(workdir)
+        records = read_metrics(self.workdir)
         for o in observers:
             o.summarize(records, summary)
-        results.finish(workdir, summary)
+        results.finish(self.workdir, summary)
         return summary
 
     def _carried(self) -> dict:

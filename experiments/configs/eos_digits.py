@@ -36,7 +36,7 @@ def sweep_runs(*runs: tuple[float, int, str]) -> tuple[str, ...]:
 def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
     c = default.get_config()
     c.model = "mlp"
-    c.model_kwargs = ml_collections.ConfigDict({"hidden": (200, 200), "batch_norm": False})
+    c.model_kwargs = ml_collections.ConfigDict({"hidden": (200, 200), "use_batch_norm": False})
     c.train_subset = 1000
     c.batch_size = 1000  # full batch
     c.loss = "mse"
@@ -95,7 +95,7 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
         # BatchNorm before each tanh makes the hidden weights scale-invariant
         c.eos.runs = sweep_runs(
             *(
-                (2 / 40, 1500, f"model_kwargs.batch_norm=True optimizer.weight_decay={wd}")
+                (2 / 40, 1500, f"model_kwargs.use_batch_norm=True optimizer.weight_decay={wd}")
                 for wd in (0.0, 0.4, 2.0)
             )
         )

@@ -43,9 +43,7 @@ from eos_jax.analysis.one_layer.problem import (
     initial_kernel,
     logit,
     loss,
-    pde_rhs,
     responses,
-    swish_derivative,
 )
 from eos_jax.analysis.one_layer.regions import (
     NEUTRAL_RATE_TOL,
@@ -101,7 +99,6 @@ __all__ = [
     "moving_average",
     "num_valid_positions",
     "patch_span",
-    "pde_rhs",
     "predicted_thresholds",
     "region_counts",
     "region_sequence",
@@ -110,7 +107,6 @@ __all__ = [
     "responses",
     "run_transitioning_pde",
     "step_curvatures",
-    "swish_derivative",
     "tail_start",
     "transitioning_rhs",
     "twin_divergence",

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eos_jax import bits
 from eos_jax.analysis import pde
 from eos_jax.analysis.one_layer.problem import data_loss, jitted_loss
 from eos_jax.training import optim
@@ -97,21 +98,14 @@ def gd_trajectory(
 
 
 def twin_divergence(first: Trajectory, second: Trajectory) -> np.ndarray:
-    """The paper's relative-L1 distance 2 mean(|w1 - w2| / (|w1| + |w2|)) at every iterate.
-
-    On finite iterates this is bits.diff_stats' rel_l1 (0 where the entries are equal). An
-    entry that is not finite in either twin (a blow-up, and the NaN padding after it) counts
-    as fully different, relative difference 1, as in diff_stats: a blown-up pair reads as the
-    maximal divergence 2, never as rounding level.
+    """The paper's relative-L1 distance D = 2 mean(|w1 - w2| / (|w1| + |w2|)) at every
+    iterate (bits.relative_differences, as diff_stats' rel_l1): an entry that is not finite
+    in either twin (a blow-up, and the NaN padding after it) counts as fully different, so a
+    blown-up pair reads as the maximal divergence 2, never as rounding level.
     """
     steps = min(len(first.kernels), len(second.kernels))
     a, b = first.kernels[:steps], second.kernels[:steps]
-    finite = np.isfinite(a) & np.isfinite(b)
-    a0, b0 = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
-    diff, denom = np.abs(a0 - b0), np.abs(a0) + np.abs(b0)
-    rel = np.divide(diff, denom, out=np.zeros_like(diff), where=denom > 0)
-    rel = np.where(finite | (a == b), rel, 1.0)  # equal infinities are not a difference
-    return 2 * np.mean(rel, axis=(1, 2))
+    return 2 * np.mean(bits.relative_differences(a, b), axis=(1, 2))
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:

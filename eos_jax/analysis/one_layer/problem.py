@@ -2,7 +2,7 @@
 
 p = mean_x s((K * I)(x)), s(z) = z sigmoid(beta z); loss = BCE(sigmoid(p), y) + (alpha/2)|K|^2.
 The gradient flow is dK/dt(y) = -a(K) mean_x[s'((K * I)(x)) I(x + y)] - alpha K(y) with
-a = sigmoid(p) - y; `pde_rhs` is that closed form, to check autodiff against.
+a = sigmoid(p) - y (tests/test_theory.py checks autodiff's gradient against it).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eos_jax.models.activations import swish
 from eos_jax.models.one_layer import OneLayerConv, valid_correlation_fft
 
 
@@ -66,20 +65,6 @@ def data_loss(kernel, image, beta: float = 1.0, label=1.0):
 def loss(kernel, image, alpha, beta: float = 1.0, label=1.0):
     """The paper's objective: data loss + (alpha/2) ||K||^2."""
     return data_loss(kernel, image, beta, label) + 0.5 * alpha * jnp.sum(kernel**2)
-
-
-def swish_derivative(z, beta: float = 1.0):
-    """s'(z) = sigmoid(beta z) + beta z sigmoid(beta z) (1 - sigmoid(beta z))."""
-    sig = jax.nn.sigmoid(beta * z)
-    return sig + beta * z * sig * (1 - sig)
-
-
-def pde_rhs(kernel, image, alpha, beta: float = 1.0, label=1.0):
-    """Closed form dK/dt = -a(K) mean_x[s'(z(x)) I(x + y)] - alpha K, a = sigmoid(p) - y."""
-    z = responses(kernel, image)
-    a = jax.nn.sigmoid(jnp.mean(swish(z, beta))) - label
-    weighted_input = valid_correlation_fft(image[None], swish_derivative(z, beta))[0] / z.size
-    return -a * weighted_input - alpha * kernel
 
 
 def hvp(kernel, direction, image, alpha, beta: float = 1.0, label=1.0):

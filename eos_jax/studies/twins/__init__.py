@@ -35,7 +35,7 @@ from eos_jax.studies.runs import NotApplicable, train_all
 from eos_jax.studies.twins import compared, fig2, nested, table1
 from eos_jax.studies.twins.common import TwinsRun
 from eos_jax.training import build, sources, trainer
-from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.ensemble import Ensemble, resolve_strategy
 
 
 class Experiment(NamedTuple):
@@ -105,11 +105,32 @@ def plan(config) -> list[TwinsRun | NotApplicable]:
     """The ensembles an experiment trains. A source that does not apply to the recipe is a
     NotApplicable entry. Every bad setting is a ValueError here (bad tensors / entries: when
     an Ensemble inits)."""
-    experiment = config.twins.experiment
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    _check_settings(config.twins)
     recipe.validate(config)
-    return EXPERIMENTS[experiment].plan(config)
+    return EXPERIMENTS[config.twins.experiment].plan(config)
+
+
+def _check_settings(t) -> None:
+    """The settings every experiment reads, each error naming its field: experiment,
+    strategy, members, divergence_every_steps, and the sources named in sources/compare."""
+    if t.experiment not in EXPERIMENTS:
+        raise ValueError(f"twins.experiment={t.experiment!r}; known: {', '.join(EXPERIMENTS)}")
+    try:
+        resolve_strategy(t.strategy)
+    except ValueError as error:
+        raise ValueError(f"twins.strategy={t.strategy!r}: {error}") from None
+    if not recipe.is_int(t.members) or t.members < 2:
+        raise ValueError(f"twins.members={t.members!r} must be an integer >= 2")
+    every = t.get("divergence_every_steps")
+    if every is not None and (not recipe.is_int(every) or every < 1):
+        raise ValueError(f"twins.divergence_every_steps={every!r} must be None or an integer >= 1")
+    for field in ("sources", "compare"):
+        unknown = [name for name in t[field] if name not in sources.names()]
+        if unknown:
+            raise ValueError(
+                f"twins.{field}={tuple(t[field])}: unknown source {unknown[0]!r}; "
+                f"known: {', '.join(sources.names())}"
+            )
 
 
 def configure_numerics(config) -> list[TwinsRun | NotApplicable]:

@@ -113,7 +113,7 @@ def verdict(config, summaries: dict, prefix: str = "source_") -> str:
         if field in ratios:
             ratio = ratios[field]
             lines.append(statistics.format_estimate(label, ratio))
-            words.append(f"{where}: one rounding spreads the accuracy {statistics.in_words(ratio)}")
+            words.append(f"{where}: one rounding against a new seed: {statistics.in_words(ratio)}")
     return "\n".join(lines + words)
 
 

@@ -41,9 +41,14 @@ def plan_sources(config) -> list[TwinsRun | NotApplicable]:
         if reason:
             runs.append(NotApplicable(f"source_{name}", reason))
             continue
-        members = sources.make_members(
-            config, name, tuple(t.member_values), t.members, t.tensor, t.index
-        )
+        try:
+            members = sources.make_members(
+                config, name, tuple(t.member_values), t.members, t.tensor, t.index
+            )
+        except ValueError as error:
+            if not t.member_values:
+                raise
+            raise ValueError(f"twins.member_values={tuple(t.member_values)}: {error}") from None
         runs.append(TwinsRun(f"source_{name}", config, members))
     return runs
 

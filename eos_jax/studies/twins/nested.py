@@ -102,8 +102,6 @@ def plan(config) -> list[TwinsRun]:
     t = config.twins
     check_list("bases", t.bases, 0)
     rounding, stochastic = _check_sources(t.compare)
-    if isinstance(t.members, bool) or not isinstance(t.members, int) or t.members < 2:
-        raise ValueError(f"twins.members={t.members!r} must be an integer >= 2 (twins a base)")
     runs = []
     for name, base in itertools.product(rounding, t.bases):
         r = _with_seed(config, base)
@@ -177,6 +175,7 @@ def tabulate(config, runs, summaries, workdir) -> dict:
         if row.ratio_distribution is not None:
             lines += _verdict_lines(row, stochastic, pooled[row.source, row.split])
     lines += _agreement_lines(groups)
+    lines += [_headline(g, stochastic, splits) for g in groups if g.source == rounding[0]][-1:]
     seconds = sum(s.get("seconds_this_session", 0.0) for s in summaries.values())
     lines.append(f"wall time of the training this session: {seconds / 60:.1f} min")
     fingerprint = results.read_json(os.path.join(workdir, "fingerprint.json"))
@@ -226,7 +225,7 @@ def _verdict_lines(row: GroupRow, stochastic: str, spreads) -> list[str]:
             continue  # with 100,000 signals the set's part is small: one line says it
         label = f"{row.source}/{stochastic} std ratio, {level} level, on {where}:"
         lines.append(statistics.format_estimate(label, ratio))
-        lines.append(f"  -> one rounding spreads the accuracy {statistics.in_words(ratio)}")
+        lines.append(f"  -> one rounding against a new seed: {statistics.in_words(ratio)}")
     ratio = row.ratio_distribution
     width = ratio.high / ratio.low if ratio.low > 0 else np.inf
     design = _smallest_design(*spreads, "distribution")
@@ -240,6 +239,14 @@ def _verdict_lines(row: GroupRow, stochastic: str, spreads) -> list[str]:
         f"{row.members} members; a factor {TARGET_WIDTH} would take {needed}"
     )
     return lines
+
+
+def _headline(row: GroupRow, stochastic: str, splits) -> str:
+    """The study's verdict: the distribution-level ratio from the largest set measured (the
+    held-out set where there is one), in words."""
+    where = SPLITS[row.split] if "heldout" in splits else "the distribution (from the test set)"
+    words = statistics.in_words(row.ratio_distribution)
+    return f"VERDICT (one {row.source} rounding against a new {stochastic}, on {where}): {words}"
 
 
 def _agreement_lines(groups: list[GroupRow]) -> list[str]:
