@@ -493,3 +493,11 @@ def test_a_bad_setting_is_one_line_naming_its_field(tmp_path):
     out = run("train", f"--workdir={tmp_path / 'run'}", "--config.seeds.subset=-1")
     assert_one_line_error(out, "config.seeds.subset=-1 must be an integer >= 0")
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_demo_refuses_a_file_as_its_workdir_in_one_line(tmp_path):
+    """Issue 25, case 4: checked before the compilation cache is set up under it."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    out = run("demo", f"--workdir={a_file}")
+    assert_one_line_error(out, f"--workdir={a_file} is a file, not a folder")

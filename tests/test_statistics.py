@@ -6,6 +6,9 @@ import math
 
 import numpy as np
 import pytest
+import scipy.integrate
+import scipy.optimize
+import scipy.stats
 
 from eos_jax.analysis import statistics as st
 
@@ -84,6 +87,40 @@ def test_pooled_interval_is_log_t_over_bases():
     expected = [math.sqrt(mean * math.exp(sign * T_7 * se / mean)) for sign in (-1, 1)]
     assert (std.low, std.high) == pytest.approx(expected, rel=0.005)
     assert std.method == "nested over 8 bases"
+
+
+def test_distribution_std_interval_subtracts_the_set_part_from_the_chi2_bounds():
+    """Six runs, set part 4e-6 on 2,000 examples: the bounds are sqrt(((5 s^2 / chi2) - part)
+    / (1 - 1/2000)) with the printed chi-square(5) points."""
+    s = st.Spread(2e-5, 4e-6, 2000, 6)
+    bounds = [math.sqrt((5 * 2e-5 / q - 4e-6) / (1 - 1 / 2000)) for q in CHI2_5[::-1]]
+    e = st.spread_std(s, "distribution")
+    assert e.value == pytest.approx(math.sqrt((2e-5 - 4e-6) / (1 - 1 / 2000)))
+    assert (e.low, e.high) == pytest.approx(bounds, rel=0.01)
+
+
+def test_nested_ratio_matches_its_pivot_integrated_numerically():
+    """The nested ratio's bounds against an independent computation: the distribution of
+    (mean over 8 bases) / (seed variance) under the two pivots, integrated with quad and
+    inverted with brentq, not drawn."""
+    variances = np.array([1.0, 1.4, 0.7, 2.1, 0.9, 1.2, 1.6, 0.8]) * 1e-6
+    pooled = st.pooled([st.Spread(float(v), 0.0, 1000, 2) for v in variances])
+    seeds = st.Spread(2.0e-6, 0.0, 1000, 16)
+    m, c = pooled.observed, pooled.base_se / pooled.observed
+
+    def cdf(r):  # P(A / B <= r), A = m exp(-c T), B = 15 s^2 / X, T ~ t(7), X ~ chi2(15)
+        def given_x(x):
+            a = r * seeds.observed * 15 / x
+            return scipy.stats.t.sf(-math.log(a / m) / c, 7) * scipy.stats.chi2.pdf(x, 15)
+
+        return scipy.integrate.quad(given_x, 0, np.inf, limit=200)[0]
+
+    expected = [
+        math.sqrt(scipy.optimize.brentq(lambda r, q=q: cdf(r) - q, 1e-3, 1e3))
+        for q in (0.025, 0.975)
+    ]
+    e = st.spread_ratio(pooled, seeds, "set")
+    assert (e.low, e.high) == pytest.approx(expected, rel=0.01)
 
 
 # --- simulation -------------------------------------------------------------------------

@@ -135,21 +135,45 @@ def _with_seed(config, seed: int):
 
 def tabulate(config, runs, summaries, workdir) -> dict:
     """nested.md/csv (groups), nested_bases.md/csv, power.md/csv, nested.png; the verdict."""
-    t = config.twins
-    rounding, stochastic = _check_sources(t.compare)
+    rounding, stochastic = _check_sources(config.twins.compare)
     splits = [s for s in SPLITS if _has_split(workdir, runs[0].name, s)]
     correct = {
         r.name: {s: observers.read_correctness(os.path.join(workdir, r.name), s) for s in splits}
         for r in runs
     }
-    seed_names = [f"{stochastic}_{i}" for i in range(len(t.bases))]
-    groups, base_rows, lines = [], [], []
-    pooled = {}
-    for split in splits:
+    groups, base_rows, pooled = _spreads(config.twins.bases, rounding, stochastic, correct)
+    table = results.write_table(
+        workdir, "nested", [g.flat() for g in groups], [g.shown() for g in groups]
+    )
+    results.write_table(workdir, "nested_bases", [dataclasses.asdict(b) for b in base_rows])
+    power = _power_rows(pooled)
+    results.write_table(workdir, "power", power)
+    plots.nested(groups, base_rows, os.path.join(workdir, "nested.png"))
+    lines = []
+    for row in groups:
+        if row.ratio_distribution is not None:
+            lines += _verdict_lines(row, stochastic, pooled[row.source, row.split])
+    lines += _agreement_lines(groups)
+    lines += [_headline(g, stochastic, splits) for g in groups if g.source == rounding[0]][-1:]
+    seconds = sum(s.get("seconds_this_session", 0.0) for s in summaries.values())
+    lines.append(f"wall time of the training this session: {seconds / 60:.1f} min")
+    fingerprint = results.read_json(os.path.join(workdir, "fingerprint.json"))
+    lines.append(f"machine: {numerics.machine_line(fingerprint)}")
+    groups = [g.flat() for g in groups]
+    return {"table": table, "verdict": "\n".join(lines), "groups": groups, "power": power}
+
+
+def _spreads(bases, rounding, stochastic, correct):
+    """Per split (correct[run][split]: correctness): the stochastic group and each rounding
+    source pooled over its bases (GroupRow), each base's spread (BaseRow), and the pooled
+    Spreads with the stochastic one by (source, split), for the power table."""
+    groups, base_rows, pooled = [], [], {}
+    seed_names = [f"{stochastic}_{i}" for i in range(len(bases))]
+    for split in next(iter(correct.values())):
         seeds = statistics.spread(np.concatenate([correct[n][split] for n in seed_names]))
         groups.append(_group_row(stochastic, split, seeds, None, correct, seed_names))
         for name in rounding:
-            names = [f"base_{b}_{name}" for b in t.bases]
+            names = [f"base_{b}_{name}" for b in bases]
             per_base = [statistics.spread(correct[n][split]) for n in names]
             pooled[name, split] = statistics.pooled(per_base), seeds
             groups.append(_group_row(name, split, pooled[name, split][0], seeds, correct, names))
@@ -162,30 +186,9 @@ def tabulate(config, runs, summaries, workdir) -> dict:
                     float(np.sqrt(s.observed)),
                     float(np.sqrt(max(s.distribution, 0.0))),
                 )
-                for b, s in zip(t.bases, per_base, strict=True)
+                for b, s in zip(bases, per_base, strict=True)
             ]
-    table = results.write_table(
-        workdir, "nested", [g.flat() for g in groups], [g.shown() for g in groups]
-    )
-    results.write_table(workdir, "nested_bases", [dataclasses.asdict(b) for b in base_rows])
-    power = _power_rows(pooled)
-    results.write_table(workdir, "power", power)
-    plots.nested(groups, base_rows, os.path.join(workdir, "nested.png"))
-    for row in groups:
-        if row.ratio_distribution is not None:
-            lines += _verdict_lines(row, stochastic, pooled[row.source, row.split])
-    lines += _agreement_lines(groups)
-    lines += [_headline(g, stochastic, splits) for g in groups if g.source == rounding[0]][-1:]
-    seconds = sum(s.get("seconds_this_session", 0.0) for s in summaries.values())
-    lines.append(f"wall time of the training this session: {seconds / 60:.1f} min")
-    fingerprint = results.read_json(os.path.join(workdir, "fingerprint.json"))
-    lines.append(f"machine: {numerics.machine_line(fingerprint)}")
-    return {
-        "table": table,
-        "verdict": "\n".join(lines),
-        "groups": [g.flat() for g in groups],
-        "power": power,
-    }
+    return groups, base_rows, pooled
 
 
 def _has_split(workdir: str, name: str, split: str) -> bool:
