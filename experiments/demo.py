@@ -5,12 +5,13 @@ on 2 cores.
 
 Trains the nested design of experiments/configs/twins_mnist1d_resnet.py:demo (the paper's
 recipe moved to MNIST-1D: a BatchNorm 1-D ResNet, random shifts, Nesterov SGD, weight decay,
-lr / 10 steps; 10 epochs): 3 rounding twins (update_k, the paper's k = 1, 3, 5) of each of 8
-base seeds, and 24 members that differ by the seed. Every member is evaluated on the 2,000
+lr / 10 steps; 10 epochs): 2 rounding twins (update_k, the paper's k = 1, 3) of each of 8
+base seeds, and 16 members that differ by the seed. Every member is evaluated on the 2,000
 test signals and on 100,000 held-out signals of the same generator. Prints each group's
 spread, the finite test set's part of it and the distribution-level spread (Jordan's
 unbiased estimate), the rounding/seed ratios with intervals over bases, what each says in
-words, and what size would resolve them. Each call writes to a new timestamped folder under
+words (the VERDICT line: the distribution-level one), and what size would resolve them.
+Each call writes to a new timestamped folder under
 --workdir (a killed demo, run again, resumes its unfinished folder); compiled programs are
 cached in --workdir/jax_cache, so reruns start faster (a cached program is the same
 executable: the bits do not change).

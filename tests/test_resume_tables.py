@@ -153,3 +153,37 @@ def test_a_killed_study_main_prints_the_tables_of_an_uninterrupted_one(tmp_path,
     again = subprocess.run(command(module, split, args), cwd=ROOT, capture_output=True, timeout=600)
     assert again.returncode == 0, again.stderr.decode()
     assert tables(split) == tables(tmp_path / "whole")
+
+
+def demo_folder(parent) -> str:
+    """The one timestamped run folder the demo made under its --workdir."""
+    (folder,) = glob.glob(os.path.join(parent, "2*-*"))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_killed_demo_resumes_its_folder_and_prints_the_tables_of_an_uninterrupted_one(
+    tmp_path,
+):
+    """`make demo`'s main killed once its first ensemble has a checkpoint, then run again:
+    it resumes the same timestamped folder (no second one) and writes the tables of an
+    uninterrupted demo (about 10 minutes on 2 cores: two demos and a half)."""
+    whole = subprocess.run(command("demo", tmp_path / "whole", ()), cwd=ROOT, capture_output=True)
+    assert whole.returncode == 0, whole.stderr.decode()
+    split = tmp_path / "split"
+    killed = subprocess.Popen(
+        command("demo", split, ()),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 600
+    while not glob.glob(str(split / "2*-*" / "*" / "checkpoints" / "[0-9]*")):
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint to kill after"
+        time.sleep(0.05)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    again = subprocess.run(command("demo", split, ()), cwd=ROOT, capture_output=True)
+    assert again.returncode == 0, again.stderr.decode()
+    assert tables(demo_folder(split)) == tables(demo_folder(tmp_path / "whole"))
