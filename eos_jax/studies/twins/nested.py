@@ -136,7 +136,8 @@ def _with_seed(config, seed: int):
 def tabulate(config, runs, summaries, workdir) -> dict:
     """nested.md/csv (groups), nested_bases.md/csv, power.md/csv, nested.png; the verdict."""
     rounding, stochastic = _check_sources(config.twins.compare)
-    splits = [s for s in SPLITS if _has_split(workdir, runs[0].name, s)]
+    heldout = (config.get("dataset_kwargs") or {}).get("heldout_size")
+    splits = ["test", "heldout"] if heldout else ["test"]
     correct = {
         r.name: {s: observers.read_correctness(os.path.join(workdir, r.name), s) for s in splits}
         for r in runs
@@ -189,14 +190,6 @@ def _spreads(bases, rounding, stochastic, correct):
                 for b, s in zip(bases, per_base, strict=True)
             ]
     return groups, base_rows, pooled
-
-
-def _has_split(workdir: str, name: str, split: str) -> bool:
-    try:
-        observers.read_predictions(os.path.join(workdir, name), split)
-    except ValueError:
-        return False
-    return True
 
 
 def _group_row(source, split, spread, seeds, correct, names) -> GroupRow:
