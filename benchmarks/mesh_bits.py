@@ -80,8 +80,7 @@ def _train(config, spec: dict) -> dict:
     ens = ensemble.Ensemble(members, load_dataset("digits"), spec.get("strategy", "unrolled"))
     if spec.get("workdir"):
         summary = trainer.Trainer(ens, config, spec["workdir"]).run(spec.get("stop_at"))
-        hashes = summary.get("params_hashes") or [m["params_hash"] for m in summary["members"]]
-        return {"hashes": hashes}
+        return {"hashes": summary.column("params_hash")}
     states = ens.init()
     for step in range(spec["steps"]):
         states, _ = ens.step(states, ens.batches(step))

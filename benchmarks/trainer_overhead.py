@@ -53,7 +53,7 @@ def plain_loop(config) -> tuple[float, str]:
 def trainer_loop(config) -> tuple[float, str]:
     with tempfile.TemporaryDirectory() as workdir:
         summary = trainer.train_and_evaluate(config, workdir)
-    return summary["seconds_this_session"], summary["members"][0]["params_hash"]
+    return summary.seconds_this_session, summary.members[0].params_hash
 
 
 def marginal_ms_per_step(loop, steps: int) -> tuple[float, str]:

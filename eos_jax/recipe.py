@@ -8,6 +8,7 @@ code and tests never import `experiments`.
 from __future__ import annotations
 
 import ast
+import copy
 import math
 import numbers
 import os
@@ -137,10 +138,12 @@ def parse_overrides(text: str, setting: str) -> dict:
 def with_overrides(config, text: str, setting: str) -> ml_collections.ConfigDict:
     """A validated copy of the recipe with the overrides `text` (parse_overrides) applied.
     `setting` names where the text came from (e.g. 'eos.runs'); its own section (eos.*) is
-    a setting of the whole study and refused inside one run."""
+    a setting of the whole study and refused inside one run. The copy keeps the recipe's
+    typed placeholders (e.g. numerics.cpu_threads, None until set), so that a config file
+    built with it still takes --config.* overrides of them."""
     overrides = parse_overrides(text, setting)
     section = setting.split(".")[0]
-    r = config.copy_and_resolve_references()
+    r = copy.deepcopy(config)
     for field in overrides:
         if field.split(".")[0] == section:
             raise ValueError(

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 
 from eos_jax import numerics, results
+from eos_jax.training.summary import RunSummary
 from experiments import common
 
 _WORKDIR = flags.DEFINE_string(
@@ -103,13 +104,13 @@ def train_in_fresh_process(
         *extra,
     ]
     if results.is_finished(run_dir):  # an audit that was stopped and is run again
-        return results.read_json(os.path.join(run_dir, results.SUMMARY))
+        return RunSummary.read(run_dir)
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
     if out.returncode != 0:  # the run's own exit status, e.g. common.EXIT_DIVERGED
         last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
         print(f"error: audit run {run_dir} failed: {last}", file=sys.stderr)
         sys.exit(out.returncode if out.returncode > 0 else common.EXIT_ERROR)
-    return results.read_json(os.path.join(run_dir, results.SUMMARY))
+    return RunSummary.read(run_dir)
 
 
 @common.entry_point
@@ -135,7 +136,7 @@ def main(argv):
         else:
             print(f"audit: training {_STEPS.value} steps in a fresh process: {name}", flush=True)
         summary = train_in_fresh_process(run_dir, extra, overrides, env)
-        rows.append({"variant": name, "params_hash": summary["members"][0]["params_hash"][:16]})
+        rows.append({"variant": name, "params_hash": summary.members[0].params_hash[:16]})
     reference = rows[0]["params_hash"]
     for row in rows:
         row["identical_to_reference"] = row["params_hash"] == reference

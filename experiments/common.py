@@ -187,10 +187,11 @@ def _load_config(path: str, name: str) -> ml_collections.ConfigDict:
     return config
 
 
-def check_config(path: str, argv: list[str], name: str = "config") -> None:
-    """Raises app.UsageError for a config file that does not load, one without the section
-    this main needs (see define_config), or a --{name}.* override in argv of a field that
-    the config lacks (naming the closest one it has)."""
+def check_config(path: str, argv: list[str], name: str = "config") -> ml_collections.ConfigDict:
+    """The config of `path`, before argv's overrides; app.UsageError for a config file that
+    does not load, one without the section this main needs (see define_config), or a
+    --{name}.* override in argv of a field that the config lacks (naming the closest one
+    it has)."""
     config = _load_config(path, name)
     if name in _config_sections:
         section = _config_sections[name]
@@ -206,6 +207,7 @@ def check_config(path: str, argv: list[str], name: str = "config") -> None:
             close = difflib.get_close_matches(field[1], known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise app.UsageError(f"unknown config field '{field[1]}'{hint}")
+    return config
 
 
 def _field_paths(config: ml_collections.ConfigDict, prefix: str = ""):

@@ -10,7 +10,8 @@ base seeds, and 16 members that differ by the seed. Every member is evaluated on
 test signals and on 100,000 held-out signals of the same generator. Prints each group's
 spread, the finite test set's part of it and the distribution-level spread (Jordan's
 unbiased estimate), the rounding/seed ratios with intervals over bases, what each says in
-words (the VERDICT line: the distribution-level one), and what size would resolve them.
+words (the VERDICT line: the distribution-level one), and what size would resolve them: at
+the demo's size the words can differ between machines (docs/twins.md).
 Each call writes to a new timestamped folder under
 --workdir (a killed demo, run again, resumes its unfinished folder); compiled programs are
 cached in --workdir/jax_cache, so reruns start faster (a cached program is the same
@@ -48,6 +49,10 @@ def main(argv):
     summary = twins.execute(config, root, planned)
     print(f"\n## The paper's recipe on MNIST-1D ({time.time() - t0:.0f} s)\n\n{summary['table']}")
     print(summary["verdict"])
+    print(
+        "At this size another machine's roundings can print other words (docs/twins.md, four "
+        "rounding environments of one machine); the design line says what size resolves it."
+    )
     print(f"results: {root} (nested.md / .csv, nested_bases, power; figure nested.png)")
 
 

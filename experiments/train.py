@@ -33,7 +33,7 @@ def main(argv):
     build.check_names(config)
     common.join_distributed()
     summary = trainer.train_and_evaluate(config, _WORKDIR.value, _STOP_AT.value)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(summary.to_json(), indent=2))
     print(f"results: {_WORKDIR.value}")
 
 

@@ -237,5 +237,5 @@ def test_fp64_bn_model_resumes_bit_exactly(tmp_path):
         whole = trainer.train_and_evaluate(config, str(tmp_path / "whole"))
         trainer.train_and_evaluate(config, str(tmp_path / "split"), stop_at_step=2)
         resumed = trainer.train_and_evaluate(config, str(tmp_path / "split"))
-    assert resumed["resumed_from_step"] == 2
-    assert resumed["members"] == whole["members"]
+    assert resumed.resumed_from_step == 2
+    assert resumed.members == whole.members

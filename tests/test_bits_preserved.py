@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from eos_jax import results
+from eos_jax.training.summary import RunSummary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = json.load(open(os.path.join(ROOT, "tests", "data", "bits_preserved.json")))
@@ -37,8 +38,7 @@ def same_numerics_or_skip(workdir) -> None:
 def test_default_recipe_keeps_its_bits(tmp_path):
     run("experiments.train", tmp_path, "--config=experiments/configs/default.py")
     same_numerics_or_skip(tmp_path)
-    summary = results.read_json(os.path.join(tmp_path, "summary.json"))
-    assert summary["members"][0]["params_hash"] == REFERENCE["default_recipe"]
+    assert RunSummary.read(str(tmp_path)).members[0].params_hash == REFERENCE["default_recipe"]
 
 
 def test_twins_table1_keeps_its_bits(tmp_path):
@@ -52,6 +52,5 @@ def test_twins_table1_keeps_its_bits(tmp_path):
         "--config.optimizer.decay_epochs=(3,)",
     )
     same_numerics_or_skip(tmp_path)
-    summary = results.read_json(os.path.join(tmp_path, "seed_1", "summary.json"))
-    hashes = [m["params_hash"] for m in summary["members"]]
+    hashes = RunSummary.read(os.path.join(tmp_path, "seed_1")).column("params_hash")
     assert hashes == REFERENCE["table1_seed1_k1_k3_5_epochs"]

@@ -12,6 +12,7 @@ import pytest
 
 from eos_jax import distributed, results
 from eos_jax.training import trainer
+from eos_jax.training.summary import RunSummary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [
@@ -116,11 +117,8 @@ def test_two_processes_train_resume_bit_exactly_and_stay_close_to_one(tmp_path):
     assert time.time() - refused_at < 60
     finish(start(d("split"), 2, 2, steps))
 
-    two = results.read_json(d("two/summary.json"))
-    assert (
-        two["members"][0]["params_hash"]
-        == (results.read_json(d("split/summary.json"))["members"][0]["params_hash"])
-    )
+    two, split = (RunSummary.read(d(name)) for name in ("two", "split"))
+    assert two.members[0].params_hash == split.members[0].params_hash
     assert trainer.read_metrics(d("two")) == trainer.read_metrics(d("split"))
     fingerprint = results.read_json(d("two/fingerprint.json"))
     assert fingerprint["mesh"]["shape"] == [1, 4] and fingerprint["mesh"]["process_count"] == 2

@@ -57,7 +57,7 @@ def test_identical_members_stay_bit_identical(digits, strategy):
 def test_unrolled_reference_member_is_the_ordinary_run(digits, tmp_path):
     """k = 1 in the ensemble == trainer.train_and_evaluate; k = 2, 4 (exact) too; odd k differ."""
     config = tiny_config(num_steps=STEPS)
-    alone = trainer.train_and_evaluate(config, str(tmp_path))["members"][0]["params_hash"]
+    alone = trainer.train_and_evaluate(config, str(tmp_path)).members[0].params_hash
     hashes, _ = train(sources.make_members(config, "update_k", (1, 2, 3, 4, 5)), digits, "unrolled")
     assert hashes[0] == hashes[1] == hashes[3] == alone
     assert len({hashes[0], hashes[2], hashes[4]}) == 3
@@ -136,17 +136,16 @@ def test_whole_ensemble_resumes_bit_exactly(digits, tmp_path, strategy):
         [divergence.MemberDistance(4), divergence.WatchTensor("conv2/kernel", 3, (0, 12))],
     ).run(**kw)
     whole = run("whole")
-    assert run("split", stop_at_step=6)["stopped_at_step"] == 6
+    stopped = run("split", stop_at_step=6)
+    assert stopped.status == "stopped" and stopped.steps == 6
     other = sources.make_members(config, "ulp_init", (0, 5, 6))  # another ensemble, same recipe
     with pytest.raises(results.WorkdirError, match="different config"):
         trainer.Trainer(
             ensemble.Ensemble(other, digits, strategy), config, str(tmp_path / "split")
         ).run()
     resumed = run("split")
-    assert resumed["resumed_from_step"] == 6
-    assert [m["params_hash"] for m in resumed["members"]] == [
-        m["params_hash"] for m in whole["members"]
-    ]
+    assert resumed.resumed_from_step == 6
+    assert resumed.column("params_hash") == whole.column("params_hash")
     metrics = [trainer.read_metrics(str(tmp_path / d)) for d in ("whole", "split")]
     assert metrics[0] == metrics[1]
     assert sorted(os.listdir(tmp_path / "split" / "maps")) == [
@@ -155,7 +154,7 @@ def test_whole_ensemble_resumes_bit_exactly(digits, tmp_path, strategy):
     ]
     watch0 = [r for r in metrics[0] if r["kind"] == "watch" and r["step"] == 0]
     assert [r["max_ulp"] for r in watch0] == [0, 0, 0]  # the edit is in conv1, not conv2
-    edits = whole["init_edits"]
+    edits = whole.init_edits
     assert edits[0] is None and edits[2]["amount"] == 2
     assert (
         bits.ulp_distance(np.float32(edits[2]["value_before"]), np.float32(edits[2]["value_after"]))
@@ -218,6 +217,6 @@ def test_processes_other_than_0_write_no_results(digits, tmp_path, monkeypatch):
         str(tmp_path),
         [divergence.WatchTensor("conv2/kernel", 3, (0, 12))],
     ).run()
-    assert summary["status"] == "finished"
+    assert summary.finished
     assert os.listdir(tmp_path) == ["checkpoints"]  # saved by every process, through orbax
     assert "hashes.json" not in os.listdir(tmp_path / "checkpoints")

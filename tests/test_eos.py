@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from eos_jax import recipe, results
+from eos_jax import recipe
 from eos_jax.analysis import curvature, linearisation, orbit, sharpness
 from eos_jax.data import normalize, to_unit_float
 from eos_jax.studies import eos
@@ -15,6 +15,7 @@ from eos_jax.training import build, steps, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.observers import Observer
 from eos_jax.training.sources import Member
+from eos_jax.training.summary import RunSummary
 from experiments.configs import eos_digits
 
 DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
@@ -76,9 +77,9 @@ def test_microbatches_must_divide_a_kept_last_batch():
 def test_goal_ends_the_run_as_if_it_were_the_last_step(tmp_path):
     config = full_batch_config(stop_at_train_loss=10.0, num_steps=40)  # reached at step 5
     summary = trainer.train_and_evaluate(config, str(tmp_path))
-    assert summary["status"] == "finished"
-    assert summary["goal_reached_at_step"] == summary["steps"] == 5
-    assert summary["planned_steps"] == 40 and summary["goal"] == "train loss <= 10.0"
+    assert summary.finished
+    assert summary.goal_reached_at_step == summary.steps == 5
+    assert summary.planned_steps == 40 and summary.goal == "train loss <= 10.0"
     records = trainer.read_metrics(str(tmp_path))
     assert max(r["step"] for r in records) == 5
     assert [r["step"] for r in records if r["kind"] == "eval"] == [5]  # the final evaluation
@@ -128,8 +129,7 @@ def test_sharpness_observer_matches_top_eigenvalues_on_the_same_subset(tmp_path)
     np.testing.assert_allclose(last["eigenvalues"], top.eigenvalues, rtol=1e-3)
     assert max(last["residuals"]) < 1e-4
     assert last["total_sharpness"] == pytest.approx(last["sharpness"] + 0.01)
-    summary = results.read_json(os.path.join(tmp_path, "summary.json"))
-    assert summary["members"][0]["last_sharpness"] == last["sharpness"]
+    assert RunSummary.read(str(tmp_path)).members[0].last_sharpness == last["sharpness"]
     # the full-set loss: that of the full batch (the same 64 examples in another order)
     full = build.stream(config, dataset).batch(0)
     logits = model.apply({"params": state.params}, full["image"], train=False)

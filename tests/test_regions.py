@@ -1,12 +1,9 @@
 """The Regions observer: per-layer fractions of pre-activations in the paper's three bands."""
 
-import os
-
 import jax
 import numpy as np
 import pytest
 
-from eos_jax import results
 from eos_jax.analysis import regions
 from eos_jax.data import Dataset, normalize, to_unit_float
 from eos_jax.models import create_model
@@ -14,6 +11,7 @@ from eos_jax.studies import eos
 from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
+from eos_jax.training.summary import RunSummary
 from experiments.configs import eos_cifar5k
 from tests.test_eos import KeepLast, full_batch_config
 
@@ -63,8 +61,8 @@ def test_observer_records_each_layer_at_its_cadence(tmp_path):
     for layer, z in (("hidden1", z1), ("hidden2", z2)):
         fractions = [last[region][layer] for region in regions.REGIONS]
         np.testing.assert_allclose(fractions, numpy_fractions(z, 0.5), atol=1e-12)
-    summary = results.read_json(os.path.join(tmp_path, "summary.json"))
-    assert summary["members"][0]["last_transitioning"] == last["transitioning"]
+    summary = RunSummary.read(str(tmp_path))
+    assert summary.members[0].last_transitioning == last["transitioning"]
 
 
 @pytest.mark.parametrize(

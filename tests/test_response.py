@@ -5,6 +5,7 @@ Everything that holds float64 arrays runs inside `jax.enable_x64(True)`, as the 
 needs for its float64 copy of the step.
 """
 
+import dataclasses
 import functools
 import os
 
@@ -341,25 +342,29 @@ def test_an_observer_refuses_a_bad_last_step(last_step):
         regions.Switches(1, last_step=last_step).check_every_steps("switches")
 
 
-def _forecast_rows(target_of, n=8, **extra):
+def _forecast_rows(target_of, n=8, source="update_k"):
+    """n finished runs, each its own member 0 (seed), with random features; both targets
+    target_of(first switch)."""
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n):
         first = int(rng.integers(5, 60))
+        delta_end = float(10 ** rng.uniform(-8, 0))
+        growth, exponent = float(rng.normal()), float(rng.normal())
         rows.append(
-            {
-                "name": f"run{i}",
-                "activation": "relu" if i % 2 else "swish",
-                "lr": 0.05 * (1 + i % 3),
-                "status": "finished",
-                "first_switch": first,
-                "delta_end": float(10 ** rng.uniform(-8, 0)),
-                "delta_growth_late": float(rng.normal()),
-                "exponent_observed": float(rng.normal()),
-                "churn_end": target_of(first),
-                "weight_D_end": target_of(first),
-                **extra,
-            }
+            study.ResponseRow(
+                f"run{i}",
+                "relu" if i % 2 else "swish",
+                source,
+                0.05 * (1 + i % 3),
+                i,
+                "finished",
+                study.Events(60, first_switch=first),
+                study.ObservedEnd(
+                    delta_end=delta_end, delta_growth_late=growth, exponent_observed=exponent
+                ),
+                run_end=study.RunEnd(60, target_of(first), target_of(first)),
+            )
         )
     return rows
 
@@ -367,26 +372,26 @@ def _forecast_rows(target_of, n=8, **extra):
 def test_forecast_finds_a_feature_that_determines_the_end_and_scores_it_leave_one_out():
     rows = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first))  # log10 target linear
     skill, predictions = study.forecast(rows, churn_floor=1e-5)
-    exact = [s for s in skill if s["feature"] == "first switch (step)"]
+    exact = [s for s in skill if s.feature == "first switch (step)"]
     assert len(exact) == 2 * 3  # all runs, swish only, relu only; churn and D
-    assert all(s["rms error (log10)"] < 1e-9 for s in exact)
-    assert all(s["skill"] == pytest.approx(1.0) for s in exact)
-    noise = [s for s in skill if s["feature"].startswith("finite-time")]
-    assert all(s["skill"] < 0.5 for s in noise)  # a random feature does not predict
-    assert {p["feature"] for p in predictions} == {"first switch (step)"}
+    assert all(s.rms_error < 1e-9 for s in exact)
+    assert all(s.skill == pytest.approx(1.0) for s in exact)
+    noise = [s for s in skill if s.feature.startswith("finite-time")]
+    assert all(s.skill < 0.5 for s in noise)  # a random feature does not predict
+    assert {p.feature for p in predictions} == {"first switch (step)"}
     for p in predictions:
-        assert p["predicted"] == pytest.approx(p["observed"], rel=1e-8)
+        assert p.predicted == pytest.approx(p.observed, rel=1e-8)
 
 
 def test_forecast_floors_churn_drops_unfinished_runs_and_needs_four_runs():
     rows = _forecast_rows(lambda first: 0.0 if first < 30 else 0.01)
-    rows[0]["status"] = "diverged"
+    rows[0] = dataclasses.replace(rows[0], status="diverged")
     skill, predictions = study.forecast(rows, churn_floor=1e-4)
-    churn = [p for p in predictions if p["target"] == "churn_end" and p["runs of"] == "all runs"]
+    churn = [p for p in predictions if p.target == "churn_end" and p.runs_of == "all runs"]
     assert len(churn) == 7
-    assert sorted({round(p["observed"], 12) for p in churn}) == [1e-4, 0.01]
+    assert sorted({round(p.observed, 12) for p in churn}) == [1e-4, 0.01]
     # D = 0 is no run to predict on a log scale; a constant target is nothing to predict
-    assert not [s for s in skill if s["target"] == "weight_D_end" and s["runs"] > 3]
+    assert not [s for s in skill if s.target == "weight_D_end" and s.runs > 3]
     assert study.forecast(rows[:4], churn_floor=1e-4) == ([], [])  # 3 finished runs
     # the leave-one-out line is fitted without the point it predicts
     x, y = np.array([0.0, 1.0, 2.0, 3.0]), np.array([0.0, 1.0, 2.0, 10.0])
@@ -441,24 +446,23 @@ def test_the_study_without_x64_fails_before_anything_is_written(tmp_path):
 
 def test_forecast_groups_the_runs_of_each_source_where_there_are_several():
     rows = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first))
-    for i, row in enumerate(rows):
-        row["source"] = "update_k" if i < 4 else "ulp_init"
-    groups = {s["runs of"] for s in study.forecast(rows, churn_floor=1e-5)[0]}
+    rows = [
+        dataclasses.replace(row, source="update_k" if i < 4 else "ulp_init")
+        for i, row in enumerate(rows)
+    ]
+    groups = {s.runs_of for s in study.forecast(rows, churn_floor=1e-5)[0]}
     assert groups == {"all runs", "swish only", "relu only", "update_k only", "ulp_init only"}
     # a second source's copy of each run (the same member 0 and end) does not help it
-    copies = [{**row, "name": row["name"] + "b", "source": "b"} for row in rows]
-    for row in rows:
-        row.update(source="a", seed=int(row["name"][3:]))
-    for row in copies:
-        row["seed"] = int(row["name"][3:-1])
+    rows = [dataclasses.replace(row, source="a") for row in rows]
+    copies = [dataclasses.replace(row, name=row.name + "b", source="b") for row in rows]
     alone = study.forecast(rows, 1e-5)[0]
     doubled = study.forecast(rows + copies, 1e-5)[0]
-    skill = {(s["runs of"], s["target"], s["feature"]): s["skill"] for s in alone}
+    skill = {(s.runs_of, s.target, s.feature): s.skill for s in alone}
     for s in doubled:
-        if s["runs of"] == "all runs":
-            assert s["skill"] == pytest.approx(skill["all runs", s["target"], s["feature"]])
+        if s.runs_of == "all runs":
+            assert s.skill == pytest.approx(skill["all runs", s.target, s.feature])
     one = _forecast_rows(lambda first: 10 ** (-3 + 0.02 * first), source="update_k")
-    assert "update_k only" not in {s["runs of"] for s in study.forecast(one, 1e-5)[0]}
+    assert "update_k only" not in {s.runs_of for s in study.forecast(one, 1e-5)[0]}
 
 
 def test_the_resnet_study_plans_the_paper_fidelity_resnet_and_edits_its_first_block():
@@ -527,12 +531,17 @@ def test_the_forecast_shows_the_most_skilful_feature_not_the_smallest_error():
     ends = np.array([1e-4, 1e-3, 1e-2, 1e-1, 0.02, 0.0201, 0.0202, 0.0203])
     rows = _forecast_rows(lambda first: 0.0)
     for i, (row, end) in enumerate(zip(rows, ends, strict=True)):
-        row.update(churn_end=float(end), weight_D_end=float(end), activation="relu")
-        row["first_switch"] = float(np.log10(end) + rng.normal(0, 0.3))
-        row["rounding_jump_at"] = float(rng.normal()) if i >= 4 else None
+        first = float(np.log10(end) + rng.normal(0, 0.3))
+        jump = float(rng.normal()) if i >= 4 else None
+        rows[i] = dataclasses.replace(
+            row,
+            activation="relu",
+            events=dataclasses.replace(row.events, first_switch=first, rounding_jump_at=jump),
+            run_end=study.RunEnd(60, float(end), float(end)),
+        )
     skill, predictions = study.forecast(rows, churn_floor=1e-5)
-    scores = {s["feature"]: s for s in skill if s["runs of"] == "all runs"}
+    scores = {s.feature: s for s in skill if s.runs_of == "all runs"}
     jump, switch = scores["first rounding jump (step)"], scores["first switch (step)"]
-    assert jump["rms error (log10)"] < switch["rms error (log10)"] and jump["skill"] < 0
-    assert switch["skill"] > 0.5
-    assert {p["feature"] for p in predictions} == {"first switch (step)"}
+    assert jump.rms_error < switch.rms_error and jump.skill < 0
+    assert switch.skill > 0.5
+    assert {p.feature for p in predictions} == {"first switch (step)"}

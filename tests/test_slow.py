@@ -20,8 +20,8 @@ def test_default_recipe_learns_the_digits(tmp_path):
     config.quiet = True
     summary = trainer.train_and_evaluate(config, str(tmp_path))
     # 300 test images; the recipe reaches ~0.98. 0.95 leaves room for platform rounding.
-    assert summary["status"] == "finished"
-    assert summary["members"][0]["final_accuracy"] > 0.95
+    assert summary.finished
+    assert summary.members[0].final_accuracy > 0.95
 
 
 def test_restrained_instability_classes_match_the_paper(tmp_path):

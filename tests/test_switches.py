@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eos_jax import results
 from eos_jax.analysis import regions
 from eos_jax.data import normalize, to_unit_float
 from eos_jax.models import create_model
 from eos_jax.training import build, sources, trainer
 from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.summary import RunSummary
 from experiments.configs import mnist1d_resnet
 from tests.test_eos import KeepLast, full_batch_config
 
@@ -50,9 +50,9 @@ def test_identical_members_never_switch_and_different_ones_do_as_numpy_counts(tm
         assert expected > 0.2 * 48 * width  # other weights: many units on the other side
     first = regions.Switches.first_switch(series)
     assert np.isnan(first["hidden1"][1]) and first["hidden1"][2] == 0
-    summary = results.read_json(str(tmp_path / "summary.json"))
-    assert summary["members"][1]["first_switch"] == {"hidden1": None, "hidden2": None}
-    assert summary["members"][2]["first_switch"] == {"hidden1": 0, "hidden2": 0}
+    summary = RunSummary.read(str(tmp_path))
+    assert summary.members[1].first_switch == {"hidden1": None, "hidden2": None}
+    assert summary.members[2].first_switch == {"hidden1": 0, "hidden2": 0}
 
 
 def test_switches_refuse_a_single_member_and_unsupported_models():

@@ -105,12 +105,13 @@ def test_resume_after_a_crash_is_bit_exact(tmp_path):
     whole = trainer.train_and_evaluate(config, str(tmp_path / "whole"))
     split_dir = tmp_path / "split"
     partial = trainer.train_and_evaluate(config, str(split_dir), stop_at_step=14)
-    assert partial["stopped_at_step"] == 14 and not results.is_finished(str(split_dir))
+    assert partial.status == "stopped" and partial.steps == 14
+    assert not results.is_finished(str(split_dir))
     shutil.rmtree(split_dir / "checkpoints" / "14")  # the crash: back to step 10
     assert max(r["step"] for r in trainer.read_metrics(str(split_dir))) == 12
     resumed = trainer.train_and_evaluate(config, str(split_dir))
-    assert resumed["resumed_from_step"] == 10
-    assert resumed["members"] == whole["members"]
+    assert resumed.resumed_from_step == 10
+    assert resumed.members == whole.members
     assert trainer.read_metrics(str(split_dir)) == trainer.read_metrics(str(tmp_path / "whole"))
 
 

@@ -9,10 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from eos_jax import bits, results
+from eos_jax import bits
 from eos_jax.data import Dataset
 from eos_jax.studies import twins
 from eos_jax.training import build
+from eos_jax.training.summary import RunSummary
 from experiments.configs import twins_embedded, twins_paper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,8 +106,8 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
     )
     assert ok.returncode == 0, ok.stderr
     assert "| ulp_init | rounding | 2 |" in ok.stdout
-    edit = results.read_json(str(tmp_path / "ok" / "source_ulp_init" / "summary.json"))
-    assert edit["init_edits"][1]["amount"] == 4 and edit["init_edits"][1]["index"] == [0, 0, 0, 0]
+    edit = RunSummary.read(str(tmp_path / "ok" / "source_ulp_init")).init_edits[1]
+    assert edit["amount"] == 4 and edit["index"] == [0, 0, 0, 0]
     bad = run_cli(
         config,
         f"--workdir={tmp_path / 'bad'}",
@@ -311,9 +312,8 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
     config.dataset_kwargs.heldout_size = 500
     summary = twins.execute(config, str(tmp_path))
     for row in summary["rows"]:
-        members = results.read_json(tmp_path / f"source_{row['source']}" / "summary.json")
-        heldout = [m["heldout_accuracy"] for m in members["members"]]
-        last = [m["last_test_accuracy"] for m in members["members"]]
+        members = RunSummary.read(str(tmp_path / f"source_{row['source']}"))
+        heldout, last = members.column("heldout_accuracy"), members.column("last_test_accuracy")
         assert row["heldout acc std"] == pytest.approx(np.std(heldout), abs=1e-15)
         expected = np.sqrt(max(0.0, np.var(last) - np.var(heldout)))
         assert row["test-set part std"] == pytest.approx(expected, abs=1e-15)
@@ -352,6 +352,19 @@ def test_the_demo_is_the_nested_headline_at_10_epochs_and_8_bases():
     shorter = {"num_epochs": 10, "optimizer.decay_epochs": (2, 4, 6, 8)}
     headline.update_from_flattened_dict({**shorter, "twins.bases": tuple(range(1, 9))})
     assert _flat(demo) == _flat(headline)
+
+
+def test_the_demo_takes_one_thread_from_the_command_line(tmp_path):
+    """Its recipe is built with overrides, and keeps the typed placeholders: the
+    one-thread environment of docs/twins.md parses, and the run stops at the next check."""
+    out = run_cli(
+        "--config=experiments/configs/twins_mnist1d_resnet.py:demo",
+        "--config.numerics.cpu_threads=1",
+        "--config.twins.members=0",
+        f"--workdir={tmp_path}",
+    )
+    assert out.returncode != 0 and "cpu_threads" not in out.stderr
+    assert "twins.members" in out.stderr.strip().splitlines()[-1]
 
 
 def test_resnet_factors_change_one_ingredient_at_a_time():
@@ -405,12 +418,10 @@ def test_factors_compare_the_recipe_and_each_variant_and_keep_a_diverged_one(tmp
         assert row["ratio low"] <= row["ratio"] <= row["ratio high"]
         assert row["members"] == "2+2"
         sub = {
-            kind: results.read_json(
-                tmp_path / f"{twins.common.slug(label)}_{kind}" / results.SUMMARY
-            )
+            kind: RunSummary.read(str(tmp_path / f"{twins.common.slug(label)}_{kind}"))
             for kind in ("update_k", "seed")
         }
-        stds = [np.std([m["final_accuracy"] for m in sub[k]["members"]]) for k in sub]
+        stds = [np.std(sub[k].column("final_accuracy")) for k in sub]
         assert row["rounding final acc std"] == pytest.approx(stds[0], abs=1e-12)
         assert row["ratio"] == pytest.approx(stds[0] / stds[1], rel=1e-9)
     assert rows["huge lr"]["note"].startswith("diverged: ")

@@ -5,9 +5,10 @@ With its preconditioner P = diag(sqrt(v_hat) + eps) frozen, Adam's step on a mod
 P^-1/2 H P^-1/2 with eigenvalue h is heavy ball with momentum beta1 and step lr (1 - beta1)
 (m <- beta1 m + (1 - beta1) g, w <- w - lr m / P), so it is linearly stable iff
 lr h < (2 + 2 beta1) / (1 - beta1) (= 38 / lr for beta1 = 0.9, `threshold`). The
-`PreconditionedSharpness` observer measures the top h along training; the whole-state
-update map (linearisation.EdgeRadius) needs nothing Adam-specific: m and v are leaves of
-the state it linearises.
+`PreconditionedSharpness` observer measures the top h along training (its warm starts are
+carried state, checkpointed as Sharpness's: a resumed run measures exactly what an
+uninterrupted one does); the whole-state update map (linearisation.EdgeRadius) needs
+nothing Adam-specific: m and v are leaves of the state it linearises.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from eos_jax.analysis import curvature
+from eos_jax.analysis.sharpness import cold_starts, warm_start, warmed
 from eos_jax.training import optim
 from eos_jax.training.observers import Observer, record_fields
 
@@ -42,9 +44,12 @@ class PreconditionedSharpness(Observer):
     AdamW member: the top eigenvalue of P^-1/2 H P^-1/2, H the data-loss Hessian on the
     first `size` training examples (curvature.hvp_fn, as Sharpness's) and P the member's
     current preconditioner (optim.adam_preconditioner), by Lanczos (curvature.top_eigenvalues)
-    warm-started from its last eigenvector (in memory: cold after a resume). Records (kind
-    'preconditioned_sharpness'): preconditioned_sharpness, residual, num_hvps, threshold.
-    SGD members get no record."""
+    warm-started from its last eigenvector. Records (kind 'preconditioned_sharpness'):
+    preconditioned_sharpness, residual, num_hvps, threshold. SGD members get no record.
+
+    The warm starts are what it carries (`carried`, sharpness.cold_starts' layout with one
+    vector per member, saved with every checkpoint): a resumed run writes exactly the
+    records of an uninterrupted one."""
 
     kind = "preconditioned_sharpness"
     fields = record_fields("preconditioned_sharpness", "threshold", "num_hvps")
@@ -52,12 +57,17 @@ class PreconditionedSharpness(Observer):
     def __init__(self, every_steps: int, size=1000, chunk_size=1000, tol=1e-3, max_iters=200):
         self.every_steps, self.size, self.chunk_size = every_steps, size, chunk_size
         self.tol, self.max_iters = tol, max_iters
-        self._vectors: dict[int, jax.Array] = {}
 
     def setup(self, ensemble, num_steps: int) -> None:
         self.check_every_steps("preconditioned sharpness")
         self.batches = curvature.train_chunks(ensemble.dataset, self.size, self.chunk_size)
-        self._vectors = {}
+        self.carried = None
+
+    def start(self, run) -> None:
+        """At step 0: no warm start yet (carried: cold_starts, one vector per member); a
+        resumed run keeps the restored one."""
+        if run.step == 0:
+            self.carried = cold_starts(run, 1)
 
     def __call__(self, run) -> None:
         members = zip(run.ensemble.members, run.members(), strict=True)
@@ -71,12 +81,12 @@ class PreconditionedSharpness(Observer):
             top = curvature.top_eigenvalues(
                 preconditioned(op, op.space.flatten(p)),
                 op.dim,
-                init=self._vectors.get(i),
+                init=warm_start(self.carried, i),
                 tol=self.tol,
                 max_iters=self.max_iters,
                 seed=i,
             )
-            self._vectors[i] = top.eigenvectors
+            self.carried = warmed(self.carried, i, top.eigenvectors)
             run.write(
                 {
                     "step": run.step,

@@ -115,11 +115,15 @@ class MemberDistance(Observer):
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
-        for i, member in enumerate(summary["members"]):
-            member.update(self.summary(series, i))
-        others = summary["members"][1:]
-        for key in ("churn", "softmax_l2", "params_rel_l1"):
-            summary[f"mean_{key}"] = float(np.mean([m[key] for m in others])) if others else 0.0
+        for i, member in enumerate(summary.members):
+            member.update(**self.summary(series, i))
+        others = summary.members[1:]
+
+        def mean(field: str) -> float:
+            return float(np.mean([getattr(m, field) for m in others])) if others else 0.0
+
+        summary.mean_churn, summary.mean_softmax_l2 = mean("churn"), mean("softmax_l2")
+        summary.mean_params_rel_l1 = mean("params_rel_l1")
 
 
 def map_path(workdir: str, step: int) -> str:

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eos_jax.analysis.flat import StateSpace
+from eos_jax.training import steps
 from eos_jax.training.observers import Observer, record_fields
 
 OPTIMIZERS = ("gd", "heavy_ball", "nesterov")
@@ -257,7 +258,7 @@ class EdgeRadius(Observer):
             raise ValueError(f"edge radius num_iters={self.num_iters!r} must be an integer >= 2")
         if not 0 < self.tol < 1:
             raise ValueError(f"edge radius tol={self.tol!r} must be in (0, 1)")
-        if any(hasattr(step, "init") for step in ensemble.train_steps):
+        if any(steps.carries_state(step) for step in ensemble.train_steps):
             raise ValueError("edge radius: a member's step carries extra state; use plain steps")
 
     def __call__(self, run) -> None:

@@ -137,7 +137,7 @@ class Lyapunov(Observer):
         for i, row in enumerate(exponents):
             row = row[~np.isnan(row)]
             if row.size:
-                summary["members"][i].update(lyapunov_exponent=float(row[-1]))
+                summary.members[i].lyapunov_exponent = float(row[-1])
 
 
 def restraint(distance: np.ndarray, log_growth: np.ndarray, start: int, end: int) -> float | None:

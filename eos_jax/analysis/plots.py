@@ -56,16 +56,17 @@ def table1(accuracy: np.ndarray, seeds: Sequence[int], labels: Sequence[str], pa
     _save(fig, path)
 
 
-def sources(rows: list[dict], curves: dict[str, tuple], path: str) -> None:
-    """Left: accuracy std and churn per source. Right: weight distance D over training."""
+def sources(rows: list, curves: dict[str, tuple], path: str) -> None:
+    """Left: accuracy std and churn per source (rows: the sources table's measured rows,
+    twins.common.SourceRow). Right: weight distance D over training."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
-    names = [r["source"] for r in rows]
+    names = [r.source for r in rows]
     x = np.arange(len(names))
-    for offset, key, label in (
-        (-0.2, "final acc std", "final accuracy std across members"),
+    for offset, field, label in (
+        (-0.2, "final_acc_std", "final accuracy std across members"),
         (0.2, "churn", "churn: predictions differing from member 0"),
     ):
-        values = np.array([r[key] for r in rows])
+        values = np.array([getattr(r.statistics, field).value for r in rows])
         left.bar(x + offset, values, 0.4, label=label)
         for xi in x[values == 0]:  # an exact 0 is a result: say so rather than show nothing
             left.annotate("0", (xi + offset, 0), ha="center", va="bottom", fontsize=7)
@@ -246,14 +247,15 @@ def nested(groups: list, bases: list, path: str) -> None:
     _save(fig, path)
 
 
-def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, path: str) -> None:
+def sweep(rows: list, ratio_curves: dict[float, tuple], ratio_name: str, path: str) -> None:
     """Left: the final-accuracy std ratio (rounding / stochastic) against the learning rate,
-    with its 95% interval; 1 means rounding spreads results as much as the seed. Right: the
-    same ratio of the per-evaluation accuracy std along training, one line per lr."""
+    with its 95% interval (rows: twins.compared.SweepRow); 1 means rounding spreads results
+    as much as the seed. Right: the same ratio of the per-evaluation accuracy std along
+    training, one line per lr."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
-    lrs = np.array([r["lr"] for r in rows])
-    ratio = np.array([r["ratio"] for r in rows])
-    low, high = np.array([r["ratio low"] for r in rows]), np.array([r["ratio high"] for r in rows])
+    lrs = np.array([r.lr for r in rows])
+    ratio = np.array([r.compare.ratio.value for r in rows])
+    low, high = (np.array([getattr(r.compare.ratio, e) for r in rows]) for e in ("low", "high"))
     left.errorbar(lrs, ratio, yerr=[ratio - low, high - ratio], marker="o", capsize=4)
     left.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     left.set(
@@ -275,22 +277,23 @@ def sweep(rows: list[dict], ratio_curves: dict[float, tuple], ratio_name: str, p
     plt.close(fig)
 
 
-def factors(rows: list[dict], ratio_name: str, path: str) -> None:
+def factors(rows: list, ratio_name: str, path: str) -> None:
     """Left: the accuracy-std ratio (rounding / stochastic) per factor with its 95% interval,
     on the test set and, where measured, on the held-out set (the distribution); 1 means
     rounding spreads results as much as the seed. Right: each source's weight distance D.
-    A variant that diverged has no marker."""
+    rows: twins.compared.FactorRow; a variant that diverged has no marker."""
     fig, (left, right) = plt.subplots(
         1, 2, figsize=(12, 0.45 * len(rows) + 1.8), layout="constrained", sharey=True
     )
     y = np.arange(len(rows))[::-1]
-    for offset, key, label in ((0.12, "ratio", "test set"), (-0.12, "held-out ratio", "held-out")):
-        at = [i for i, r in enumerate(rows) if key in r]
+    for offset, field, label in ((0.12, "ratio", "test set"), (-0.12, "heldout_ratio", "held-out")):
+        ratios = {i: r.compare and getattr(r.compare, field) for i, r in enumerate(rows)}
+        at = [i for i, ratio in ratios.items() if ratio is not None]
         if not at:
             continue
-        value = np.array([rows[i][key] for i in at])
-        low = np.array([rows[i][key + " low"] for i in at])
-        high = np.array([rows[i][key + " high"] for i in at])
+        value, low, high = (
+            np.array([getattr(ratios[i], e) for i in at]) for e in ("value", "low", "high")
+        )
         left.errorbar(
             value, y[at] + offset, xerr=[value - low, high - value], fmt="o", capsize=3, label=label
         )
@@ -298,14 +301,15 @@ def factors(rows: list[dict], ratio_name: str, path: str) -> None:
     left.set(
         xscale="log",
         yticks=y,
-        yticklabels=[r["factor"] for r in rows],
+        yticklabels=[r.factor for r in rows],
         xlabel=f"accuracy-std ratio {ratio_name} (95% CI)",
         title="rounding spread / seed spread, one factor changed at a time",
     )
     left.legend(fontsize=8)
     for offset, kind in ((0.12, "rounding"), (-0.12, "stochastic")):
-        at = [i for i, r in enumerate(rows) if f"{kind} weight D" in r]
-        right.plot([rows[i][f"{kind} weight D"] for i in at], y[at] + offset, "s", label=kind)
+        at = [i for i, r in enumerate(rows) if r.compare is not None]
+        distances = [getattr(rows[i].compare, f"{kind}_weight_d") for i in at]
+        right.plot(distances, y[at] + offset, "s", label=kind)
     right.set(xlabel="weight distance D to member 0", title="how far the weights go")
     right.legend(fontsize=8)
     fig.savefig(path, dpi=120)
@@ -362,17 +366,18 @@ def regions_curves(curves: dict[str, dict], path: str) -> None:
     _save(fig, path)
 
 
-def predicted_vs_observed(rows: list[dict], path: str) -> None:
+def predicted_vs_observed(rows: list, path: str) -> None:
     """Observed plateau (median over the last half) against the predicted threshold, with
-    the line y = x and the plateau's interquartile range as an error bar."""
+    the line y = x and the plateau's interquartile range as an error bar (rows:
+    studies.eos.EosRow)."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    rows = [r for r in rows if "observed_plateau" in r]  # diverged runs have none
-    predicted = np.array([r["predicted_threshold"] for r in rows])
-    observed = np.array([r["observed_plateau"] for r in rows])
-    iqr = np.array([r["plateau_iqr"] for r in rows])
+    rows = [r for r in rows if r.finished is not None]  # diverged runs have no plateau
+    predicted = np.array([r.predicted_threshold for r in rows])
+    observed = np.array([r.finished.plateau.observed_plateau for r in rows])
+    iqr = np.array([r.finished.plateau.plateau_iqr for r in rows])
     ax.errorbar(predicted, observed, yerr=iqr / 2, fmt="o", capsize=3)
-    for r in rows:
-        ax.annotate(r["name"], (r["predicted_threshold"], r["observed_plateau"]), fontsize=6)
+    for r, y in zip(rows, observed, strict=True):
+        ax.annotate(r.name, (r.predicted_threshold, y), fontsize=6)
     lo, hi = 0.0, 1.1 * max(predicted.max(), observed.max())
     ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="observed = predicted")
     ax.set(
@@ -386,27 +391,28 @@ def predicted_vs_observed(rows: list[dict], path: str) -> None:
     _save(fig, path)
 
 
-def forecast(predictions: list[dict], path: str) -> None:
+def forecast(predictions: list, path: str) -> None:
     """Per target (panel): each run's final value against its forecast from the observed
-    start (the best single feature, leave-one-out), log-log, one colour per activation."""
-    targets = list(dict.fromkeys(p["target"] for p in predictions))
+    start (the best single feature, leave-one-out), log-log, one colour per activation
+    (predictions: studies.response.ForecastRun)."""
+    targets = list(dict.fromkeys(p.target for p in predictions))
     fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4.6), squeeze=False)
     for ax, target in zip(axes[0], targets, strict=True):
-        rows = [p for p in predictions if p["target"] == target]
-        for i, activation in enumerate(dict.fromkeys(r["activation"] for r in rows)):
-            mine = [r for r in rows if r["activation"] == activation]
+        rows = [p for p in predictions if p.target == target]
+        for i, activation in enumerate(dict.fromkeys(r.activation for r in rows)):
+            mine = [r for r in rows if r.activation == activation]
             ax.loglog(
-                [r["predicted"] for r in mine],
-                [r["observed"] for r in mine],
+                [r.predicted for r in mine],
+                [r.observed for r in mine],
                 "o",
                 color=f"C{i}",
                 label=activation,
             )
-        values = [v for r in rows for v in (r["predicted"], r["observed"])]
+        values = [v for r in rows for v in (r.predicted, r.observed)]
         lo, hi = min(values) / 1.5, max(values) * 1.5
         ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="observed = predicted")
         ax.set(
-            xlabel=f"forecast from: {rows[0]['feature']}",
+            xlabel=f"forecast from: {rows[0].feature}",
             ylabel=f"observed {target}",
             title=f"{target}: forecast from the start",
         )
@@ -426,27 +432,30 @@ PHASE_MARKERS = {
 }
 
 
-def eos_phases(rows: list[dict], path: str) -> None:
-    """A phase diagram of a weight-decay sweep: each run at (c/lr, shift of the threshold by
-    the decay as a fraction of c/lr = lr wd / c, log scales), marked by where it settled,
-    annotated with the centre's (else the iterate's) plateau / prediction and the orbit's
-    period where measured (irregular: hollow)."""
+def eos_phases(rows: list, path: str) -> None:
+    """A phase diagram of a weight-decay sweep (rows: studies.eos.EosRow): each run at
+    (c/lr, shift of the threshold by the decay as a fraction of c/lr = lr wd / c, log
+    scales), marked by where it settled, annotated with the centre's (else the iterate's)
+    plateau / prediction and the orbit's period where measured (irregular: hollow)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     seen = set()
     for i, r in enumerate(rows):
-        c_over_lr = r["predicted_threshold"] + r["weight_decay"]
-        shift = r["weight_decay"] / c_over_lr
-        marker, color = PHASE_MARKERS[r["phase"]]
-        label = None if r["phase"] in seen else r["phase"]
-        seen.add(r["phase"])
-        hollow = r.get("period") == "irregular"
+        c_over_lr = r.predicted_threshold + r.weight_decay
+        shift = r.weight_decay / c_over_lr
+        marker, color = PHASE_MARKERS[r.phase]
+        label = None if r.phase in seen else r.phase
+        seen.add(r.phase)
+        done = r.finished
+        hollow = done is not None and done.period == "irregular"
         face = "none" if hollow else color
         ax.scatter(
             c_over_lr, shift, marker=marker, edgecolors=color, facecolors=face, s=45, label=label
         )
-        if "observed_over_predicted" in r:
-            centre = r.get("midpoint_plateau", r["observed_plateau"]) / r["predicted_threshold"]
-            period = f", period {r['period']}" if "period" in r else ""
+        if done is not None:
+            midpoint = done.midpoint.midpoint_plateau
+            plateau = done.plateau.observed_plateau if midpoint is None else midpoint
+            centre = plateau / r.predicted_threshold
+            period = "" if done.period is None else f", period {done.period}"
             ax.annotate(
                 f"{centre:.3f}{period}",
                 (c_over_lr, shift),
@@ -456,7 +465,7 @@ def eos_phases(rows: list[dict], path: str) -> None:
             )
     ax.set(
         xscale="log",
-        yscale="log" if all(r["weight_decay"] > 0 for r in rows) else "linear",
+        yscale="log" if all(r.weight_decay > 0 for r in rows) else "linear",
         xlabel="c / lr (the threshold without decay)",
         ylabel="lr wd / c (the decay's shift of the threshold)",
         title="Weight decay at the edge: where each run settled (centre / prediction)",

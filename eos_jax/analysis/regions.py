@@ -208,8 +208,8 @@ class Regions(Observer):
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
-        for i, member in enumerate(summary["members"]):
-            member.update(self.summary(series, i))
+        for i, member in enumerate(summary.members):
+            member.update(**self.summary(series, i))
 
 
 @functools.cache
@@ -317,7 +317,7 @@ class Switches(Observer):
 
     def summarize(self, records, summary) -> None:
         first = self.first_switch(self.read(records))
-        for i, member in enumerate(summary["members"]):
+        for i, member in enumerate(summary.members):
             member.update(
                 first_switch={
                     layer: None if np.isnan(v[i]) else int(v[i]) for layer, v in first.items()

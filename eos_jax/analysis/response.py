@@ -347,4 +347,4 @@ class LinearResponse(Observer):
         return {f"{q}_end": float(series[q][1, -1]) for q in ("delta", "response_f", "response_r")}
 
     def summarize(self, records, summary) -> None:
-        summary["members"][1].update(self.summary(self.read(records)))
+        summary.members[1].update(**self.summary(self.read(records)))

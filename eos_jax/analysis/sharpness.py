@@ -64,6 +64,33 @@ def set_loss(model, loss: str, params, batch_stats, batches) -> tuple[float, flo
     )
 
 
+def cold_starts(run, k: int) -> dict:
+    """What an observer that warm-starts Lanczos carries from step 0 (its `carried`, saved
+    with every checkpoint): per member, zero vectors (dim, k) over its parameters
+    ("vectors") and whether they are its last eigenvectors yet ("warm": none is)."""
+    spaces = [StateSpace.of(m.params) for m in run.members()]
+    return {
+        "vectors": [jnp.zeros((s.dim, k), s.dtype) for s in spaces],
+        "warm": jnp.zeros(len(spaces), bool),
+    }
+
+
+def warm_start(carried: dict, i: int):
+    """Member i's warm start from `carried` (cold_starts' layout): its last eigenvectors, or
+    None (a random start, curvature.top_eigenvalues' seed) before its first measurement."""
+    return carried["vectors"][i] if carried["warm"][i] else None
+
+
+def warmed(carried: dict, i: int, eigenvectors) -> dict:
+    """`carried` with member i's new eigenvectors as its next warm start; unchanged when
+    Lanczos returned fewer pairs than it carries (it then starts as it did this time)."""
+    vectors, warm = carried["vectors"], carried["warm"]
+    if eigenvectors.shape != vectors[i].shape:
+        return carried
+    vectors = [eigenvectors if j == i else v for j, v in enumerate(vectors)]
+    return {"vectors": vectors, "warm": warm.at[i].set(True)}
+
+
 class Sharpness(Observer):
     """Top-k data-loss Hessian eigenvalues of every member (see the module docstring).
 
@@ -118,12 +145,10 @@ class Sharpness(Observer):
         self._previous = self.carried = None
 
     def start(self, run) -> None:
-        """At step 0: no warm start yet (carried: per member zero vectors, not 'warm'). At any
+        """At step 0: no warm start yet (carried: cold_starts, k vectors per member). At any
         start, the iterate kept before a measurement at the next step."""
         if run.step == 0:
-            spaces = [StateSpace.of(m.params) for m in run.members()]
-            vectors = [jnp.zeros((s.dim, self.k), s.dtype) for s in spaces]
-            self.carried = {"vectors": vectors, "warm": jnp.zeros(len(spaces), bool)}
+            self.carried = cold_starts(run, self.k)
         self._keep_iterate(run)
 
     def _keep_iterate(self, run) -> None:
@@ -147,15 +172,12 @@ class Sharpness(Observer):
             op,
             op.dim,
             k=self.k,
-            init=self.carried["vectors"][i] if self.carried["warm"][i] else None,
+            init=warm_start(self.carried, i),
             tol=self.tol,
             max_iters=self.max_iters,
             seed=i,
         )
-        vectors, warm = self.carried["vectors"], self.carried["warm"]
-        if top.eigenvectors.shape == vectors[i].shape:  # else (fewer pairs): cold next time
-            vectors = [top.eigenvectors if j == i else v for j, v in enumerate(vectors)]
-            self.carried = {"vectors": vectors, "warm": warm.at[i].set(True)}
+        self.carried = warmed(self.carried, i, top.eigenvectors)
         return op, top
 
     def __call__(self, run) -> None:
@@ -212,8 +234,8 @@ class Sharpness(Observer):
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
-        for i, member in enumerate(summary["members"]):
-            member.update(self.summary(series, i))
+        for i, member in enumerate(summary.members):
+            member.update(**self.summary(series, i))
 
 
 def extremes(values: np.ndarray) -> dict:

@@ -17,11 +17,18 @@ Two kinds of interval, each exact or checked by simulation (tests/test_statistic
   `spread_std` and `spread_ratio` draw the pivots of each part (chi-square for a group of
   independent runs; log-scale Student t with B - 1 degrees of freedom across bases) and
   read the interval off their quantiles. For one group and no finite-set part they are the
-  chi-square and F intervals above.
+  chi-square and F intervals above. At the distribution level the set's examples are a
+  sample too: which examples the set holds moves the estimate (most of the variance sits
+  on a few uncertain examples), by an amount that more runs do not shrink. A
+  delete-a-group jackknife over the examples (EXAMPLE_GROUPS groups) measures it; less the
+  part of it that the runs' pivot already holds (each run's independent per-example
+  errors, `Spread.interaction`), the distribution-level draws of a group of independent
+  runs add it as a normal term (not of a pooled spread: see `pooled`).
 
 A rounding/seed ratio is read in words (`in_words`) by two one-sided tests against an
 equivalence margin [0.8, 1.25]: "not more than a new seed" when the interval ends below
-1.25, "not less" when it starts above 0.8, "as much as a new seed" when both hold,
+1.25 ("less than a new seed" when below 0.8), "not less" when it starts above 0.8 ("more
+than" when above 1.25), "as much as a new seed" when it lies inside the margin,
 "undecided" otherwise (an interval that contains 1 does not show agreement); where the
 interval stands against 1 is said beside it.
 """
@@ -36,6 +43,7 @@ import scipy.stats
 # A rounding/seed std ratio inside this margin counts as "as much as a new seed".
 EQUIVALENCE_MARGIN = (0.8, 1.25)
 _DRAWS = 200_000  # pivot draws per interval: quantile error ~0.2%, a few ms
+EXAMPLE_GROUPS = 20  # the examples jackknife: groups of examples left out in turn
 LEVELS = ("set", "distribution")
 
 
@@ -60,6 +68,11 @@ class Spread:
       mean_x p(x)(1 - p(x)) / examples (0 when per-example correctness is unknown).
     runs, bases: how many runs in all, in how many groups (bases); base_se: the standard
       error of the pooled `observed` from its spread across bases (nan for one group).
+    jackknife: the distribution-level estimate with each group of examples left out in
+      turn (spread's EXAMPLE_GROUPS; empty: not measured, as for a pooled spread).
+    interaction: what the runs' independent per-example errors alone put into the
+      jackknife's variance, which the runs' pivot already counts: (2 noise^2 + 4 noise x
+      distribution) / (runs - 1).
     """
 
     observed: float
@@ -68,6 +81,20 @@ class Spread:
     runs: int
     bases: int = 1
     base_se: float = float("nan")
+    jackknife: tuple[float, ...] = ()
+    interaction: float = 0.0
+
+    @property
+    def examples_var(self) -> float:
+        """The variance of the distribution-level estimate over draws of the set's examples:
+        the delete-a-group jackknife's ((G - 1) / G x the sum of squared deviations) less
+        the interaction, at least 0."""
+        g = len(self.jackknife)
+        if g < 2:
+            return 0.0
+        replicates = np.asarray(self.jackknife)
+        jackknife = (g - 1) / g * np.sum((replicates - replicates.mean()) ** 2)
+        return float(max(0.0, jackknife - self.interaction))
 
     @property
     def distribution(self) -> float:
@@ -88,7 +115,8 @@ class Spread:
             observed = self.observed * np.exp(-scale * rng.standard_t(self.bases - 1, size))
         if level == "set":
             return observed
-        return (observed - self.noise) / (1 - 1 / self.examples)
+        examples = rng.normal(0.0, np.sqrt(self.examples_var), size)
+        return (observed - self.noise) / (1 - 1 / self.examples) + examples
 
 
 def spread(correct) -> Spread:
@@ -96,17 +124,35 @@ def spread(correct) -> Spread:
     (runs, examples) of 0/1 or bool, at least 2 runs."""
     c = _as_correctness(correct)
     runs, examples = c.shape
-    accuracy = c.mean(axis=1, dtype=np.float64)
-    right = c.sum(axis=0, dtype=np.int64).astype(np.float64)
+    right = c.sum(axis=0, dtype=np.int64).astype(np.float64)  # per example
     # k(N - k) / (N (N - 1)) is the unbiased estimate of p(1 - p) from k right of N runs.
-    noise = float(np.sum(right * (runs - right)) / (runs * (runs - 1) * examples**2))
-    return Spread(float(np.var(accuracy, ddof=1)), noise, examples, runs)
+    uncertainty = right * (runs - right) / (runs * (runs - 1))
+    groups = np.array_split(np.arange(examples), min(EXAMPLE_GROUPS, examples))
+    by_group = np.stack([c[:, g].sum(axis=1, dtype=np.int64) for g in groups], 1)  # runs x G
+    sizes = np.array([len(g) for g in groups], np.float64)
+    uncertain = np.array([uncertainty[g].sum() for g in groups])
+
+    def estimate(kept):  # (observed, noise, distribution) on the examples of groups `kept`
+        n = sizes[kept].sum()
+        observed = float(np.var(by_group[:, kept].sum(axis=1) / n, ddof=1))
+        noise = float(uncertain[kept].sum() / n**2)
+        return observed, noise, (observed - noise) / (1 - 1 / n)
+
+    observed, noise, distribution = estimate(np.ones(len(groups), bool))
+    left_out = [estimate(np.arange(len(groups)) != g)[2] for g in range(len(groups))]
+    interaction = (2 * noise**2 + 4 * noise * max(distribution, 0.0)) / (runs - 1)
+    return Spread(
+        observed, noise, examples, runs, jackknife=tuple(left_out), interaction=interaction
+    )
 
 
 def pooled(spreads) -> Spread:
     """The mean Spread over base trajectories (one Spread per base, each from that base's
     twins), with the standard error of its observed variance across bases (>= 2 bases, all
-    on the same evaluation set)."""
+    on the same evaluation set). It has no examples term: with 2-3 twins a base the
+    jackknife's part from the twins' own per-example errors is far from its normal-theory
+    `interaction` (simulated with no example effect at all, 12 bases x 2 twins, the term
+    came out at 1.2 x the variance it should add nothing to)."""
     spreads = list(spreads)
     if len(spreads) < 2 or any(s.bases != 1 for s in spreads):
         raise ValueError(f"pooled needs >= 2 single-base spreads, got {len(spreads)}")
@@ -229,9 +275,10 @@ def _log_variance_per_group(s: Spread, level: str, bases: int, runs: int) -> flo
 
 def in_words(estimate: Estimate, margin: tuple[float, float] = EQUIVALENCE_MARGIN) -> str:
     """A rounding/seed ratio's interval read as two one-sided tests against the equivalence
-    margin: 'not more than a new seed' when it ends below the margin's top, 'not less' when
-    it starts above its bottom, 'as much as a new seed' when both hold, else 'undecided'.
-    Where it stands against 1 follows in parentheses."""
+    margin: 'not more than a new seed' when it ends below the margin's top ('less than a
+    new seed' when it ends below its bottom too), 'not less' when it starts above its
+    bottom ('more than' when above its top too), 'as much as a new seed' when it lies inside
+    the margin, else 'undecided'. Where it stands against 1 follows in parentheses."""
     low, high = margin
     if not np.isfinite(estimate.value):
         return "undecided: not estimable (the set's own part explains both spreads)"
@@ -244,6 +291,10 @@ def in_words(estimate: Estimate, margin: tuple[float, float] = EQUIVALENCE_MARGI
     not_more, not_less = estimate.high < high, estimate.low > low
     if not_more and not_less:
         return f"as much as a new seed (within the equivalence margin [{low}, {high}]; {where})"
+    if estimate.high < low:
+        return f"less than a new seed (the whole interval is below the margin's {low}; {where})"
+    if estimate.low > high:
+        return f"more than a new seed (the whole interval is above the margin's {high}; {where})"
     if not_more:
         return f"not more than a new seed (the interval ends below {high}; {where})"
     if not_less:

@@ -26,10 +26,13 @@ import numpy as np
 from eos_jax import recipe, results
 from eos_jax.analysis import adaptive, linearisation, orbit, plots, regions, sharpness
 from eos_jax.analysis.one_layer.regions import REGION_THRESHOLD
+from eos_jax.studies import rows
+from eos_jax.studies.rows import column
 from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
+from eos_jax.training.summary import MemberSummary, RunSummary
 
 # the sweeps the configs define (experiments/configs/eos_*.py)
 EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
@@ -240,21 +243,22 @@ def execute(config, workdir: str) -> dict:
         for r in runs
     }
     summaries = train_all(config, workdir, trainers, keep_going=True)
-    rows, curves = [], {}
+    table_rows, curves = [], {}
     for r in runs:
         records = trainer.read_metrics(os.path.join(workdir, r.name))
         row, curve = summarize_run(r, records, summaries[r.name], config.eos)
-        rows.append(row)
+        table_rows.append(row)
         curves[r.name] = curve
-    shown = results.shown_columns(rows, SHOWN)  # a diverged run: a row that says so
-    table = results.write_table(workdir, "eos", rows, shown)
+    flat = [rows.columns(row) for row in table_rows]
+    shown = results.shown_columns(flat, SHOWN)  # a diverged run: a row that says so
+    table = rows.write(workdir, "eos", table_rows, shown)
     plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
-    plots.predicted_vs_observed(rows, os.path.join(workdir, "predicted_vs_observed.png"))
+    plots.predicted_vs_observed(table_rows, os.path.join(workdir, "predicted_vs_observed.png"))
     if all("transitioning" in c for c in curves.values()):
         plots.regions_curves(curves, os.path.join(workdir, "regions.png"))
-    if len({row["weight_decay"] for row in rows}) > 1:
-        plots.eos_phases(rows, os.path.join(workdir, "phases.png"))
-    summary = {"experiment": config.eos.experiment, "table": table, "runs": rows}
+    if len({row.weight_decay for row in table_rows}) > 1:
+        plots.eos_phases(table_rows, os.path.join(workdir, "phases.png"))
+    summary = {"experiment": config.eos.experiment, "table": table, "runs": flat}
     results.finish(workdir, summary)
     return summary
 
@@ -288,10 +292,100 @@ def phase(plateau: float, predicted: float, weight_decay: float, tolerance: floa
     return "below the edge" if plateau < min(predicted, without_decay) else "above the edge"
 
 
-def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple[dict, dict]:
+@dataclasses.dataclass(frozen=True)
+class Plateau:
+    """The observed plateau (median over the last half) against the prediction, the
+    sharpness's first and largest values and the first step where it reached the prediction
+    (None: never)."""
+
+    steps: int
+    observed_plateau: float
+    observed_over_predicted: float
+    plateau_iqr: float
+    initial_sharpness: float
+    max_sharpness: float
+    reached_at_step: int | None = column(kept=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Midpoint:
+    """With eos.midpoint: the plateaus of the midpoint sharpness and of the curvature along
+    the oscillation (None where not measured)."""
+
+    midpoint_plateau: float | None = None
+    oscillation_plateau: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Edge:
+    """With the EdgeRadius observer: the edge radius over the last half, median and IQR."""
+
+    edge_radius: float
+    edge_radius_iqr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Transitioning:
+    """With the Regions observer: per layer the transitioning fraction at the first and the
+    last measurement ('hidden1 0.91, ...')."""
+
+    transitioning_first: str
+    transitioning_last: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Finished:
+    """Where a finished run settled. data_sharpness_plateau: with Adam, whose plateau
+    columns are about the preconditioned sharpness."""
+
+    data_sharpness_plateau: float | None = None
+    plateau: Plateau
+    final_train_loss: float
+    final_test_accuracy: float | None = column(kept=True)
+    hvps_per_call: float
+    midpoint: Midpoint
+    phase_tolerance: float
+    phase: str
+    period: str | None = None  # with eos.orbit_window
+    edge: Edge | None = None
+    transitioning: Transitioning | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Diverged:
+    """A diverged run: its largest sharpness before, and where and why (`note`)."""
+
+    phase: str = "diverged"
+    max_sharpness: float
+    note: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EosRow:
+    """An eos-table row: the run's recipe, then how it ended (one of diverged, finished)."""
+
+    name: str
+    overrides: str
+    model: str
+    layers: str  # the layer widths (mlp: hidden, cnn1d: widths)
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    predicted_threshold: float
+    diverged: Diverged | None = None
+    finished: Finished | None = None
+
+    @property
+    def phase(self) -> str:
+        return (self.finished or self.diverged).phase
+
+
+def summarize_run(
+    r: EosRun, records: list[dict], done: RunSummary, settings
+) -> tuple[EosRow, dict]:
     """One run's row and curves, from its records (through the observers' readers and their
     summaries), its summary and the eos settings (reached_fraction, phase_spread, tol)."""
-    row = _recipe_columns(r)
     measured = sharpness.Sharpness.read(records)
     adam = adaptive.PreconditionedSharpness.read(records)
     steps, values, train_loss = _threshold_sharpness(measured, adam)
@@ -303,51 +397,57 @@ def summarize_run(r: EosRun, records: list[dict], done: dict, settings) -> tuple
         "label": f"{r.name}: predicted {r.predicted:.3g}",
         "preconditioned": bool(adam.steps.size),
     }
-    if done.get("status") == "diverged":
-        most = sharpness.extremes(values)["max_sharpness"]
-        row.update(phase="diverged", max_sharpness=most, note=done["what"])
-        return row, curve
-    half = done["steps"] / 2
+    label = r.members[0].label
+    if not done.finished:
+        most = MemberSummary(label, **sharpness.extremes(values)).max_sharpness
+        return _row(r, diverged=Diverged(max_sharpness=most, note=done.what)), curve
+    half = done.steps / 2
+    data_plateau = None
     if adam.steps.size:
         at, data_sharpness = measured.member("sharpness", 0)
-        row["data_sharpness_plateau"] = float(np.median(data_sharpness[at >= half]))
+        data_plateau = float(np.median(data_sharpness[at >= half]))
     last_half = values[steps >= half]
-    shown = sharpness.Sharpness.summary(measured, 0)
-    if adam.steps.size:  # the threshold is about the preconditioned sharpness
-        shown |= sharpness.extremes(values)
+    # Sharpness.summary, with the threshold's sharpness (Adam: the preconditioned one)
+    threshold = sharpness.extremes(values)
+    shown = MemberSummary(label, **(sharpness.Sharpness.summary(measured, 0) | threshold))
     reached = steps[values >= settings.reached_fraction * r.predicted]
-    row.update(_plateau_columns(r.predicted, last_half, shown, reached, done["steps"]))
-    row["final_train_loss"] = float(train_loss[-1])
-    row["final_test_accuracy"] = done["members"][0]["last_test_accuracy"]
-    row["hvps_per_call"] = shown["sharpness_hvps_per_call"]
-    centre = _midpoint_columns(measured, half, row, curve, last_half)
+    midpoint, centre = _midpoint(measured, half, curve, last_half)
     plateau = float(np.median(centre))  # the orbit's centre where measured
     tolerance = phase_tolerance(centre, settings.phase_spread, settings.tol)
-    row["phase_tolerance"] = tolerance
-    row["phase"] = phase(plateau, r.predicted, row["weight_decay"], tolerance)
-    _orbit_column(records, row)
-    _edge_columns(records, half, row, curve)
-    _regions_columns(records, row, curve)
-    return row, curve
+    weight_decay = float(r.recipe.optimizer.weight_decay)
+    finished = Finished(
+        data_sharpness_plateau=data_plateau,
+        plateau=_plateau(r.predicted, last_half, shown, reached, done.steps),
+        final_train_loss=float(train_loss[-1]),
+        final_test_accuracy=done.members[0].last_test_accuracy,
+        hvps_per_call=shown.sharpness_hvps_per_call,
+        midpoint=midpoint,
+        phase_tolerance=tolerance,
+        phase=phase(plateau, r.predicted, weight_decay, tolerance),
+        period=_period(records),
+        edge=_edge(records, half, curve),
+        transitioning=_transitioning(records, label, curve),
+    )
+    return _row(r, finished=finished), curve
 
 
-def _recipe_columns(r: EosRun) -> dict:
-    """The row's columns that the run's recipe decides."""
+def _row(r: EosRun, **outcome) -> EosRow:
+    """The run's row: the columns its recipe decides, and `outcome` (diverged or finished)."""
     opt, recipe_ = r.recipe.optimizer, r.recipe
-    return {
-        "name": r.name,
-        "overrides": r.overrides,
-        "model": recipe_.model,
-        # the layer widths (mlp: hidden, cnn1d: widths)
-        "layers": str(
+    return EosRow(
+        name=r.name,
+        overrides=r.overrides,
+        model=recipe_.model,
+        layers=str(
             tuple(recipe_.model_kwargs.get("hidden", recipe_.model_kwargs.get("widths", ())))
         ),
-        "optimizer": optimizer_kind(opt),
-        "lr": float(opt.lr),
-        "weight_decay": float(opt.weight_decay),
-        "momentum": float(opt.momentum),
-        "predicted_threshold": r.predicted,
-    }
+        optimizer=optimizer_kind(opt),
+        lr=float(opt.lr),
+        weight_decay=float(opt.weight_decay),
+        momentum=float(opt.momentum),
+        predicted_threshold=r.predicted,
+        **outcome,
+    )
 
 
 def _threshold_sharpness(measured, adam):
@@ -362,71 +462,65 @@ def _threshold_sharpness(measured, adam):
     return steps, values, train_loss
 
 
-def _plateau_columns(predicted: float, last_half, shown: dict, reached, steps: int) -> dict:
-    """The observed plateau (median over the last half) against the prediction, the
-    sharpness's first and largest values (`shown`: Sharpness.summary) and the first step
-    where it reached the prediction (`reached`: the steps where it did)."""
+def _plateau(predicted: float, last_half, shown: MemberSummary, reached, steps: int) -> Plateau:
+    """The Plateau from the last half's sharpness, the first and largest (`shown`) and the
+    steps where it reached the prediction (`reached`)."""
     observed = float(np.median(last_half))
-    return {
-        "steps": int(steps),
-        "observed_plateau": observed,
-        "observed_over_predicted": observed / predicted,
-        "plateau_iqr": float(np.subtract(*np.percentile(last_half, [75, 25]))),
-        "initial_sharpness": shown["initial_sharpness"],
-        "max_sharpness": shown["max_sharpness"],
-        "reached_at_step": int(reached[0]) if reached.size else None,
-    }
+    return Plateau(
+        steps=int(steps),
+        observed_plateau=observed,
+        observed_over_predicted=observed / predicted,
+        plateau_iqr=float(np.subtract(*np.percentile(last_half, [75, 25]))),
+        initial_sharpness=shown.initial_sharpness,
+        max_sharpness=shown.max_sharpness,
+        reached_at_step=int(reached[0]) if reached.size else None,
+    )
 
 
-def _midpoint_columns(measured, half: float, row: dict, curve: dict, last_half):
-    """With eos.midpoint: the plateaus of the midpoint sharpness and of the curvature along
-    the oscillation into `row`, their curves into `curve`. Returns the orbit's centre over
-    the last half: the midpoint sharpness where measured, else `last_half`."""
-    centre = last_half
-    for field, column in (
-        ("midpoint_sharpness", "midpoint_plateau"),
-        ("oscillation_curvature", "oscillation_plateau"),
-    ):
+def _midpoint(measured, half: float, curve: dict, last_half) -> tuple[Midpoint, np.ndarray]:
+    """The Midpoint plateaus, their curves into `curve`, and the orbit's centre over the
+    last half: the midpoint sharpness where measured, else `last_half`."""
+    late = []
+    for field in ("midpoint_sharpness", "oscillation_curvature"):
         at, value = measured.member(field, 0)
+        late.append(value[at >= half] if at.size else None)
         if at.size:
-            row[column] = float(np.median(value[at >= half]))
             curve[field] = (at.tolist(), value.tolist())
-            if field == "midpoint_sharpness":
-                centre = value[at >= half]
-    return centre
+    plateaus = Midpoint(*(None if v is None else float(np.median(v)) for v in late))
+    return plateaus, last_half if late[0] is None else late[0]
 
 
-def _orbit_column(records: list[dict], row: dict) -> None:
-    """With the Orbit observer: the orbit's period into `row`."""
+def _period(records: list[dict]) -> str | None:
+    """With the Orbit observer: the orbit's period."""
     projection = orbit.Orbit.read(records)
     series = projection.member("projection", 0)[1] if projection.steps.size else ()
-    if len(series) >= orbit.MIN_LENGTH:  # a run shorter than the window may have fewer
-        row["period"] = orbit.period_label(orbit.orbit_period(series))
+    if len(series) < orbit.MIN_LENGTH:  # a run shorter than the window may have fewer
+        return None
+    return orbit.period_label(orbit.orbit_period(series))
 
 
-def _edge_columns(records: list[dict], half: float, row: dict, curve: dict) -> None:
-    """With the EdgeRadius observer: the edge radius over the last half (median, IQR) into
-    `row`, its curve into `curve`."""
+def _edge(records: list[dict], half: float, curve: dict) -> Edge | None:
+    """With the EdgeRadius observer: its Edge, the curve into `curve`."""
     edge = linearisation.EdgeRadius.read(records)
-    if edge.steps.size:
-        at, radius = edge.member("radius", 0)
-        late = radius[at >= half]
-        row["edge_radius"] = float(np.median(late))
-        row["edge_radius_iqr"] = float(np.subtract(*np.percentile(late, [75, 25])))
-        curve["edge_steps"], curve["edge_radius"] = at.tolist(), radius.tolist()
+    if not edge.steps.size:
+        return None
+    at, radius = edge.member("radius", 0)
+    late = radius[at >= half]
+    curve["edge_steps"], curve["edge_radius"] = at.tolist(), radius.tolist()
+    return Edge(float(np.median(late)), float(np.subtract(*np.percentile(late, [75, 25]))))
 
 
-def _regions_columns(records: list[dict], row: dict, curve: dict) -> None:
-    """With the Regions observer: per layer the transitioning fraction at the first and the
-    last measurement (Regions.summary) into `row`, the curves into `curve`."""
+def _transitioning(records: list[dict], label: str, curve: dict) -> Transitioning | None:
+    """With the Regions observer: its Transitioning (Regions.summary of the member
+    `label`), the curves into `curve`."""
     bands = regions.Regions.read(records)
     transitioning = regions.Regions.transitioning(bands, 0)
-    if transitioning:
-        shown = regions.Regions.summary(bands, 0)
-        row["transitioning_first"] = _layers(shown["initial_transitioning"])
-        row["transitioning_last"] = _layers(shown["last_transitioning"])
-        curve["regions_steps"] = bands.steps.tolist()
-        curve["transitioning"] = {layer: v.tolist() for layer, v in transitioning.items()}
+    if not transitioning:
+        return None
+    shown = MemberSummary(label, **regions.Regions.summary(bands, 0))
+    curve["regions_steps"] = bands.steps.tolist()
+    curve["transitioning"] = {layer: v.tolist() for layer, v in transitioning.items()}
+    return Transitioning(_layers(shown.initial_transitioning), _layers(shown.last_transitioning))
 
 
 def _layers(fractions: dict) -> str:

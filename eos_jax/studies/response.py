@@ -42,9 +42,12 @@ from eos_jax.analysis import divergence, lyapunov, plots, regions
 from eos_jax.analysis import response as linear_response
 from eos_jax.models import create_model
 from eos_jax.models.layers import ACTIVATIONS
+from eos_jax.studies import rows
+from eos_jax.studies.rows import column
 from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, sources, steps, trainer
 from eos_jax.training.ensemble import Ensemble
+from eos_jax.training.summary import MemberSummary, RunSummary
 
 SOURCES = ("update_k", "ulp_init")
 
@@ -187,21 +190,22 @@ def execute(config, workdir: str, planned: list | None = None) -> dict:
     trainers = {r.name: _trainer(config, r, dataset, workdir) for r in runs}
     _check_tensor(config.response.tensor, runs, trainers)
     summaries = train_all(config, workdir, trainers, keep_going=True, release_programs=True)
-    rows, curves = [], {}
+    table_rows, curves = [], {}
     for r in runs:
         records = trainer.read_metrics(os.path.join(workdir, r.name))
         row, curve = summarize_run(r, records, summaries[r.name], config.response.leave_ratio)
-        rows.append(row)
+        table_rows.append(row)
         curves[r.name] = curve
-    shown = results.shown_columns(rows, SHOWN)
-    table = results.write_table(workdir, "response", rows, shown)
+    flat = [rows.columns(row) for row in table_rows]
+    table = rows.write(workdir, "response", table_rows, results.shown_columns(flat, SHOWN))
     plots.response_curves(curves, os.path.join(workdir, "response.png"))
-    summary = {"table": table, "runs": rows}
-    skill, predictions = forecast(rows, churn_floor=0.5 / len(dataset.test_labels))
+    summary = {"table": table, "runs": flat}
+    skill, predictions = forecast(table_rows, churn_floor=0.5 / len(dataset.test_labels))
     if skill:
-        summary["forecast"] = results.write_table(workdir, "forecast", skill)
-        results.write_csv(os.path.join(workdir, "forecast_runs.csv"), predictions)
-        every_run = [p for p in predictions if p["runs of"] == "all runs"]
+        summary["forecast"] = rows.write(workdir, "forecast", skill)
+        path = os.path.join(workdir, "forecast_runs.csv")
+        results.write_csv(path, [rows.columns(p) for p in predictions])
+        every_run = [p for p in predictions if p.runs_of == "all runs"]
         plots.forecast(every_run, os.path.join(workdir, "forecast.png"))
     results.finish(workdir, summary)
     return summary
@@ -233,30 +237,139 @@ SHOWN = (
     "restraint_late",
 )
 
+
+@dataclasses.dataclass(frozen=True)
+class Events:
+    """When the twins leave the linear response (||Delta|| / ||delta^r|| > leave_ratio), are
+    restrained (< 1 / leave_ratio), first switch, and the rounding jump; the switches, N and
+    the layer holding most of ||Delta||^2 there (None: it did not happen, or NaN)."""
+
+    steps: int
+    leaves_at: int | None = column(kept=True)
+    rounding_jump_at: int | None = column(kept=True)
+    restrained_at: int | None = column(kept=True)
+    switches_at_leave: int | None = column(kept=True)
+    switches_before_leave: int | None = column(kept=True)
+    nonlinear_at_leave: float | None = column(kept=True)
+    nonlinear_before_leave: float | None = column(kept=True)
+    first_switch: int | None = column(kept=True)
+    first_switch_layer: str | None = column(kept=True)
+    top_layer_leave: str | None = column(kept=True)
+    top_layer_end: str | None = column(kept=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedEnd:
+    """At the last observed step: ||Delta||, ||delta^r||, ||delta^f|| and their ratios; over
+    the second half, the growth of log ||Delta|| beside the tangent's exponent and the
+    restraint; the exponent over the observed steps; the switches (None: none, or NaN)."""
+
+    delta_end: float | None = column(kept=True)
+    response_r_end: float | None = column(kept=True)
+    response_f_end: float | None = column(kept=True)
+    ratio_r_end: float | None = column(kept=True)
+    ratio_f_end: float | None = column(kept=True)
+    delta_growth_late: float | None = column(kept=True)
+    exponent_late: float | None = column(kept=True)
+    # the twins' growth over the second half against the tangent's (None: no stretch)
+    restraint_late: float | None = column(kept=True)
+    exponent_observed: float | None = column(kept=True)
+    switches_end: int | None = column(kept=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundingJump:
+    """||r|| and ||N|| at the rounding jump, ||Delta|| before and at it, ||delta^r|| at it."""
+
+    rounding_jump: float | None = column(kept=True)
+    nonlinear_at_jump: float | None = column(kept=True)
+    delta_before_jump: float | None = column(kept=True)
+    delta_at_jump: float | None = column(kept=True)
+    response_r_at_jump: float | None = column(kept=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunEnd:
+    """The twins at the last step trained (the run's end): churn and weight distance D."""
+
+    run_steps: int
+    churn_end: float
+    weight_d_end: float = column("weight_D_end")
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseRow:
+    """A response-table row: the run, its Events and ObservedEnd, its RoundingJump where
+    there was one and its RunEnd where the member distances were recorded."""
+
+    name: str
+    activation: str
+    source: str
+    lr: float
+    seed: int
+    status: str  # finished, or diverged (its other cells: up to the divergence)
+    events: Events
+    observed_end: ObservedEnd
+    jump: RoundingJump | None = None
+    run_end: RunEnd | None = None
+
+
 # What the forecast predicts (at the run's end, on a log10 scale) from what it reads over
 # the observed steps only.
-FORECAST_TARGETS = ("churn_end", "weight_D_end")
-FORECAST_FEATURES = {
-    "kink (ReLU 1, smooth 0), known before training": lambda row: float(
-        row["activation"] == "relu"
-    ),
-    "log10 lr, known before training": lambda row: float(np.log10(row["lr"])),
-    "first switch (step)": lambda row: row.get("first_switch"),
-    "first rounding jump (step)": lambda row: row.get("rounding_jump_at"),
-    "log10 (1 + switches) at the last observed step": lambda row: _log10(
-        None if row.get("switches_end") is None else 1 + row["switches_end"]
-    ),
-    "log10 ||Delta|| at the last observed step": lambda row: _log10(row.get("delta_end")),
-    "log ||Delta|| growth rate, late observed": lambda row: row.get("delta_growth_late"),
-    "finite-time exponent over the observed steps": lambda row: row.get("exponent_observed"),
+FORECAST_TARGETS = {
+    "churn_end": lambda row: row.run_end.churn_end,
+    "weight_D_end": lambda row: row.run_end.weight_d_end,
 }
+FORECAST_FEATURES = {
+    "kink (ReLU 1, smooth 0), known before training": lambda row: float(row.activation == "relu"),
+    "log10 lr, known before training": lambda row: float(np.log10(row.lr)),
+    "first switch (step)": lambda row: row.events.first_switch,
+    "first rounding jump (step)": lambda row: row.events.rounding_jump_at,
+    "log10 (1 + switches) at the last observed step": lambda row: _log10(
+        None if row.observed_end.switches_end is None else 1 + row.observed_end.switches_end
+    ),
+    "log10 ||Delta|| at the last observed step": lambda row: _log10(row.observed_end.delta_end),
+    "log ||Delta|| growth rate, late observed": lambda row: row.observed_end.delta_growth_late,
+    "finite-time exponent over the observed steps": lambda row: row.observed_end.exponent_observed,
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForecastSkill:
+    """A forecast-table row: one feature's leave-one-out forecast of one target over a group
+    of runs (the runs used; the RMS error in log10 units and as a factor; the skill)."""
+
+    runs_of: str = column("runs of")
+    target: str
+    feature: str
+    runs: int
+    rms_error: float = column("rms error (log10)")
+    error_factor: float = column("error factor")
+    rms_of_mean: float = column("rms of the mean (log10)")
+    skill: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ForecastRun:
+    """A forecast_runs row: one run's target forecast by its group's most skilful feature."""
+
+    runs_of: str = column("runs of")
+    target: str
+    feature: str
+    name: str
+    activation: str
+    observed: float
+    predicted: float
+    error_factor: float = column("error factor")
 
 
 def _log10(x) -> float | None:
     return None if x is None or x <= 0 else float(np.log10(x))
 
 
-def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dict]]:
+def forecast(
+    runs: list[ResponseRow], churn_floor: float
+) -> tuple[list[ForecastSkill], list[ForecastRun]]:
     """Predicts each run's final churn and weight D (log10; churn floored at churn_floor,
     half a test example) from one feature, by a straight line fitted to the other runs
     (leave-one-out, leaving out with each run the runs that share its member 0: `_member0`),
@@ -267,28 +380,28 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     1 - rms / rms of predicting the other runs' mean; one row per group, run and target
     with the prediction of the group's most skilful feature beside the observed value).
     Empty with fewer than 4 finished runs."""
-    done = [r for r in rows if r.get("status") == "finished" and "churn_end" in r]
+    done = [r for r in runs if r.status == "finished" and r.run_end is not None]
     skill, predictions = [], []
     for group, members in _forecast_groups(done).items():
-        for target in FORECAST_TARGETS:
+        for target, value in FORECAST_TARGETS.items():
             floor = churn_floor if target == "churn_end" else 0.0
             best = None
             for feature, read in FORECAST_FEATURES.items():
-                fitted = _fit_feature(members, target, floor, read)
+                fitted = _fit_feature(members, value, floor, read)
                 if fitted is None:
                     continue  # nothing to fit, or nothing to predict
                 used, y, fit = fitted
                 skill.append(
-                    {
-                        "runs of": group,
-                        "target": target,
-                        "feature": feature,
-                        "runs": len(used),
-                        "rms error (log10)": fit.rms,
-                        "error factor": 10**fit.rms,
-                        "rms of the mean (log10)": fit.rms_of_mean,
-                        "skill": fit.skill,
-                    }
+                    ForecastSkill(
+                        runs_of=group,
+                        target=target,
+                        feature=feature,
+                        runs=len(used),
+                        rms_error=fit.rms,
+                        error_factor=10**fit.rms,
+                        rms_of_mean=fit.rms_of_mean,
+                        skill=fit.skill,
+                    )
                 )
                 # by skill: features read on different runs have different baselines
                 if fit.skill > (-np.inf if best is None else best[0].skill):
@@ -298,45 +411,46 @@ def forecast(rows: list[dict], churn_floor: float) -> tuple[list[dict], list[dic
     return skill, predictions
 
 
-def _forecast_groups(done: list[dict]) -> dict[str, list[dict]]:
+def _forecast_groups(done: list[ResponseRow]) -> dict[str, list[ResponseRow]]:
     """{group: its runs}: all runs, each activation's, and each source's where there are
     several."""
     groups = {"all runs": done}
-    for activation in dict.fromkeys(r["activation"] for r in done):
-        groups[f"{activation} only"] = [r for r in done if r["activation"] == activation]
-    by_source = dict.fromkeys(r.get("source") for r in done)
+    for activation in dict.fromkeys(r.activation for r in done):
+        groups[f"{activation} only"] = [r for r in done if r.activation == activation]
+    by_source = dict.fromkeys(r.source for r in done)
     for source in by_source if len(by_source) > 1 else ():
-        groups[f"{source} only"] = [r for r in done if r.get("source") == source]
+        groups[f"{source} only"] = [r for r in done if r.source == source]
     return groups
 
 
-def _fit_feature(members: list[dict], target: str, floor: float, read):
-    """(the runs used, their log10 target, the LeaveOneOut fit of it on the feature `read`),
-    or None where fewer than 4 member-0 groups have both or either is constant."""
-    known = [(r, read(r)) for r in members if max(r[target], floor) > 0]
+def _fit_feature(members: list[ResponseRow], target, floor: float, read):
+    """(the runs used, their log10 `target` (a FORECAST_TARGETS reader), the LeaveOneOut
+    fit of it on the feature `read`), or None where fewer than 4 member-0 groups have both
+    or either is constant."""
+    known = [(r, read(r)) for r in members if max(target(r), floor) > 0]
     known = [(r, v) for r, v in known if v is not None and np.isfinite(v)]
     used = [r for r, _ in known]
     x = np.array([v for _, v in known])
-    y = np.log10([max(r[target], floor) for r in used])
+    y = np.log10([max(target(r), floor) for r in used])
     shared = [_member0(r) for r in used]
     if len(set(shared)) < 4 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     return used, y, fit_leave_one_out(x, y, shared)
 
 
-def _forecast_rows(group: str, target: str, fit, feature: str, used, y) -> list[dict]:
+def _forecast_rows(group: str, target: str, fit, feature: str, used, y) -> list[ForecastRun]:
     """One row per run of the group: the best feature's prediction beside the observed."""
     return [
-        {
-            "runs of": group,
-            "target": target,
-            "feature": feature,
-            "name": r["name"],
-            "activation": r["activation"],
-            "observed": float(10**yi),
-            "predicted": float(10**pi),
-            "error factor": float(10 ** abs(pi - yi)),
-        }
+        ForecastRun(
+            runs_of=group,
+            target=target,
+            feature=feature,
+            name=r.name,
+            activation=r.activation,
+            observed=float(10**yi),
+            predicted=float(10**pi),
+            error_factor=float(10 ** abs(pi - yi)),
+        )
         for r, pi, yi in zip(used, fit.predicted, y, strict=True)
     ]
 
@@ -363,12 +477,12 @@ def fit_leave_one_out(x: np.ndarray, y: np.ndarray, shared: list) -> LeaveOneOut
     return LeaveOneOut(predicted, rms, rms0, 1 - rms / rms0 if rms0 > 0 else float("nan"))
 
 
-def _member0(row: dict) -> tuple:
+def _member0(row: ResponseRow) -> tuple:
     """What fixes a run's member 0: the runs of each source at one activation, lr and seed
     share it, hence its trajectory and every feature read from member 0 alone (the kink,
     the lr, the exponent), and they end alike; a forecast that kept one of them to predict
     another would be scored on a copy."""
-    return (row["activation"], row["lr"], row.get("seed", row["name"]))
+    return (row.activation, row.lr, row.seed)
 
 
 def _leave_one_out(x: np.ndarray, y: np.ndarray, shared: list) -> np.ndarray:
@@ -429,27 +543,27 @@ def first_jump(values: np.ndarray, factor: float) -> int | None:
     return None
 
 
-def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: float):
+def summarize_run(r: ResponseRun, records: list[dict], done: RunSummary, leave_ratio: float):
     """One run's row and curve, from its records (through the observers' readers and their
     summaries)."""
-    row = {"name": r.name, "activation": r.activation, "source": r.source, "lr": r.lr}
-    row.update(seed=r.seed, status=done.get("status", "finished"))
+    twin = r.members[1].label
     resp = linear_response.LinearResponse.read(records)
     switches_at, layer_steps = _switches(regions.Switches.read(records))
     rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
-    row.update(_event_columns(resp, leave_ratio, rounding_jump, switches_at, layer_steps))
-    growth = lyapunov.Lyapunov.read(records)
-    row.update(_end_columns(resp, growth, switches_at))
-    if rounding_jump is not None:  # the step it happens in: r, N and Delta before and after
-        row.update(_jump_columns(resp, rounding_jump))
-    distances = divergence.MemberDistance.read(records)
-    if distances.steps.size:  # the twins at the last step trained (the run's end)
-        twin = divergence.MemberDistance.summary(distances, 1)
-        row.update(
-            run_steps=int(distances.steps[-1]),
-            churn_end=twin["churn"],
-            weight_D_end=twin["params_rel_l1"],
-        )
+    events = _events(resp, leave_ratio, rounding_jump, switches_at, layer_steps)
+    row = ResponseRow(
+        r.name,
+        r.activation,
+        r.source,
+        r.lr,
+        r.seed,
+        done.status,
+        events,
+        _observed_end(resp, lyapunov.Lyapunov.read(records), switches_at, twin),
+        # the step it happens in: r, N and Delta before and after
+        jump=None if rounding_jump is None else _jump(resp, rounding_jump),
+        run_end=_run_end(divergence.MemberDistance.read(records), twin),
+    )
     curve = {
         "activation": r.activation,
         "source": r.source,
@@ -459,8 +573,8 @@ def summarize_run(r: ResponseRun, records: list[dict], done: dict, leave_ratio: 
         "response_r": resp["response_r"][1].tolist(),
         "response_f": resp["response_f"][1].tolist(),
         "first_switches": sorted(layer_steps.values()),
-        "leaves_at": row["leaves_at"],
-        "rounding_jump_at": row["rounding_jump_at"],
+        "leaves_at": events.leaves_at,
+        "rounding_jump_at": events.rounding_jump_at,
     }
     return row, curve
 
@@ -480,16 +594,15 @@ def _switches(series):
     return switches_at, layer_steps
 
 
-def _event_columns(resp, leave_ratio: float, rounding_jump, switches_at, layer_steps) -> dict:
-    """When the twins leave the linear response (||Delta|| / ||delta^r|| > leave_ratio), are
-    restrained (< 1 / leave_ratio), first switch, and the rounding jump; the switches, N and
-    the layer holding most of ||Delta||^2 there."""
+def _events(resp, leave_ratio: float, rounding_jump, switches_at, layer_steps) -> Events:
+    """The run's Events from its LinearResponse Series, the index of its rounding jump and
+    its switches (`_switches`)."""
     steps_, ratio = resp.steps, resp["ratio_r"][1]
     left = np.flatnonzero(ratio > leave_ratio)
     leave = int(left[0]) if left.size else None
     restrained = np.flatnonzero(ratio < 1 / leave_ratio)
     before = None if leave is None or leave == 0 else leave - 1
-    return dict(
+    return Events(
         steps=int(steps_[-1]),
         leaves_at=None if leave is None else int(steps_[leave]),
         rounding_jump_at=None if rounding_jump is None else int(steps_[rounding_jump]),
@@ -505,40 +618,46 @@ def _event_columns(resp, leave_ratio: float, rounding_jump, switches_at, layer_s
     )
 
 
-def _end_columns(resp, growth, switches_at) -> dict:
-    """||Delta||, ||delta^r||, ||delta^f|| and their ratios at the last observed step
-    (LinearResponse.summary); over the second half, the growth of log ||Delta|| beside the
-    tangent's exponent and the restraint; the exponent over the observed steps; switches at
-    the end."""
+def _observed_end(resp, growth, switches_at, twin: str) -> ObservedEnd:
+    """The run's ObservedEnd from its LinearResponse Series (LinearResponse.summary of member
+    1, `twin`), its Lyapunov Series and its switches (`_switches`)."""
     steps_, delta, ratio = resp.steps, resp["delta"][1], resp["ratio_r"][1]
     end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
     log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
     span = steps_[end] - steps_[mid]
-    last = linear_response.LinearResponse.summary(resp)
-    return dict(
-        delta_end=_value(last["delta_end"]),
-        response_r_end=_value(last["response_r_end"]),
-        response_f_end=_value(last["response_f_end"]),
+    last = MemberSummary(twin, **linear_response.LinearResponse.summary(resp))
+    return ObservedEnd(
+        delta_end=_value(last.delta_end),
+        response_r_end=_value(last.response_r_end),
+        response_f_end=_value(last.response_f_end),
         ratio_r_end=_value(ratio[end]),
         ratio_f_end=_value(resp["ratio_f"][1, end]),
         delta_growth_late=_value(np.log(delta[end] / delta[mid]) / span)
         if span > 0 and delta[mid] > 0
         else None,
         exponent_late=_value((log_growth[end] - log_growth[mid]) / span) if span > 0 else None,
-        # the twins' growth over the second half against the tangent's (None: no stretch)
         restraint_late=lyapunov.restraint(delta, log_growth, mid, end),
         exponent_observed=_value(log_growth[end] / steps_[end]) if steps_[end] > 0 else None,
         switches_end=switches_at(steps_[end]),
     )
 
 
-def _jump_columns(resp, jump: int) -> dict:
-    """||r|| and ||N|| at the rounding jump, ||Delta|| before and at it, ||delta^r|| at it."""
+def _jump(resp, jump: int) -> RoundingJump:
+    """The RoundingJump at index `jump` of the LinearResponse Series."""
     at = {q: resp[q][1] for q in ("forcing_r", "nonlinear", "delta", "response_r")}
-    return dict(
+    return RoundingJump(
         rounding_jump=_value(at["forcing_r"][jump]),
         nonlinear_at_jump=_value(at["nonlinear"][jump]),
         delta_before_jump=_value(at["delta"][jump - 1]),
         delta_at_jump=_value(at["delta"][jump]),
         response_r_at_jump=_value(at["response_r"][jump]),
     )
+
+
+def _run_end(distances, twin: str) -> RunEnd | None:
+    """The RunEnd from the MemberDistance Series (its summary of member 1, `twin`), None
+    without records."""
+    if not distances.steps.size:
+        return None
+    last = MemberSummary(twin, **divergence.MemberDistance.summary(distances, 1))
+    return RunEnd(int(distances.steps[-1]), last.churn, last.params_rel_l1)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
 
 from eos_jax import distributed, numerics, recipe, results
+from eos_jax.training.summary import RunSummary
 from eos_jax.training.trainer import TrainingDiverged
 
 
@@ -31,14 +31,14 @@ class NotApplicable:
 
 def train_all(
     config, workdir: str, trainers: dict, keep_going: bool = False, release_programs: bool = False
-) -> dict[str, dict]:
+) -> dict[str, RunSummary]:
     """Runs each planned Trainer (name -> Trainer, each in its own sub-directory).
 
     First every member state is built (init edits applied) and every observer checked, so
     bad input fails before anything is written; then process 0 prepares the experiment's
     work directory; then each unfinished trainer runs (resuming from its checkpoints) and a
     finished one is read back. Returns the summaries by name. keep_going: a run that
-    diverges is a result ({'status': 'diverged', 'what': ...}, its diverged.json kept), not
+    diverges is a result (RunSummary.diverged, its diverged.json kept), not
     the end of the study (a sweep whose phase diagram has a divergent region).
     release_programs: drop every compiled program after each run (jax.clear_caches), for
     studies whose runs each compile large programs of their own (the response study's
@@ -54,14 +54,14 @@ def train_all(
     summaries = {}
     for name, t in trainers.items():
         if results.is_finished(t.workdir):
-            summaries[name] = results.read_json(os.path.join(t.workdir, results.SUMMARY))
+            summaries[name] = RunSummary.read(t.workdir)
             continue
         try:
             summaries[name] = t.run()
         except TrainingDiverged as error:
             if not keep_going:
                 raise
-            summaries[name] = {"status": "diverged", "what": str(error)}
+            summaries[name] = RunSummary.diverged(str(error))
         finally:
             if release_programs:
                 jax.clear_caches()

@@ -186,7 +186,7 @@ class Ensemble:
                 ),
                 opt_state=tx.init(params),
             )
-            states.append(step.init(state) if hasattr(step, "init") else state)
+            states.append(step.init(state) if steps.carries_state(step) else state)
         return self._pack(states)
 
     def param_shapes(self):

@@ -24,6 +24,7 @@ import numpy as np
 
 from eos_jax import bits
 from eos_jax.training import steps
+from eos_jax.training.summary import RunSummary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +161,8 @@ class Observer:
         """This observer's records as arrays by member and step."""
         return read_series(records, cls.kind, cls.fields)
 
-    def summarize(self, records: list[dict], summary: dict) -> None:
-        """Adds to summary (its 'members' list holds one dict per member) from the records."""
+    def summarize(self, records: list[dict], summary: RunSummary) -> None:
+        """Fills this observer's fields of the summary (a RunSummary) from the records."""
 
 
 class TrainLog(Observer):
@@ -270,15 +271,13 @@ class Evaluate(Observer):
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
-        for i, member in enumerate(summary["members"]):
+        for i, member in enumerate(summary.members):
             evals = series.member("test_accuracy", i)[1]
             member.update(final_accuracy=final_accuracy(evals), last_test_accuracy=float(evals[-1]))
             heldout = series.member("heldout_accuracy", i)[1]
             if heldout.size:
-                member["heldout_accuracy"] = float(heldout[-1])
-        summary["final_accuracy_std"] = float(
-            np.std([m["final_accuracy"] for m in summary["members"]])
-        )
+                member.heldout_accuracy = float(heldout[-1])
+        summary.final_accuracy_std = float(np.std(summary.column("final_accuracy")))
 
 
 class Checkpoint(Observer):

@@ -147,6 +147,12 @@ def make_train_step(
     return train_step
 
 
+def carries_state(train_step) -> bool:
+    """Whether a train step extends the TrainState it is given: it has `init(state)`, which
+    adds what it carries (analysis.lyapunov's tangent). The one test of that protocol."""
+    return hasattr(train_step, "init")
+
+
 def make_eval_step(model: nn.Module):
     """Returns the pure function (state, images) -> logits, with BN in inference mode."""
 

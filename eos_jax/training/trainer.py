@@ -29,6 +29,7 @@ from eos_jax.training import observers as obs
 from eos_jax.training.checkpoint import Checkpointer, CheckpointError
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
+from eos_jax.training.summary import MemberSummary, RunSummary
 
 
 class TrainingDiverged(RuntimeError):
@@ -161,7 +162,7 @@ class Trainer:
             self._initial = initial
         return self._initial
 
-    def run(self, stop_at_step: int | None = None) -> dict:
+    def run(self, stop_at_step: int | None = None) -> RunSummary:
         """Trains to the end (or to stop_at_step, checkpointed: run again to continue),
         resuming from the latest checkpoint in workdir. Returns the summary."""
         config, ensemble = self.config, self.ensemble
@@ -186,11 +187,15 @@ class Trainer:
         self.checkpointer.close()
         members = ensemble.unpack(states)
         if run.end < run.num_steps:
-            return {
-                "stopped_at_step": run.end,
-                "steps": run.num_steps,
-                "params_hashes": obs.params_hashes(members),
-            }
+            return RunSummary(
+                status="stopped",
+                steps=run.end,
+                planned_steps=run.num_steps,
+                members=[
+                    MemberSummary(label=m.label, params_hash=h)
+                    for m, h in zip(ensemble.members, obs.params_hashes(members), strict=True)
+                ],
+            )
         return self._finish(run, observers, members, start, t0)
 
     def _prepare_workdir(self) -> None:
@@ -239,33 +244,32 @@ class Trainer:
                 if run.bar is not None:
                     run.bar.close()
 
-    def _finish(self, run: Run, observers: list, members, start: int, t0: float) -> dict:
+    def _finish(self, run: Run, observers: list, members, start: int, t0: float) -> RunSummary:
         """The finished run's summary (each observer adds its part), written last: it marks
         the run finished. Other processes return it unwritten."""
         config, ensemble, num_steps = self.config, self.ensemble, run.num_steps
-        summary = {
-            "status": "finished",
-            "steps": num_steps,
-            "strategy": ensemble.strategy,
-            "members": [
-                {"label": m.label, "params_hash": h}
+        summary = RunSummary(
+            status="finished",
+            steps=num_steps,
+            strategy=ensemble.strategy,
+            members=[
+                MemberSummary(label=m.label, params_hash=h)
                 for m, h in zip(ensemble.members, obs.params_hashes(members), strict=True)
             ],
-            "init_edits": ensemble.init_edits(),
-            "seconds_this_session": time.time() - t0,
-            "resumed_from_step": start,
-        }
+            init_edits=ensemble.init_edits(),
+            seconds_this_session=time.time() - t0,
+            resumed_from_step=start,
+        )
         if run.stop_reason is not None:
-            planned = recipe.total_steps(config, ensemble.steps_per_epoch)
-            summary.update(
-                goal=run.stop_reason, goal_reached_at_step=num_steps, planned_steps=planned
-            )
+            summary.goal, summary.goal_reached_at_step = run.stop_reason, num_steps
+            summary.planned_steps = recipe.total_steps(config, ensemble.steps_per_epoch)
         if not distributed.is_primary():
-            return {**summary, "process_index": jax.process_index()}
+            summary.process_index = jax.process_index()
+            return summary
         records = read_metrics(self.workdir)
         for o in observers:
             o.summarize(records, summary)
-        results.finish(self.workdir, summary)
+        summary.write(self.workdir)
         return summary
 
     def _carried(self) -> dict:
@@ -339,7 +343,7 @@ class Trainer:
             )
 
 
-def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> dict:
+def train_and_evaluate(config, workdir: str, stop_at_step: int | None = None) -> RunSummary:
     """Trains one recipe (K = 1) with the default observers; see Trainer.run."""
     member = Member("recipe", config)
     ensemble = Ensemble([member], build.dataset(config), strategy="unrolled")

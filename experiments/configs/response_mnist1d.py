@@ -13,6 +13,13 @@ conv1/kernel), lr (0.05, 0.1) and seed (0, 1, 2): one twin pair, observed every 
 ':forecast': the same pairs, their linear response and switches observed over the first
 epoch (62 steps) alone, trained to the end of the 10 epochs: the forecast of the final churn
 and weight distance from that first epoch (forecast.md).
+
+  python -m experiments.response --config=experiments/configs/response_mnist1d.py:adam \
+      --workdir=/tmp/response_adam
+
+':adam': as ':forecast', with Adam (lr ADAM_LR, the moments' defaults, coupled decay 5e-4)
+in place of SGD, for ReLU and Swish update_k pairs: does Adam's preconditioner amplify or
+damp a rounding against SGD's pairs of the same activation and seed?
 """
 
 import ml_collections
@@ -20,7 +27,8 @@ import ml_collections
 from eos_jax.studies import response
 from experiments.configs import mnist1d
 
-EXPERIMENTS = ("full", "forecast")
+EXPERIMENTS = ("full", "forecast", "adam")
+ADAM_LR = 0.001
 
 
 def shortened(c: ml_collections.ConfigDict, experiment: str, steps_per_epoch: int):
@@ -32,8 +40,11 @@ def shortened(c: ml_collections.ConfigDict, experiment: str, steps_per_epoch: in
     c.optimizer.decay_epochs = ()  # constant lr: one family of linearised maps per run
     c.checkpoint_every_steps = 5 * steps_per_epoch
     c.response = response.default_settings()
-    if experiment == "forecast":
+    if experiment in ("forecast", "adam"):
         c.response.observed_steps = steps_per_epoch
+    if experiment == "adam":
+        c.optimizer.update(name="adam", momentum=0.0, nesterov=False)
+        c.response.update(lrs=(ADAM_LR,), activations=("relu", "swish"), sources=("update_k",))
     return c
 
 

@@ -9,8 +9,10 @@ import os
 import numpy as np
 
 from eos_jax.analysis import divergence, statistics
+from eos_jax.studies.rows import column
 from eos_jax.studies.runs import PlannedRun
 from eos_jax.training import observers, sources, trainer
+from eos_jax.training.summary import RunSummary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,35 @@ def check_compare(compare) -> None:
         )
 
 
-def source_statistics(sub: str, summary: dict) -> dict:
+@dataclasses.dataclass(frozen=True)
+class SourceStatistics:
+    """One ensemble's spread (95% intervals, normal theory), the test set's own noise and,
+    where the members were also evaluated on a held-out set, the held-out spread."""
+
+    members: int
+    final_acc_mean: float = column("final acc mean")
+    final_acc_std: statistics.Estimate | None = column("final acc std")
+    churn: statistics.Estimate | None = column("churn")
+    softmax_l2: statistics.Estimate | None = column("softmax L2")
+    test_set_noise_std: float | None = column("test-set noise std")
+    weight_d: float | None = column("weight D")
+    heldout_acc_std: statistics.Estimate | None = column("heldout acc std")
+    last_test_acc_std: float | None = column("last test acc std")
+    test_set_part_std: float | None = column("test-set part std")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRow:
+    """A sources-table row: a source's statistics, or (members 0) why it does not apply."""
+
+    source: str
+    kind: str
+    statistics: SourceStatistics | None = None
+    members: int | None = None  # 0 for a source that does not apply
+    note: str | None = None
+
+
+def source_statistics(sub: str, summary: RunSummary) -> SourceStatistics:
     """One ensemble's spread with 95% intervals (normal theory: statistics.std_interval,
     mean_interval), and the accuracy std that independent per-example errors would give on
     this test set (statistics.independent_errors_std, from the final predictions). Where
@@ -56,30 +86,35 @@ def source_statistics(sub: str, summary: dict) -> dict:
     spread of that accuracy (the distribution-level spread, measured) and the part of the
     final test-accuracy variance it leaves to the finite test set (Jordan 2023's
     decomposition: sqrt(var(last test) - var(held-out)), both at the final weights)."""
-    final = [m["final_accuracy"] for m in summary["members"]]
-    others = summary["members"][1:]
+    final = summary.column("final_accuracy")
+    others = RunSummary("finished", summary.members[1:])
     predicted, labels = observers.read_predictions(sub)
-    row = {"members": len(final), "final acc mean": float(np.mean(final))}
-    row.update(_estimate("final acc std", statistics.std_interval, final))
-    row.update(_estimate("churn", statistics.mean_interval, [m["churn"] for m in others]))
-    row.update(_estimate("softmax L2", statistics.mean_interval, [m["softmax_l2"] for m in others]))
-    row["test-set noise std"] = statistics.independent_errors_std(predicted == labels)
-    row["weight D"] = summary["mean_params_rel_l1"]
-    heldout = [m.get("heldout_accuracy") for m in summary["members"]]
+    heldout = summary.column("heldout_accuracy")
+    held = {}
     if None not in heldout:
-        row.update(_estimate("heldout acc std", statistics.std_interval, heldout))
-        last = [m["last_test_accuracy"] for m in summary["members"]]
-        row["last test acc std"] = float(np.std(last))
-        row["test-set part std"] = float(np.sqrt(max(0.0, np.var(last) - np.var(heldout))))
-    return row
+        last = summary.column("last_test_accuracy")
+        held = dict(
+            heldout_acc_std=_estimate(statistics.std_interval, heldout),
+            last_test_acc_std=float(np.std(last)),
+            test_set_part_std=float(np.sqrt(max(0.0, np.var(last) - np.var(heldout)))),
+        )
+    return SourceStatistics(
+        members=len(final),
+        final_acc_mean=float(np.mean(final)),
+        final_acc_std=_estimate(statistics.std_interval, final),
+        churn=_estimate(statistics.mean_interval, others.column("churn")),
+        softmax_l2=_estimate(statistics.mean_interval, others.column("softmax_l2")),
+        test_set_noise_std=statistics.independent_errors_std(predicted == labels),
+        weight_d=summary.mean_params_rel_l1,
+        **held,
+    )
 
 
-def _estimate(key: str, interval, values) -> dict:
-    """{key, key low, key high} from interval(values); with one value, no interval (nan)."""
+def _estimate(interval, values) -> statistics.Estimate:
+    """interval(values); with one value, that value without an interval (nan)."""
     if len(values) < 2:
-        return {key: float(np.mean(values)), f"{key} low": np.nan, f"{key} high": np.nan}
-    estimate = interval(values)
-    return {key: estimate.value, f"{key} low": estimate.low, f"{key} high": estimate.high}
+        return statistics.Estimate(float(np.mean(values)), np.nan, np.nan, 0.95, "none", (1,))
+    return interval(values)
 
 
 # What a verdict compares: (member field, label of its ratio line, where it was measured).
@@ -89,12 +124,12 @@ VERDICT_SPLITS = (
 )
 
 
-def split_ratios(rounding: dict, seed: dict) -> dict[str, statistics.Estimate]:
+def split_ratios(rounding: RunSummary, seed: RunSummary) -> dict[str, statistics.Estimate]:
     """{member field: the rounding/seed accuracy-std ratio with its 95% interval} for each
     field of VERDICT_SPLITS that every member of both ensembles (their summaries) has."""
     ratios = {}
     for field, _, _ in VERDICT_SPLITS:
-        accuracies = [[m.get(field) for m in s["members"]] for s in (rounding, seed)]
+        accuracies = [s.column(field) for s in (rounding, seed)]
         if None not in accuracies[0] + accuracies[1]:
             ratios[field] = statistics.std_ratio_interval(*accuracies)
     return ratios
@@ -129,25 +164,51 @@ def onset_curves(sub: str) -> dict[str, tuple[list[int], list[float]]]:
     }
 
 
-def compare_row(workdir: str, summaries: dict, names) -> dict:
-    """The two compared ensembles (rounding, stochastic; their folder names): the
-    final-accuracy std ratio with its 95% interval, each one's spread, churn and weight D,
-    the test-set noise std, and where measured the held-out (distribution) ratio."""
-    stats = [source_statistics(os.path.join(workdir, n), summaries[n]) for n in names]
-    accuracies = [[m["final_accuracy"] for m in summaries[n]["members"]] for n in names]
+@dataclasses.dataclass(frozen=True)
+class CompareRow:
+    """The two compared ensembles (rounding, stochastic): the final-accuracy std ratio and,
+    where measured, the held-out (distribution) ratio, with 95% intervals; each one's
+    spread, churn and weight D; the test-set noise std."""
+
+    members: str  # 'rounding+stochastic'
+    ratio: statistics.Estimate | None = None
+    heldout_ratio: statistics.Estimate | None = column("held-out ratio")
+    final_acc_mean: float | None = column("final acc mean")
+    rounding_final_acc_std: float | None = column("rounding final acc std")
+    rounding_heldout_acc_std: float | None = column("rounding heldout acc std")
+    rounding_churn: float | None = column("rounding churn")
+    rounding_weight_d: float | None = column("rounding weight D")
+    stochastic_final_acc_std: float | None = column("stochastic final acc std")
+    stochastic_heldout_acc_std: float | None = column("stochastic heldout acc std")
+    stochastic_churn: float | None = column("stochastic churn")
+    stochastic_weight_d: float | None = column("stochastic weight D")
+    test_set_noise_std: float | None = column("test-set noise std")
+
+
+def compare_row(workdir: str, summaries: dict, names) -> CompareRow:
+    """The CompareRow of two ensembles (their folder names: rounding, stochastic)."""
+    rounding, stochastic = (
+        source_statistics(os.path.join(workdir, n), summaries[n]) for n in names
+    )
+    accuracies = [summaries[n].column("final_accuracy") for n in names]
     ratios = split_ratios(*(summaries[n] for n in names))
-    row = {"members": "+".join(str(s["members"]) for s in stats)}
-    for field, key in (("final_accuracy", "ratio"), ("heldout_accuracy", "held-out ratio")):
-        if field in ratios:
-            ratio = ratios[field]
-            row.update({key: ratio.value, f"{key} low": ratio.low, f"{key} high": ratio.high})
-    row["final acc mean"] = float(np.mean(accuracies[0] + accuracies[1]))
-    for kind, s in zip(("rounding", "stochastic"), stats, strict=True):
-        for key in ("final acc std", "heldout acc std", "churn", "weight D"):
-            if key in s:
-                row[f"{kind} {key}"] = s[key]
-    row["test-set noise std"] = stats[1]["test-set noise std"]
-    return row
+    kinds = {}
+    for kind, s in (("rounding", rounding), ("stochastic", stochastic)):
+        held = s.heldout_acc_std
+        kinds |= {
+            f"{kind}_final_acc_std": s.final_acc_std.value,
+            f"{kind}_heldout_acc_std": None if held is None else held.value,
+            f"{kind}_churn": s.churn.value,
+            f"{kind}_weight_d": s.weight_d,
+        }
+    return CompareRow(
+        members=f"{rounding.members}+{stochastic.members}",
+        ratio=ratios.get("final_accuracy"),
+        heldout_ratio=ratios.get("heldout_accuracy"),
+        final_acc_mean=float(np.mean(accuracies[0] + accuracies[1])),
+        test_set_noise_std=stochastic.test_set_noise_std,
+        **kinds,
+    )
 
 
 def mean_over_members(series: observers.Series, field: str) -> tuple[list[int], list[float]]:

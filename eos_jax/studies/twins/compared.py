@@ -3,15 +3,21 @@ each learning rate (sweep) and for each one-ingredient variant of the recipe (fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import ml_collections
 import numpy as np
 
-from eos_jax import recipe, results
-from eos_jax.analysis import plots
+from eos_jax import recipe
+from eos_jax.analysis import plots, statistics
+from eos_jax.studies import rows
+from eos_jax.studies.rows import column
 from eos_jax.studies.runs import NotApplicable
 from eos_jax.studies.twins.common import (
+    CompareRow,
+    SourceRow,
+    SourceStatistics,
     TwinsRun,
     check_compare,
     check_list,
@@ -99,98 +105,121 @@ def factor_recipes(config) -> list[tuple[str, str, ml_collections.ConfigDict]]:
     return variants
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepRow:
+    lr: float
+    compare: CompareRow
+
+
+@dataclasses.dataclass(frozen=True)
+class FactorRow:
+    """A variant of the recipe: its CompareRow, or (None) the note why it has none."""
+
+    factor: str
+    overrides: str
+    compare: CompareRow | None = None
+    wall_minutes: float | None = column("wall minutes")
+    note: str | None = None
+
+
 def tabulate_sources(config, runs, summaries, workdir) -> dict:
-    rows, curves = [], {}
+    table_rows, curves = [], {}
     for r in runs:
         name = r.name.removeprefix("source_")
         kind = sources.get(name).kind
         if isinstance(r, NotApplicable):
-            rows.append({"source": name, "kind": kind, "members": 0, "note": r.reason})
+            table_rows.append(SourceRow(name, kind, members=0, note=r.reason))
             continue
         sub = os.path.join(workdir, r.name)
-        rows.append({"source": name, "kind": kind, **source_statistics(sub, summaries[r.name])})
+        table_rows.append(SourceRow(name, kind, source_statistics(sub, summaries[r.name])))
         curves[name] = (kind, onset_curves(sub))
-    keys = [k for k in SHOWN_STATISTICS if any(k in row for row in rows)]
-    shown = [_with_intervals(row, keys) for row in rows]
-    table = results.write_table(workdir, "sources", rows, shown)
+    measured = [row.statistics for row in table_rows if row.statistics is not None]
+    shown_fields = [f for f in SHOWN_STATISTICS if any(getattr(m, f) is not None for m in measured)]
+    table = rows.write(
+        workdir, "sources", table_rows, [_with_intervals(row, shown_fields) for row in table_rows]
+    )
     plots.sources(
-        [r for r in rows if r["members"]],
+        [row for row in table_rows if row.statistics is not None],
         {name: c["weight D"] for name, (_, c) in curves.items()},
         os.path.join(workdir, "sources.png"),
     )
     plots.onset(curves, os.path.join(workdir, "onset.png"))
     line = verdict(config, summaries)
-    return {"table": table, "rows": rows, "verdict": line}
+    return {"table": table, "rows": [rows.columns(row) for row in table_rows], "verdict": line}
 
 
 # The statistics a sources table shows, in order (the held-out ones where measured).
-SHOWN_STATISTICS = ("final acc std", "test-set noise std", "heldout acc std")
-SHOWN_STATISTICS += ("test-set part std", "churn", "softmax L2", "weight D")
+SHOWN_STATISTICS = ("final_acc_std", "test_set_noise_std", "heldout_acc_std")
+SHOWN_STATISTICS += ("test_set_part_std", "churn", "softmax_l2", "weight_d")
 
 
-def _with_intervals(row: dict, keys) -> dict:
+def _with_intervals(row: SourceRow, shown_fields) -> dict:
     """A sources row for reading: estimates as 'value [low, high]' (95% CI)."""
-    shown = {k: row.get(k, "") for k in ("source", "kind", "members", "final acc mean")}
-    for key in keys:
-        if key not in row:
-            shown[key] = ""
-        elif f"{key} low" in row:
-            shown[key] = f"{row[key]:.2g} [{row[key + ' low']:.2g}, {row[key + ' high']:.2g}]"
+    m = row.statistics
+    shown = {"source": row.source, "kind": row.kind}
+    shown["members"] = row.members if m is None else m.members
+    shown["final acc mean"] = "" if m is None else m.final_acc_mean
+    names = rows.column_names(SourceStatistics)
+    for field in shown_fields:
+        value = None if m is None else getattr(m, field)
+        if value is None:
+            shown[names[field]] = ""
+        elif isinstance(value, statistics.Estimate):
+            shown[names[field]] = statistics.format_interval(value, ".2g")
         else:
-            shown[key] = row[key]
-    return {**shown, "note": row.get("note", "")}
+            shown[names[field]] = value
+    return {**shown, "note": row.note or ""}
 
 
 def tabulate_sweep(config, runs, summaries, workdir) -> dict:
     rounding, seed = config.twins.compare
-    rows, ratio_curves = [], {}
+    table_rows, ratio_curves = [], {}
     for lr in config.twins.sweep_lrs:
         names = [f"lr_{lr:g}_{name}" for name in (rounding, seed)]
-        rows.append({"lr": float(lr), **compare_row(workdir, summaries, names)})
+        table_rows.append(SweepRow(float(lr), compare_row(workdir, summaries, names)))
         (steps, num), (_, den) = (
             onset_curves(os.path.join(workdir, n))["accuracy std"] for n in names
         )
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio_curves[float(lr)] = (steps, list(np.divide(num, den)))
-    table = results.write_table(workdir, "sweep", rows)
-    plots.sweep(rows, ratio_curves, f"{rounding}/{seed}", os.path.join(workdir, "sweep.png"))
-    return {"table": table, "rows": rows}
+    table = rows.write(workdir, "sweep", table_rows)
+    plots.sweep(table_rows, ratio_curves, f"{rounding}/{seed}", os.path.join(workdir, "sweep.png"))
+    return {"table": table, "rows": [rows.columns(row) for row in table_rows]}
 
 
 def tabulate_factors(config, runs, summaries, workdir) -> dict:
     """One row per variant: the compare_row, or why it has none (a diverged ensemble)."""
-    rows = []
+    table_rows = []
     for label, overrides, _ in factor_recipes(config):
         names = [f"{slug(label)}_{name}" for name in config.twins.compare]
-        diverged = [summaries[n]["what"] for n in names if summaries[n].get("status") == "diverged"]
-        row = {"factor": label, "overrides": overrides}
+        diverged = [summaries[n].what for n in names if not summaries[n].finished]
         if diverged:
-            rows.append({**row, "note": "diverged: " + diverged[0]})
+            table_rows.append(FactorRow(label, overrides, note="diverged: " + diverged[0]))
             continue
-        minutes = sum(summaries[n].get("seconds_this_session", np.nan) for n in names) / 60
-        rows.append({**row, **compare_row(workdir, summaries, names), "wall minutes": minutes})
-    shown = [_ratio_columns(row) for row in rows]
-    table = results.write_table(workdir, "factors", rows, shown)
-    plots.factors(rows, "/".join(config.twins.compare), os.path.join(workdir, "factors.png"))
-    return {"table": table, "rows": rows}
+        seconds = [summaries[n].seconds_this_session for n in names]
+        minutes = sum(np.nan if s is None else s for s in seconds) / 60
+        compare = compare_row(workdir, summaries, names)
+        table_rows.append(FactorRow(label, overrides, compare, minutes))
+    shown = [_ratio_columns(row) for row in table_rows]
+    table = rows.write(workdir, "factors", table_rows, shown)
+    plots.factors(table_rows, "/".join(config.twins.compare), os.path.join(workdir, "factors.png"))
+    return {"table": table, "rows": [rows.columns(row) for row in table_rows]}
 
 
-def _ratio_columns(row: dict) -> dict:
+def _ratio_columns(row: FactorRow) -> dict:
     """A factors row for reading: the ratios as 'value [low, high]', accuracies to 4 digits,
     held-out stds to 5, churn and D to 3 significant ones."""
-    shown = {"factor": row["factor"], "members": row.get("members", "")}
-    for key in ("ratio", "held-out ratio"):
-        shown[key] = (
-            f"{row[key]:.2f} [{row[key + ' low']:.2f}, {row[key + ' high']:.2f}]"
-            if key in row
-            else ""
-        )
-    formats = {"final acc std": "{:.4f}", "heldout acc std": "{:.5f}"}
-    formats |= {"churn": "{:.3g}", "weight D": "{:.3g}"}
-    shown["final acc mean"] = f"{row['final acc mean']:.4f}" if "final acc mean" in row else ""
+    c = row.compare
+    shown = {"factor": row.factor, "members": "" if c is None else c.members}
+    for key, ratio in (("ratio", c and c.ratio), ("held-out ratio", c and c.heldout_ratio)):
+        shown[key] = "" if ratio is None else statistics.format_interval(ratio, ".2f")
+    formats = {"final_acc_std": "{:.4f}", "heldout_acc_std": "{:.5f}"}
+    formats |= {"churn": "{:.3g}", "weight_d": "{:.3g}"}
+    shown["final acc mean"] = "" if c is None else f"{c.final_acc_mean:.4f}"
+    names = rows.column_names(CompareRow)
     for stat, form in formats.items():
         for kind in ("rounding", "stochastic"):
-            key = f"{kind} {stat}"
-            shown[key] = form.format(row[key]) if key in row else ""
-    shown["wall minutes"] = f"{row['wall minutes']:.1f}" if "wall minutes" in row else ""
-    return {**shown, "note": row.get("note", "")}
+            value = None if c is None else getattr(c, f"{kind}_{stat}")
+            shown[names[f"{kind}_{stat}"]] = "" if value is None else form.format(value)
+    shown["wall minutes"] = "" if row.wall_minutes is None else f"{row.wall_minutes:.1f}"
+    return {**shown, "note": row.note or ""}

@@ -27,6 +27,7 @@ import numpy as np
 
 from eos_jax import numerics, results
 from eos_jax.analysis import plots, statistics
+from eos_jax.studies import rows
 from eos_jax.studies.twins.common import TwinsRun, check_list
 from eos_jax.training import observers, sources
 
@@ -55,18 +56,6 @@ class GroupRow:
     ratio_observed: statistics.Estimate | None
     ratio_distribution: statistics.Estimate | None
 
-    def flat(self) -> dict:
-        """The row for a CSV: each estimate as value, low, high."""
-        row = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, statistics.Estimate):
-                row |= {field.name: value.value, f"{field.name} low": value.low}
-                row[f"{field.name} high"] = value.high
-            elif value is not None:
-                row[field.name] = value
-        return row
-
     def shown(self) -> dict:
         """The row for reading: estimates as 'value [low, high]'."""
         row = {"source": self.source, "split": self.split, "members": self.members}
@@ -81,6 +70,20 @@ class GroupRow:
         ):
             row[key] = "" if ratio is None else statistics.format_interval(ratio)
         return row
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerRow:
+    """The ratio interval's width (high / low) that a design would give, from the measured
+    variance components of one rounding source against the stochastic one."""
+
+    source: str
+    split: str
+    level: str
+    bases: int
+    twins: int
+    members: int  # rounding and stochastic together
+    width: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,12 +146,10 @@ def tabulate(config, runs, summaries, workdir) -> dict:
         for r in runs
     }
     groups, base_rows, pooled = _spreads(config.twins.bases, rounding, stochastic, correct)
-    table = results.write_table(
-        workdir, "nested", [g.flat() for g in groups], [g.shown() for g in groups]
-    )
-    results.write_table(workdir, "nested_bases", [dataclasses.asdict(b) for b in base_rows])
+    table = rows.write(workdir, "nested", groups, [g.shown() for g in groups])
+    rows.write(workdir, "nested_bases", base_rows)
     power = _power_rows(pooled)
-    results.write_table(workdir, "power", power)
+    rows.write(workdir, "power", power)
     plots.nested(groups, base_rows, os.path.join(workdir, "nested.png"))
     lines = []
     for row in groups:
@@ -156,11 +157,11 @@ def tabulate(config, runs, summaries, workdir) -> dict:
             lines += _verdict_lines(row, stochastic, pooled[row.source, row.split])
     lines += _agreement_lines(groups)
     lines += [_headline(g, stochastic, splits) for g in groups if g.source == rounding[0]][-1:]
-    seconds = sum(s.get("seconds_this_session", 0.0) for s in summaries.values())
+    seconds = sum(s.seconds_this_session or 0.0 for s in summaries.values())
     lines.append(f"wall time of the training this session: {seconds / 60:.1f} min")
     fingerprint = results.read_json(os.path.join(workdir, "fingerprint.json"))
     lines.append(f"machine: {numerics.machine_line(fingerprint)}")
-    groups = [g.flat() for g in groups]
+    groups, power = ([rows.columns(r) for r in typed] for typed in (groups, power))
     return {"table": table, "verdict": "\n".join(lines), "groups": groups, "power": power}
 
 
@@ -266,25 +267,15 @@ def _agreement_lines(groups: list[GroupRow]) -> list[str]:
     return lines
 
 
-def _power_rows(pooled: dict) -> list[dict]:
+def _power_rows(pooled: dict) -> list[PowerRow]:
     """Per rounding source, split and level: the ratio interval's width for each design of
     DESIGN_BASES x DESIGN_TWINS (as many stochastic members), from the measured components."""
-    rows = []
+    power = []
     for (name, split), (rounding, seeds) in pooled.items():
         for level, bases, twins in itertools.product(statistics.LEVELS, DESIGN_BASES, DESIGN_TWINS):
             width = statistics.ratio_width(rounding, seeds, bases, twins, bases * twins, level)
-            rows.append(
-                {
-                    "source": name,
-                    "split": split,
-                    "level": level,
-                    "bases": bases,
-                    "twins": twins,
-                    "members": 2 * bases * twins,
-                    "width": width,
-                }
-            )
-    return rows
+            power.append(PowerRow(name, split, level, bases, twins, 2 * bases * twins, width))
+    return power
 
 
 def _smallest_design(rounding, seeds, level: str) -> tuple[int, int] | None:

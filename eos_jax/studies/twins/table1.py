@@ -44,8 +44,8 @@ def table1_rows(accuracy: np.ndarray, seeds, labels) -> tuple[list[dict], dict]:
 
 
 def tabulate(config, runs, summaries, workdir) -> dict:
-    labels = [m["label"] for m in summaries[runs[0].name]["members"]]
-    acc = np.array([[m["final_accuracy"] for m in summaries[r.name]["members"]] for r in runs])
+    labels = summaries[runs[0].name].column("label")
+    acc = np.array([summaries[r.name].column("final_accuracy") for r in runs])
     rows, over_seeds = table1_rows(acc, config.twins.seeds, labels)
     results.write_csv(os.path.join(workdir, "table1_std_over_seeds.csv"), [over_seeds])
     shown = [{**r, "seed": str(r["seed"])} for r in rows]
