@@ -70,9 +70,6 @@ class Spread:
       error of the pooled `observed` from its spread across bases (nan for one group).
     jackknife: the distribution-level estimate with each group of examples left out in
       turn (spread's EXAMPLE_GROUPS; empty: not measured, as for a pooled spread).
-    interaction: what the runs' independent per-example errors alone put into the
-      jackknife's variance, which the runs' pivot already counts: (2 noise^2 + 4 noise x
-      distribution) / (runs - 1).
     """
 
     observed: float
@@ -82,7 +79,13 @@ class Spread:
     bases: int = 1
     base_se: float = float("nan")
     jackknife: tuple[float, ...] = ()
-    interaction: float = 0.0
+
+    @property
+    def interaction(self) -> float:
+        """What the runs' independent per-example errors alone put into the jackknife's
+        variance, which the runs' pivot already counts: (2 noise^2 + 4 noise x
+        distribution) / (runs - 1)."""
+        return (2 * self.noise**2 + 4 * self.noise * max(self.distribution, 0.0)) / (self.runs - 1)
 
     @property
     def examples_var(self) -> float:
@@ -138,12 +141,9 @@ def spread(correct) -> Spread:
         noise = float(uncertain[kept].sum() / n**2)
         return observed, noise, (observed - noise) / (1 - 1 / n)
 
-    observed, noise, distribution = estimate(np.ones(len(groups), bool))
+    observed, noise, _ = estimate(np.ones(len(groups), bool))
     left_out = [estimate(np.arange(len(groups)) != g)[2] for g in range(len(groups))]
-    interaction = (2 * noise**2 + 4 * noise * max(distribution, 0.0)) / (runs - 1)
-    return Spread(
-        observed, noise, examples, runs, jackknife=tuple(left_out), interaction=interaction
-    )
+    return Spread(observed, noise, examples, runs, jackknife=tuple(left_out))
 
 
 def pooled(spreads) -> Spread:

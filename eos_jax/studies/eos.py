@@ -399,7 +399,7 @@ def summarize_run(
     }
     label = r.members[0].label
     if not done.finished:
-        most = MemberSummary(label, **sharpness.extremes(values)).max_sharpness
+        most = float(values.max())  # sharpness.extremes' max_sharpness
         return _row(r, diverged=Diverged(max_sharpness=most, note=done.what)), curve
     half = done.steps / 2
     data_plateau = None

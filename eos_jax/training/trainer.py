@@ -191,10 +191,7 @@ class Trainer:
                 status="stopped",
                 steps=run.end,
                 planned_steps=run.num_steps,
-                members=[
-                    MemberSummary(label=m.label, params_hash=h)
-                    for m, h in zip(ensemble.members, obs.params_hashes(members), strict=True)
-                ],
+                members=self._member_summaries(members),
             )
         return self._finish(run, observers, members, start, t0)
 
@@ -244,6 +241,14 @@ class Trainer:
                 if run.bar is not None:
                     run.bar.close()
 
+    def _member_summaries(self, members) -> list[MemberSummary]:
+        """Each member's label and final parameter hash: what every summary starts from."""
+        hashes = obs.params_hashes(members)
+        return [
+            MemberSummary(label=m.label, params_hash=h)
+            for m, h in zip(self.ensemble.members, hashes, strict=True)
+        ]
+
     def _finish(self, run: Run, observers: list, members, start: int, t0: float) -> RunSummary:
         """The finished run's summary (each observer adds its part), written last: it marks
         the run finished. Other processes return it unwritten."""
@@ -252,10 +257,7 @@ class Trainer:
             status="finished",
             steps=num_steps,
             strategy=ensemble.strategy,
-            members=[
-                MemberSummary(label=m.label, params_hash=h)
-                for m, h in zip(ensemble.members, obs.params_hashes(members), strict=True)
-            ],
+            members=self._member_summaries(members),
             init_edits=ensemble.init_edits(),
             seconds_this_session=time.time() - t0,
             resumed_from_step=start,

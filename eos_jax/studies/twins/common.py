@@ -87,7 +87,7 @@ def source_statistics(sub: str, summary: RunSummary) -> SourceStatistics:
     final test-accuracy variance it leaves to the finite test set (Jordan 2023's
     decomposition: sqrt(var(last test) - var(held-out)), both at the final weights)."""
     final = summary.column("final_accuracy")
-    others = RunSummary("finished", summary.members[1:])
+    others = summary.members[1:]  # against member 0
     predicted, labels = observers.read_predictions(sub)
     heldout = summary.column("heldout_accuracy")
     held = {}
@@ -102,8 +102,8 @@ def source_statistics(sub: str, summary: RunSummary) -> SourceStatistics:
         members=len(final),
         final_acc_mean=float(np.mean(final)),
         final_acc_std=_estimate(statistics.std_interval, final),
-        churn=_estimate(statistics.mean_interval, others.column("churn")),
-        softmax_l2=_estimate(statistics.mean_interval, others.column("softmax_l2")),
+        churn=_estimate(statistics.mean_interval, [m.churn for m in others]),
+        softmax_l2=_estimate(statistics.mean_interval, [m.softmax_l2 for m in others]),
         test_set_noise_std=statistics.independent_errors_std(predicted == labels),
         weight_d=summary.mean_params_rel_l1,
         **held,
