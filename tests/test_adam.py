@@ -152,27 +152,38 @@ def test_preconditioned_sharpness_on_a_quadratic_is_the_closed_form():
         assert top.eigenvalues[0] == pytest.approx(closed, rel=1e-9)
 
 
-def test_adam_update_map_radius_crosses_one_at_the_closed_form_threshold():
+@pytest.mark.parametrize("decay_over_lr", [0.0, 0.25], ids=["adam", "adamw"])
+def test_adam_update_map_radius_crosses_one_at_the_closed_form_threshold(decay_over_lr):
     """At the minimiser with m = 0 the step's linearisation over (w, m, v) is, on each mode
     h of P^-1/2 H P^-1/2 (P = sqrt(beta2 v) + eps, the preconditioner the step divides by),
     heavy ball with momentum beta1 and step lr (1 - beta1); v's block is beta2. So the edge
-    mode of the whole state leaves the unit circle at lr h_max = (2 + 2 beta1) / (1 - beta1)."""
+    mode of the whole state leaves the unit circle at lr h_max = (2 + 2 beta1) / (1 - beta1);
+    AdamW's decoupled decay wd moves that to (2 - lr wd)(1 + beta1) / (1 - beta1): here
+    lr wd = 0.25 at the critical lr, a shift of 12.5%."""
     with jax.enable_x64(True):
         model, batch, sigma, w_star = regression()
         v0 = np.random.default_rng(1).uniform(0.01, 1.0, size=(3, 2))
         beta1, beta2, eps = 0.9, 0.999, 1e-3
         scale = 1 / np.sqrt(np.sqrt(beta2 * v0) + eps).ravel()
         h_max = np.linalg.eigvalsh(scale[:, None] * np.kron(sigma, np.eye(2)) * scale)[-1]
-        critical = (2 + 2 * beta1) / ((1 - beta1) * h_max)
-        assert adaptive.threshold(critical, beta1) == pytest.approx(h_max, rel=1e-12)
+        # solve lr h_max (1 - beta1) = (2 - lr wd)(1 + beta1) for lr, with wd = decay_over_lr / lr
+        critical = (2 - decay_over_lr) * (1 + beta1) / ((1 - beta1) * h_max)
+        wd = decay_over_lr / critical
+        assert adaptive.threshold(critical, beta1, wd) == pytest.approx(h_max, rel=1e-12)
         for factor in (0.99, 1.01):
-            tx = optim.adam(factor * critical, beta1, beta2, eps)
+            tx = optim.adam(factor * critical, beta1, beta2, eps, weight_decay=wd, decoupled=True)
             state = at_minimum(tx, model, w_star, v0)
             train_step = steps.make_train_step(model, tx, "mse")
             mode = lin.edge_mode(lin.update_map(train_step, batch), state, tol=1e-12)
             # the top mode's roots move by ~ 1e-2 (2 + 2 beta1) / (1 - beta1) / 4: not rounding
             assert (mode.radius > 1) == (factor > 1), (factor, mode)
             assert mode.eigenvalue.real < 0  # the flip across the minimiser
+            if factor < 1:
+                # below the edge the top mode's roots are a complex pair of modulus
+                # sqrt(beta1 (1 - lr wd)) (the determinant of the 2 x 2 step): heavy ball's
+                # roots are complex for a < (1 + sqrt(beta1))^2, 0.9993 of 2 + 2 beta1 at wd = 0
+                modulus = np.sqrt(beta1 * (1 - factor * critical * wd))
+                assert mode.radius == pytest.approx(modulus, rel=1e-6)
 
 
 @pytest.mark.slow  # ~15 s: compiles the three observers' programs
@@ -192,3 +203,18 @@ def test_adam_eos_sweep_reads_the_preconditioned_sharpness(tmp_path):
     plateau = np.median(measured["preconditioned_sharpness"][0])  # steps 5, 10: the last half
     assert row["observed_plateau"] == pytest.approx(plateau)
     assert row["data_sharpness_plateau"] > 0 and np.isfinite(row["edge_radius"])
+
+
+def test_adamw_sweep_predicts_the_decayed_threshold_and_the_one_without():
+    runs = eos.plan(eos_digits.get_config("adamw"))
+    assert len(runs) == len(eos_digits.ADAMW_RUNS)
+    for run, (lr, wd) in zip(runs, eos_digits.ADAMW_RUNS, strict=True):
+        assert run.recipe.optimizer.name == "adamw"
+        # 38 / lr lowered by the fraction lr wd / 2, written out
+        assert run.predicted == pytest.approx(38 / lr * (1 - lr * wd / 2), rel=1e-12)
+        assert run.without_decay == pytest.approx(38 / lr, rel=1e-12)
+    # the words: a plateau on the decayed prediction, on 38/lr, or between them
+    run = runs[-1]  # lr 0.005, wd 40: 6,840 against 7,600
+    assert eos.phase(6845.0, run.predicted, run.without_decay, 50.0) == "edge at c/lr - wd"
+    assert eos.phase(7590.0, run.predicted, run.without_decay, 50.0) == "edge at c/lr"
+    assert eos.phase(7200.0, run.predicted, run.without_decay, 50.0).startswith("between")

@@ -19,7 +19,7 @@ from eos_jax.training.summary import RunSummary
 from experiments.configs import eos_digits
 
 DIGITS_EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
-DIGITS_EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam")
+DIGITS_EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam", "adamw")
 
 
 def full_batch_config(**overrides):
@@ -189,7 +189,7 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         (("model_kwargs.hidden=()",), "hidden"),
         # lr * wd > 2: a negative predicted threshold, and a run that exited 0 at loss 6e29
         (("optimizer.lr=0.5 optimizer.weight_decay=5.0",), "weight decay alone makes"),
-        (("optimizer.name='adam' optimizer.weight_decay=0.1",), "is for optimizer.weight_decay=0"),
+        (("optimizer.name='adam' optimizer.weight_decay=0.1",), "coupled decay enters its moments"),
         (("optimizer.name='adam' optimizer.beta1=1.5",), r"beta1=1.5 must be a number in \[0, 1\)"),
     ],
 )
@@ -276,6 +276,22 @@ def test_eos_sweep_writes_predicted_and_observed_per_run(tmp_path):
     # the orbit: u . w at each of the last 20 steps (1-20), its period in the table
     assert orbit.Orbit.read(records).steps.tolist() == list(range(1, 21))
     assert first["period"] in ("1", "2", "4", "8", "irregular") and first["phase_tolerance"] > 0
+
+
+def test_a_sweep_whose_every_run_diverged_is_a_finished_table(tmp_path):
+    """It used to stop at the predicted-vs-observed figure (no plateau to plot), after the
+    table and before summary.json: a study that reran every time."""
+    config = eos_digits.get_config("plateau")
+    config.update_from_flattened_dict(
+        {"train_subset": 64, "batch_size": 64, "quiet": True, "eos.size": 64}
+    )
+    config.update_from_flattened_dict({"eos.chunk_size": 64, "eos.regions_every_steps": 0})
+    config.model_kwargs.hidden = (16,)
+    config.eos.runs = ("optimizer.lr=5.0 num_steps=40",)  # 2/lr = 0.4, far below the start
+    summary = eos.execute(config, str(tmp_path))
+    assert [row["phase"] for row in summary["runs"]] == ["diverged"]
+    assert os.path.exists(tmp_path / "summary.json") and os.path.exists(tmp_path / "eos.md")
+    assert not os.path.exists(tmp_path / "predicted_vs_observed.png")
 
 
 @pytest.mark.parametrize(

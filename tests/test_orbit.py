@@ -63,7 +63,7 @@ def test_phase_matches_a_prediction_within_the_windows_own_spread(centre, spread
     predicted = 2.4 if wd == 0.1 else 20.88
     window = _window(centre, spread)
     tolerance = eos.phase_tolerance(window, spread=2.0, floor=1e-4 if wd == 0.1 else 1e-3)
-    assert eos.phase(float(np.median(window)), predicted, wd, tolerance) == expected
+    assert eos.phase(float(np.median(window)), predicted, predicted + wd, tolerance) == expected
 
 
 def test_phase_tolerance_is_the_robust_spread_or_the_floor():

@@ -4,7 +4,8 @@ stability"): the preconditioned sharpness and its threshold.
 With its preconditioner P = diag(sqrt(v_hat) + eps) frozen, Adam's step on a mode of
 P^-1/2 H P^-1/2 with eigenvalue h is heavy ball with momentum beta1 and step lr (1 - beta1)
 (m <- beta1 m + (1 - beta1) g, w <- w - lr m / P), so it is linearly stable iff
-lr h < (2 + 2 beta1) / (1 - beta1) (= 38 / lr for beta1 = 0.9, `threshold`). The
+lr h < (2 + 2 beta1) / (1 - beta1) (= 38 / lr for beta1 = 0.9, `threshold`); AdamW's
+decoupled decay wd lowers that by the fraction lr wd / 2. The
 `PreconditionedSharpness` observer measures the top h along training (its warm starts are
 carried state, checkpointed as Sharpness's: a resumed run measures exactly what an
 uninterrupted one does); the whole-state update map (linearisation.EdgeRadius) needs
@@ -22,9 +23,21 @@ from eos_jax.training import optim
 from eos_jax.training.observers import Observer, record_fields
 
 
-def threshold(lr: float, beta1: float) -> float:
-    """(2 + 2 beta1) / ((1 - beta1) lr): the largest stable preconditioned sharpness."""
-    return (2 + 2 * beta1) / ((1 - beta1) * lr)
+def threshold(lr: float, beta1: float, weight_decay: float = 0.0) -> float:
+    """(2 - lr wd)(1 + beta1) / ((1 - beta1) lr): the largest stable preconditioned sharpness
+    (of the data loss), wd AdamW's decoupled decay (w <- w - lr (u + wd w); 0: Adam). On a
+    mode h the frozen-P step is x' = (1 - lr wd - a) x - lr beta1 m, m' = beta1 m +
+    (1 - beta1) h x with a = lr (1 - beta1) h, whose root -1 sits at
+    a = (2 - lr wd)(1 + beta1): the decay lowers the threshold by the fraction lr wd / 2, as
+    coupled decay lowers GD's."""
+    return (2 - lr * weight_decay) * (1 + beta1) / ((1 - beta1) * lr)
+
+
+def decoupled_decay(optimizer) -> float:
+    """AdamW's decoupled decay wd, which moves the threshold; 0 for Adam, whose coupled decay
+    enters the moments (its threshold is not one of the data loss's preconditioned
+    sharpness, and the one recorded is that of wd = 0)."""
+    return float(optimizer.weight_decay) if optimizer.name == "adamw" else 0.0
 
 
 class preconditioned:  # noqa: N801 (an operator, used as a function)
@@ -96,6 +109,6 @@ class PreconditionedSharpness(Observer):
                     "preconditioned_sharpness": float(top.eigenvalues[0]),
                     "residual": float(top.residuals[0]),
                     "num_hvps": int(top.num_hvps),
-                    "threshold": threshold(opt.lr, opt.beta1),
+                    "threshold": threshold(opt.lr, opt.beta1, decoupled_decay(opt)),
                 }
             )

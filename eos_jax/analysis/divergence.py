@@ -9,6 +9,7 @@ observers that record them: MemberDistance (every member against member 0) and W
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import jax
@@ -79,6 +80,21 @@ def softmax_l2(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
 DIFF_STATS = ("max_ulp", "max_abs", "mean_abs", "max_rel", "rel_l1", "l2", "frac_differ")
 
 
+@dataclasses.dataclass(frozen=True)
+class DistanceSummary:
+    """MemberDistance's part of a member's summary, against member 0 at the last record."""
+
+    churn: float
+    softmax_l2: float
+    params_max_ulp: float
+    params_max_abs: float
+    params_mean_abs: float
+    params_max_rel: float
+    params_rel_l1: float  # the weight distance D
+    params_l2: float
+    params_frac_differ: float
+
+
 class MemberDistance(Observer):
     """Per member against member 0: churn, softmax L2 and the distances of params and
     momentum (kind 'divergence'); the summary adds the last values and their means."""
@@ -107,16 +123,16 @@ class MemberDistance(Observer):
         )
 
     @staticmethod
-    def summary(series, member: int) -> dict:
+    def summary(series, member: int) -> DistanceSummary:
         """One member's summary from a `read` Series: churn, softmax L2 and the parameter
         distances (params_rel_l1: the weight distance D) at the last recorded step."""
-        last = {k: float(series[k][member, -1]) for k in ("churn", "softmax_l2")}
-        return last | {f"params_{k}": float(series[f"params_{k}"][member, -1]) for k in DIFF_STATS}
+        names = ("churn", "softmax_l2", *(f"params_{k}" for k in DIFF_STATS))
+        return DistanceSummary(**{name: float(series[name][member, -1]) for name in names})
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
         for i, member in enumerate(summary.members):
-            member.update(**self.summary(series, i))
+            member.add(self.summary(series, i))
         others = summary.members[1:]
 
         def mean(field: str) -> float:

@@ -434,14 +434,15 @@ PHASE_MARKERS = {
 
 def eos_phases(rows: list, path: str) -> None:
     """A phase diagram of a weight-decay sweep (rows: studies.eos.EosRow): each run at
-    (c/lr, shift of the threshold by the decay as a fraction of c/lr = lr wd / c, log
-    scales), marked by where it settled, annotated with the centre's (else the iterate's)
-    plateau / prediction and the orbit's period where measured (irregular: hollow)."""
+    (c/lr, shift of the threshold by the decay as a fraction of c/lr: lr wd / c for SGD,
+    lr wd / 2 for AdamW; log scales), marked by where it settled, annotated with the
+    centre's (else the iterate's) plateau / prediction and the orbit's period where
+    measured (irregular: hollow)."""
     fig, ax = plt.subplots(figsize=(6, 4.5))
     seen = set()
     for i, r in enumerate(rows):
-        c_over_lr = r.predicted_threshold + r.weight_decay
-        shift = r.weight_decay / c_over_lr
+        c_over_lr = r.threshold_without_decay
+        shift = 1 - r.predicted_threshold / c_over_lr
         marker, color = PHASE_MARKERS[r.phase]
         label = None if r.phase in seen else r.phase
         seen.add(r.phase)
@@ -467,7 +468,7 @@ def eos_phases(rows: list, path: str) -> None:
         xscale="log",
         yscale="log" if all(r.weight_decay > 0 for r in rows) else "linear",
         xlabel="c / lr (the threshold without decay)",
-        ylabel="lr wd / c (the decay's shift of the threshold)",
+        ylabel="the decay's shift of the threshold, over c / lr",
         title="Weight decay at the edge: where each run settled (centre / prediction)",
     )
     ax.title.set_fontsize(9)

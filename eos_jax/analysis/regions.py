@@ -31,6 +31,7 @@ compare.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
@@ -197,19 +198,28 @@ class Regions(Observer):
         return {layer: series.member(f"transitioning/{layer}", member)[1] for layer in layers}
 
     @classmethod
-    def summary(cls, series, member: int) -> dict:
+    def summary(cls, series, member: int) -> RegionsSummary:
         """One member's summary from a `read` Series: per layer, the transitioning fraction
         at the first and the last measurement."""
         band = cls.transitioning(series, member)
-        return {
-            "initial_transitioning": {layer: float(v[0]) for layer, v in band.items()},
-            "last_transitioning": {layer: float(v[-1]) for layer, v in band.items()},
-        }
+        return RegionsSummary(
+            initial_transitioning={layer: float(v[0]) for layer, v in band.items()},
+            last_transitioning={layer: float(v[-1]) for layer, v in band.items()},
+        )
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
         for i, member in enumerate(summary.members):
-            member.update(**self.summary(series, i))
+            member.add(self.summary(series, i))
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionsSummary:
+    """Regions' part of a member's summary: {layer: transitioning fraction} at the first and
+    the last measurement."""
+
+    initial_transitioning: dict[str, float]
+    last_transitioning: dict[str, float]
 
 
 @functools.cache

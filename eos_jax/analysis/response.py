@@ -49,6 +49,7 @@ restored states, and writes exactly the records of an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -181,6 +182,16 @@ def _plain_state(state):
 def _copy(state):
     """A copy of a state that outlives the trainer's donation of its buffers."""
     return jax.block_until_ready(jax.tree.map(lambda x: jnp.array(x, copy=True), state))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResponseSummary:
+    """LinearResponse's part of the twin's summary: ||Delta||, ||delta^f||, ||delta^r|| at the
+    last step observed."""
+
+    delta_end: float
+    response_f_end: float
+    response_r_end: float
 
 
 class LinearResponse(Observer):
@@ -339,12 +350,15 @@ class LinearResponse(Observer):
         return read_series(records, cls.kind, fields)
 
     @staticmethod
-    def summary(series) -> dict:
+    def summary(series) -> ResponseSummary | None:
         """The pair's summary from a `read` Series (member 1's record): Delta, delta^f and
-        delta^r at the last step observed ({} without records)."""
+        delta^r at the last step observed (None without records)."""
         if len(series.steps) == 0:
-            return {}
-        return {f"{q}_end": float(series[q][1, -1]) for q in ("delta", "response_f", "response_r")}
+            return None
+        q = ("delta", "response_f", "response_r")
+        return ResponseSummary(*(float(series[name][1, -1]) for name in q))
 
     def summarize(self, records, summary) -> None:
-        summary.members[1].update(**self.summary(self.read(records)))
+        end = self.summary(self.read(records))
+        if end is not None:
+            summary.members[1].add(end)

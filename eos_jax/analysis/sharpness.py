@@ -27,6 +27,7 @@ uninterrupted one does.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -224,25 +225,36 @@ class Sharpness(Observer):
         return {"midpoint_sharpness": float(top.eigenvalues[0]), "oscillation_curvature": along}
 
     @classmethod
-    def summary(cls, series, member: int) -> dict:
+    def summary(cls, series, member: int) -> SharpnessSummary:
         """One member's summary from a `read` Series: its initial, last and largest
         sharpness, and the mean Hessian products per measurement."""
-        return {
-            **extremes(series.member("sharpness", member)[1]),
-            "sharpness_hvps_per_call": float(np.mean(series.member("num_hvps", member)[1])),
-        }
+        top = extremes(series.member("sharpness", member)[1])
+        hvps = float(np.mean(series.member("num_hvps", member)[1]))
+        return SharpnessSummary(**dataclasses.asdict(top), sharpness_hvps_per_call=hvps)
 
     def summarize(self, records, summary) -> None:
         series = self.read(records)
         for i, member in enumerate(summary.members):
-            member.update(**self.summary(series, i))
+            member.add(self.summary(series, i))
 
 
-def extremes(values: np.ndarray) -> dict:
-    """initial_sharpness, last_sharpness and max_sharpness of one member's measurements (of
-    the data-loss sharpness, or of another curvature a study reads as its sharpness)."""
-    return {
-        "initial_sharpness": float(values[0]),
-        "last_sharpness": float(values[-1]),
-        "max_sharpness": float(values.max()),
-    }
+@dataclasses.dataclass(frozen=True)
+class Extremes:
+    """The first, last and largest of one member's measurements of the data-loss sharpness,
+    or of another curvature a study reads as its sharpness."""
+
+    initial_sharpness: float
+    last_sharpness: float
+    max_sharpness: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SharpnessSummary(Extremes):
+    """Sharpness's part of a member's summary."""
+
+    sharpness_hvps_per_call: float
+
+
+def extremes(values: np.ndarray) -> Extremes:
+    """The Extremes of one member's measurements."""
+    return Extremes(float(values[0]), float(values[-1]), float(values.max()))

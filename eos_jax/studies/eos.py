@@ -32,11 +32,11 @@ from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.sources import Member
-from eos_jax.training.summary import MemberSummary, RunSummary
+from eos_jax.training.summary import RunSummary
 
 # the sweeps the configs define (experiments/configs/eos_*.py)
 EXPERIMENTS = ("plateau", "weight_decay", "weight_decay_bn", "weight_decay_probe")
-EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam")
+EXPERIMENTS += ("momentum", "depth", "weight_decay_edge", "adam", "adamw")
 EXPERIMENTS += ("cross_entropy", "complexity", "resnet")
 
 
@@ -78,10 +78,12 @@ def default_settings(experiment: str) -> ml_collections.ConfigDict:
 
 @dataclasses.dataclass(frozen=True)
 class EosRun(PlannedRun):
-    """One run of a sweep: its overrides (as written) and its predicted threshold."""
+    """One run of a sweep: its overrides (as written), its predicted threshold and the
+    threshold as if its decay did not count."""
 
     overrides: str = ""
     predicted: float = float("nan")
+    without_decay: float = float("nan")
 
 
 def optimizer_kind(opt) -> str:
@@ -94,15 +96,15 @@ def optimizer_kind(opt) -> str:
     return "nesterov" if opt.nesterov else "heavy_ball"
 
 
-def predicted_threshold(config) -> float:
+def predicted_threshold(config, weight_decay: float | None = None) -> float:
     """The largest stable data-loss sharpness c / lr - wd of a constant-lr SGD recipe; for
-    Adam, of the preconditioned sharpness (adaptive.threshold)."""
+    Adam and AdamW, of the preconditioned sharpness (adaptive.threshold). weight_decay: in
+    place of the recipe's (0: the threshold as if the decay did not count)."""
     opt = config.optimizer
-    if opt.get("name", "sgd") != "sgd":
-        return adaptive.threshold(opt.lr, opt.beta1)
-    return linearisation.stability_threshold(
-        optimizer_kind(opt), opt.lr, opt.momentum, opt.weight_decay
-    )
+    wd = opt.weight_decay if weight_decay is None else weight_decay
+    if opt.get("name", "sgd") != "sgd":  # Adam's coupled decay is refused (`plan`)
+        return adaptive.threshold(opt.lr, opt.beta1, wd)
+    return linearisation.stability_threshold(optimizer_kind(opt), opt.lr, opt.momentum, wd)
 
 
 def _name(index: int, text: str) -> str:
@@ -147,10 +149,12 @@ def plan(config) -> list[EosRun]:
                 f"end in the first half of the run (num_steps={steps}): the plateau is read "
                 "from the second half, at the constant lr"
             )
-        if r.optimizer.get("name", "sgd") != "sgd" and r.optimizer.weight_decay:
+        if r.optimizer.get("name", "sgd") == "adam" and r.optimizer.weight_decay:
             raise ValueError(
-                f"eos.runs {text!r}: the Adam threshold (2 + 2 beta1) / ((1 - beta1) lr) is for "
-                f"optimizer.weight_decay=0, got {r.optimizer.weight_decay!r}"
+                f"eos.runs {text!r}: Adam's coupled decay enters its moments, and its threshold "
+                "is not one of the data loss's preconditioned sharpness: use "
+                f"optimizer.weight_decay=0 or optimizer.name='adamw', got "
+                f"optimizer.weight_decay={r.optimizer.weight_decay!r}"
             )
         predicted = predicted_threshold(r)
         if predicted <= 0:
@@ -159,7 +163,9 @@ def plan(config) -> list[EosRun]:
                 f"data-loss threshold c / lr - wd = {predicted:.3g} <= 0): lower lr or wd"
             )
         members = [Member("recipe", r)]
-        runs.append(EosRun(_name(i, text), r, members, overrides=text, predicted=predicted))
+        without = predicted_threshold(r, weight_decay=0.0)
+        run = EosRun(_name(i, text), r, members, text, predicted, without_decay=without)
+        runs.append(run)
     return runs
 
 
@@ -253,7 +259,9 @@ def execute(config, workdir: str) -> dict:
     shown = results.shown_columns(flat, SHOWN)  # a diverged run: a row that says so
     table = rows.write(workdir, "eos", table_rows, shown)
     plots.sharpness_curves(curves, os.path.join(workdir, "sharpness.png"))
-    plots.predicted_vs_observed(table_rows, os.path.join(workdir, "predicted_vs_observed.png"))
+    if any(row.finished for row in table_rows):  # diverged runs have no plateau to plot
+        path = os.path.join(workdir, "predicted_vs_observed.png")
+        plots.predicted_vs_observed(table_rows, path)
     if all("transitioning" in c for c in curves.values()):
         plots.regions_curves(curves, os.path.join(workdir, "regions.png"))
     if len({row.weight_decay for row in table_rows}) > 1:
@@ -272,19 +280,18 @@ def phase_tolerance(window, spread: float, floor: float) -> float:
     return float(max(spread * robust_std, floor * abs(np.median(window))))
 
 
-def phase(plateau: float, predicted: float, weight_decay: float, tolerance: float) -> str:
-    """Where a run settled: at the edge c/lr - wd (the prediction), at c/lr (as if the decay
-    did not count), unresolved (within `tolerance` of both: the measurement cannot tell
-    them apart), between them, or below / above both."""
-    without_decay = predicted + weight_decay
+def phase(plateau: float, predicted: float, without_decay: float, tolerance: float) -> str:
+    """Where a run settled: at the edge c/lr - wd (the prediction), at c/lr (without_decay:
+    the threshold as if the decay did not count; AdamW's words are the same),
+    unresolved (within `tolerance` of both: the measurement cannot tell them apart), between
+    them, or below / above both."""
+    decay = without_decay != predicted
     near_prediction = abs(plateau - predicted) <= tolerance
-    near_without = abs(plateau - without_decay) <= tolerance
-    if weight_decay == 0:  # one prediction
-        near_without = False
+    near_without = decay and abs(plateau - without_decay) <= tolerance
     if near_prediction and near_without:
         return "edge (unresolved)"
     if near_prediction:
-        return "edge at c/lr - wd" if weight_decay else "edge"
+        return "edge at c/lr - wd" if decay else "edge"
     if near_without:
         return "edge at c/lr"
     if min(predicted, without_decay) < plateau < max(predicted, without_decay):
@@ -373,6 +380,7 @@ class EosRow:
     weight_decay: float
     momentum: float
     predicted_threshold: float
+    threshold_without_decay: float  # as if the decay did not count (c / lr)
     diverged: Diverged | None = None
     finished: Finished | None = None
 
@@ -397,7 +405,6 @@ def summarize_run(
         "label": f"{r.name}: predicted {r.predicted:.3g}",
         "preconditioned": bool(adam.steps.size),
     }
-    label = r.members[0].label
     if not done.finished:
         most = float(values.max())  # sharpness.extremes' max_sharpness
         return _row(r, diverged=Diverged(max_sharpness=most, note=done.what)), curve
@@ -407,26 +414,23 @@ def summarize_run(
         at, data_sharpness = measured.member("sharpness", 0)
         data_plateau = float(np.median(data_sharpness[at >= half]))
     last_half = values[steps >= half]
-    # Sharpness.summary, with the threshold's sharpness (Adam: the preconditioned one)
-    threshold = sharpness.extremes(values)
-    shown = MemberSummary(label, **(sharpness.Sharpness.summary(measured, 0) | threshold))
+    top = sharpness.extremes(values)  # of the threshold's sharpness (Adam: the preconditioned)
     reached = steps[values >= settings.reached_fraction * r.predicted]
     midpoint, centre = _midpoint(measured, half, curve, last_half)
     plateau = float(np.median(centre))  # the orbit's centre where measured
     tolerance = phase_tolerance(centre, settings.phase_spread, settings.tol)
-    weight_decay = float(r.recipe.optimizer.weight_decay)
     finished = Finished(
         data_sharpness_plateau=data_plateau,
-        plateau=_plateau(r.predicted, last_half, shown, reached, done.steps),
+        plateau=_plateau(r.predicted, last_half, top, reached, done.steps),
         final_train_loss=float(train_loss[-1]),
         final_test_accuracy=done.members[0].last_test_accuracy,
-        hvps_per_call=shown.sharpness_hvps_per_call,
+        hvps_per_call=sharpness.Sharpness.summary(measured, 0).sharpness_hvps_per_call,
         midpoint=midpoint,
         phase_tolerance=tolerance,
-        phase=phase(plateau, r.predicted, weight_decay, tolerance),
+        phase=phase(plateau, r.predicted, r.without_decay, tolerance),
         period=_period(records),
         edge=_edge(records, half, curve),
-        transitioning=_transitioning(records, label, curve),
+        transitioning=_transitioning(records, curve),
     )
     return _row(r, finished=finished), curve
 
@@ -446,6 +450,7 @@ def _row(r: EosRun, **outcome) -> EosRow:
         weight_decay=float(opt.weight_decay),
         momentum=float(opt.momentum),
         predicted_threshold=r.predicted,
+        threshold_without_decay=r.without_decay,
         **outcome,
     )
 
@@ -462,8 +467,8 @@ def _threshold_sharpness(measured, adam):
     return steps, values, train_loss
 
 
-def _plateau(predicted: float, last_half, shown: MemberSummary, reached, steps: int) -> Plateau:
-    """The Plateau from the last half's sharpness, the first and largest (`shown`) and the
+def _plateau(predicted: float, last_half, top: sharpness.Extremes, reached, steps: int) -> Plateau:
+    """The Plateau from the last half's sharpness, the first and largest (`top`) and the
     steps where it reached the prediction (`reached`)."""
     observed = float(np.median(last_half))
     return Plateau(
@@ -471,8 +476,8 @@ def _plateau(predicted: float, last_half, shown: MemberSummary, reached, steps: 
         observed_plateau=observed,
         observed_over_predicted=observed / predicted,
         plateau_iqr=float(np.subtract(*np.percentile(last_half, [75, 25]))),
-        initial_sharpness=shown.initial_sharpness,
-        max_sharpness=shown.max_sharpness,
+        initial_sharpness=top.initial_sharpness,
+        max_sharpness=top.max_sharpness,
         reached_at_step=int(reached[0]) if reached.size else None,
     )
 
@@ -510,14 +515,14 @@ def _edge(records: list[dict], half: float, curve: dict) -> Edge | None:
     return Edge(float(np.median(late)), float(np.subtract(*np.percentile(late, [75, 25]))))
 
 
-def _transitioning(records: list[dict], label: str, curve: dict) -> Transitioning | None:
-    """With the Regions observer: its Transitioning (Regions.summary of the member
-    `label`), the curves into `curve`."""
+def _transitioning(records: list[dict], curve: dict) -> Transitioning | None:
+    """With the Regions observer: its Transitioning (Regions.summary of the run's member),
+    the curves into `curve`."""
     bands = regions.Regions.read(records)
     transitioning = regions.Regions.transitioning(bands, 0)
     if not transitioning:
         return None
-    shown = MemberSummary(label, **regions.Regions.summary(bands, 0))
+    shown = regions.Regions.summary(bands, 0)
     curve["regions_steps"] = bands.steps.tolist()
     curve["transitioning"] = {layer: v.tolist() for layer, v in transitioning.items()}
     return Transitioning(_layers(shown.initial_transitioning), _layers(shown.last_transitioning))

@@ -47,7 +47,7 @@ from eos_jax.studies.rows import column
 from eos_jax.studies.runs import PlannedRun, train_all
 from eos_jax.training import build, sources, steps, trainer
 from eos_jax.training.ensemble import Ensemble
-from eos_jax.training.summary import MemberSummary, RunSummary
+from eos_jax.training.summary import RunSummary
 
 SOURCES = ("update_k", "ulp_init")
 
@@ -546,7 +546,6 @@ def first_jump(values: np.ndarray, factor: float) -> int | None:
 def summarize_run(r: ResponseRun, records: list[dict], done: RunSummary, leave_ratio: float):
     """One run's row and curve, from its records (through the observers' readers and their
     summaries)."""
-    twin = r.members[1].label
     resp = linear_response.LinearResponse.read(records)
     switches_at, layer_steps = _switches(regions.Switches.read(records))
     rounding_jump = first_jump(resp["forcing_r"][1], leave_ratio)
@@ -559,10 +558,10 @@ def summarize_run(r: ResponseRun, records: list[dict], done: RunSummary, leave_r
         r.seed,
         done.status,
         events,
-        _observed_end(resp, lyapunov.Lyapunov.read(records), switches_at, twin),
+        _observed_end(resp, lyapunov.Lyapunov.read(records), switches_at),
         # the step it happens in: r, N and Delta before and after
         jump=None if rounding_jump is None else _jump(resp, rounding_jump),
-        run_end=_run_end(divergence.MemberDistance.read(records), twin),
+        run_end=_run_end(divergence.MemberDistance.read(records)),
     )
     curve = {
         "activation": r.activation,
@@ -618,14 +617,14 @@ def _events(resp, leave_ratio: float, rounding_jump, switches_at, layer_steps) -
     )
 
 
-def _observed_end(resp, growth, switches_at, twin: str) -> ObservedEnd:
-    """The run's ObservedEnd from its LinearResponse Series (LinearResponse.summary of member
-    1, `twin`), its Lyapunov Series and its switches (`_switches`)."""
+def _observed_end(resp, growth, switches_at) -> ObservedEnd:
+    """The run's ObservedEnd from its LinearResponse Series (LinearResponse.summary: the
+    twin's), its Lyapunov Series and its switches (`_switches`)."""
     steps_, delta, ratio = resp.steps, resp["delta"][1], resp["ratio_r"][1]
     end, mid = len(steps_) - 1, int(np.searchsorted(steps_, steps_[-1] / 2))
     log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
     span = steps_[end] - steps_[mid]
-    last = MemberSummary(twin, **linear_response.LinearResponse.summary(resp))
+    last = linear_response.LinearResponse.summary(resp)
     return ObservedEnd(
         delta_end=_value(last.delta_end),
         response_r_end=_value(last.response_r_end),
@@ -654,10 +653,10 @@ def _jump(resp, jump: int) -> RoundingJump:
     )
 
 
-def _run_end(distances, twin: str) -> RunEnd | None:
-    """The RunEnd from the MemberDistance Series (its summary of member 1, `twin`), None
+def _run_end(distances) -> RunEnd | None:
+    """The RunEnd from the MemberDistance Series (its summary of member 1, the twin), None
     without records."""
     if not distances.steps.size:
         return None
-    last = MemberSummary(twin, **divergence.MemberDistance.summary(distances, 1))
+    last = divergence.MemberDistance.summary(distances, 1)
     return RunEnd(int(distances.steps[-1]), last.churn, last.params_rel_l1)

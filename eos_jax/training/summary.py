@@ -54,6 +54,11 @@ class MemberSummary:
     response_f_end: float | None = None
     response_r_end: float | None = None
 
+    def add(self, part) -> None:
+        """Sets the fields of an observer's typed part (a dataclass whose fields are some of
+        this one's: sharpness.SharpnessSummary, regions.RegionsSummary, ...)."""
+        self.update(**{f.name: getattr(part, f.name) for f in dataclasses.fields(part)})
+
     def update(self, **fields: Any) -> None:
         """Sets the named fields (an observer's part); a name that is not a field is a
         TypeError, so a misspelt field cannot pass unnoticed."""

@@ -20,6 +20,8 @@ The part after ':' picks the sweep (docs/eos.md has the numbers they printed):
   depth         1, 2, 3 hidden layers and widths 100, 400 at 2/lr = 40
   adam          full-batch Adam (beta1 0.9): the preconditioned sharpness against 38/lr at
                 three lrs, and at one lr with eps 1e-4 and without bias correction
+  adamw         full-batch AdamW: decoupled decays that lower the threshold
+                (2 - lr wd)(1 + beta1) / ((1 - beta1) lr) by lr wd / 2 = 0-20% of 38/lr
 """
 
 import ml_collections
@@ -121,6 +123,12 @@ def get_config(experiment: str = "plateau") -> ml_collections.ConfigDict:
         )
         c.eos.edge_every_steps = 100
         c.eos.regions_every_steps = 0
+    elif experiment == "adamw":
+        c.optimizer.update(name="adamw", momentum=0.0, beta1=0.9, beta2=0.999, eps=1e-8)
+        c.eos.runs = sweep_runs(
+            *((lr, 3000, f"optimizer.weight_decay={wd!r}") for lr, wd in ADAMW_RUNS)
+        )
+        c.eos.regions_every_steps = 0
     elif experiment == "depth":
         c.eos.runs = sweep_runs(
             *(
@@ -137,5 +145,8 @@ WDS = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 2.0, 4.0, 8.0)  # the probe's decays
 # more collapse the net to sharpness 1 at any lr, so no lr can put the edge below them
 PROBE_SHARPNESS = {0.01: 23.2, 0.03: 7.32, 0.1: 2.51}
 ADAM_LRS = (4e-4, 1e-3, 2.5e-3)  # adam: 38/lr = 95,000, 38,000, 15,200
+# adamw: (lr, wd), shifts lr wd / 2 of 0, 5, 10, 15, 20% at lr 0.01 and 0, 10% at 0.005
+ADAMW_RUNS = ((0.01, 0.0), (0.01, 10.0), (0.01, 20.0), (0.01, 30.0), (0.01, 40.0))
+ADAMW_RUNS += ((0.005, 0.0), (0.005, 40.0))
 # weight_decay_edge: 2/lr - wd at these fractions of S(wd)
 EDGE_FRACTIONS = (0.9, 0.94, 0.98)
