@@ -159,7 +159,8 @@ def test_adam_update_map_radius_crosses_one_at_the_closed_form_threshold(decay_o
     heavy ball with momentum beta1 and step lr (1 - beta1); v's block is beta2. So the edge
     mode of the whole state leaves the unit circle at lr h_max = (2 + 2 beta1) / (1 - beta1);
     AdamW's decoupled decay wd moves that to (2 - lr wd)(1 + beta1) / (1 - beta1): here
-    lr wd = 0.25 at the critical lr, a shift of 12.5%."""
+    lr wd = 0.25 at the critical lr, a shift of 12.5%. (With the decay the minimiser is not a
+    fixed point, but on a quadratic with m' = 0 the linearisation there is the same map.)"""
     with jax.enable_x64(True):
         model, batch, sigma, w_star = regression()
         v0 = np.random.default_rng(1).uniform(0.01, 1.0, size=(3, 2))

@@ -165,6 +165,7 @@ def test_digits_configs_plan_runs_at_their_predicted_thresholds(experiment):
         + [eos_digits.PROBE_SHARPNESS[0.03] / f for f in (1.5, 3.0)]
         + [eos_digits.PROBE_SHARPNESS[0.1] / 1.5],
         "adam": [38 / lr for lr in eos_digits.ADAM_LRS] + [38 / eos_digits.ADAM_LRS[1]] * 2,
+        "adamw": [38 / lr * (1 - lr * wd / 2) for lr, wd in eos_digits.ADAMW_RUNS],
     }[experiment]
     np.testing.assert_allclose(predicted, expected, rtol=1e-12)
     assert len({r.name for r in runs}) == len(runs)

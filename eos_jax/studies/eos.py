@@ -1,5 +1,7 @@
 """Edge-of-Stability sweeps: does the data-loss sharpness of full-batch training settle at the
 linear stability threshold c / lr - wd (curvature.md; linearisation.stability_threshold)?
+Adam and AdamW runs read the preconditioned sharpness against
+(2 - lr wd)(1 + beta1) / ((1 - beta1) lr) instead (analysis.adaptive; wd: AdamW's decay).
 
 Each run of a sweep is the recipe with a few fields changed (`eos.runs`: one string of
 `field=value` overrides per run, e.g. "optimizer.lr=0.05 num_steps=2000"); it is trained
@@ -160,7 +162,8 @@ def plan(config) -> list[EosRun]:
         if predicted <= 0:
             raise ValueError(
                 f"eos.runs {text!r}: the weight decay alone makes this step unstable (predicted "
-                f"data-loss threshold c / lr - wd = {predicted:.3g} <= 0): lower lr or wd"
+                f"threshold {predicted:.3g} <= 0: lr * wd >= 2 under AdamW, c / lr - wd <= 0 "
+                "under SGD): lower lr or wd"
             )
         members = [Member("recipe", r)]
         without = predicted_threshold(r, weight_decay=0.0)

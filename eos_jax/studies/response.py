@@ -625,6 +625,7 @@ def _observed_end(resp, growth, switches_at) -> ObservedEnd:
     log_growth = growth["log_growth"][0, np.searchsorted(growth.steps, steps_)]
     span = steps_[end] - steps_[mid]
     last = linear_response.LinearResponse.summary(resp)
+    assert last is not None  # steps_[-1] above has already needed a record
     return ObservedEnd(
         delta_end=_value(last.delta_end),
         response_r_end=_value(last.response_r_end),
