@@ -4,6 +4,7 @@ interval coverage by simulation, Jordan's unbiased distribution-level estimator,
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -256,6 +257,18 @@ def test_ratio_width_shrinks_with_members_and_matches_the_f_interval():
     # between-base variation does not shrink with more twins per base, only with more bases
     bases = st.Spread(1e-6, 0.0, 1000, 48, bases=8, base_se=0.5e-6)
     assert st.ratio_width(bases, s, 8, 60, 96, "set") > st.ratio_width(bases, s, 80, 6, 96, "set")
+
+
+
+def test_ratio_width_of_a_barely_measured_spread_is_inf_without_an_overflow_warning():
+    """A distribution-level variance of 1e-20 (an estimate that is all but 0: the Adam
+    demo's twins) makes the log-variance enormous; the width is inf, printed as such, and
+    numpy's overflow warning used to reach the user's terminal."""
+    tiny = st.Spread(1e-6, 1e-6 - 1e-20, 100_000, 16)
+    s = st.Spread(1e-6, 0.0, 1000, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert st.ratio_width(tiny, s, 8, 2, 16, "distribution") == np.inf
 
 
 # --- edge cases and words ---------------------------------------------------------------

@@ -257,7 +257,8 @@ def ratio_width(
     scales as 1/members; the variation between bases is kept)."""
     num_var = _log_variance_per_group(rounding, level, bases, twins)
     den_var = _log_variance_per_group(seed, level, 1, seeds)
-    return float(np.exp(2 * 1.96 * 0.5 * np.sqrt(num_var + den_var)))
+    log_width = 2 * 1.96 * 0.5 * np.sqrt(num_var + den_var)
+    return float(np.exp(log_width)) if log_width < 700 else np.inf  # exp(710) overflows
 
 
 def _log_variance_per_group(s: Spread, level: str, bases: int, runs: int) -> float:
