@@ -259,7 +259,6 @@ def test_ratio_width_shrinks_with_members_and_matches_the_f_interval():
     assert st.ratio_width(bases, s, 8, 60, 96, "set") > st.ratio_width(bases, s, 80, 6, 96, "set")
 
 
-
 def test_ratio_width_of_a_barely_measured_spread_is_inf_without_an_overflow_warning():
     """A distribution-level variance of 1e-20 (an estimate that is all but 0: the Adam
     demo's twins) makes the log-variance enormous; the width is inf, printed as such, and
