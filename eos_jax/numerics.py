@@ -181,9 +181,9 @@ def _cpu() -> dict[str, Any]:
 def machine_line(fingerprint: dict[str, Any]) -> str:
     """A fingerprint in one line, to print beside any number it produced: CPU model and
     features, threads, XLA flags, backend and jax version."""
-    cpu = fingerprint["cpu"]
+    cpu, threads = fingerprint["cpu"], fingerprint["cpu_threads"]
     return (
-        f"{cpu['model']} ({', '.join(cpu['features'])}), {fingerprint['cpu_threads']} threads, "
+        f"{cpu['model']} ({', '.join(cpu['features'])}), {threads} thread{'s' * (threads != 1)}, "
         f"XLA_FLAGS='{fingerprint['xla_flags']}', {fingerprint['backend']}, "
         f"jax {fingerprint['versions']['jax']}"
     )

@@ -80,6 +80,10 @@ def test_fingerprint_records_what_decides_the_bits():
         fp["config_hash"] == numerics.config_hash({"lr": 0.1}) != numerics.config_hash({"lr": 0.2})
     )
 
+    one = numerics.machine_line(fp | {"cpu_threads": 1})
+    two = numerics.machine_line(fp | {"cpu_threads": 2})
+    assert ", 1 thread, XLA_FLAGS=" in one and ", 2 threads, XLA_FLAGS=" in two
+
 
 def test_importing_the_library_creates_no_arrays():
     out = run_python(
