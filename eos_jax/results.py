@@ -46,8 +46,10 @@ BIT_DECIDING_FIELDS = (
     "prng_impl",
     "versions",
 )
-# Config fields a resumed run may change (they only affect what is printed).
-RESUME_FREE_FIELDS = ("quiet",)
+# Config fields a resumed run may change: what is printed, and the nested study's bases
+# (each base's twins and each ensemble of seed members is a run of its own, the same
+# whatever the other bases, so a design grows or shrinks in parts).
+RESUME_FREE_FIELDS = ("quiet", "twins.bases")
 
 
 class WorkdirError(RuntimeError):
@@ -286,7 +288,8 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
 
     A directory that already holds a finished run (summary.json) is never reused silently:
     that is an error naming the directory. An unfinished one is reused (resume) only with
-    the same config and the same bit-deciding numerics; otherwise resuming would mix runs.
+    the same config (but RESUME_FREE_FIELDS) and the same bit-deciding numerics; otherwise
+    resuming would mix runs. config.json is the config of the latest start.
     """
     if not workdir:
         raise WorkdirError("--workdir is required")
@@ -316,10 +319,10 @@ def prepare_workdir(workdir: str, config: Any, fingerprint: dict[str, Any]) -> N
                 f"workdir {workdir!r} was started with other numerics (changed: "
                 f"{', '.join(changed[:5])}); resuming would not be bit-exact"
             )
-        return
     try:
-        write_json(config_path, as_dict(config))
-        write_json(fingerprint_path, fingerprint)
+        write_json(config_path, as_dict(config))  # a resume may have changed a free field
+        if not os.path.exists(fingerprint_path):
+            write_json(fingerprint_path, fingerprint)
     except OSError as e:
         raise WorkdirError(f"cannot write to workdir {workdir!r}: {e.strerror or e}") from e
 

@@ -4,12 +4,13 @@ import csv
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import numpy as np
 import pytest
 
-from eos_jax import bits
+from eos_jax import bits, results
 from eos_jax.data import Dataset
 from eos_jax.studies import twins
 from eos_jax.training import build
@@ -230,6 +231,47 @@ def test_nested_pools_each_base_and_compares_with_the_seed_members(tmp_path):
         assert os.path.exists(tmp_path / name), name
 
 
+def test_a_nested_design_grows_in_parts_reading_back_its_finished_ensembles(tmp_path):
+    """A long study runs in parts: the same workdir with more bases trains only the new
+    bases' twins and seed members, and its config.json is the grown design's."""
+    config = tiny("nested", **{"twins.bases": (1, 2), "twins.members": 2})
+    twins.execute(config, str(tmp_path))
+    finished = {
+        n: os.path.getmtime(tmp_path / n / "summary.json") for n in ("base_1_update_k", "seed_1")
+    }
+    os.remove(tmp_path / "summary.json")  # tabulate again, at the grown size
+    config.twins.bases = (1, 2, 3)
+    summary = twins.execute(config, str(tmp_path))
+    for name, mtime in finished.items():
+        assert os.path.getmtime(tmp_path / name / "summary.json") == mtime, name
+    groups = {g["source"]: g for g in summary["groups"]}
+    assert groups["update_k"]["bases"] == 3 and groups["seed"]["members"] == 6
+    assert results.read_json(str(tmp_path / "config.json"))["twins"]["bases"] == [1, 2, 3]
+    config.twins.members = 3  # the seed members' values depend on it: never free
+    os.remove(tmp_path / "summary.json")
+    with pytest.raises(results.WorkdirError, match="changed: twins.members"):
+        twins.execute(config, str(tmp_path))
+
+
+def test_the_nested_figure_draws_a_ratio_without_estimate_as_words_not_a_warning(tmp_path):
+    """At 40 epochs the test set's own part explains both spreads: the distribution-level
+    ratio on it is inf [0, inf], which matplotlib turned into a RuntimeWarning."""
+    from eos_jax.analysis import plots, statistics
+    from eos_jax.studies.twins import nested
+
+    def estimate(value, low, high):
+        return statistics.Estimate(value, low, high, 0.95, "pivotal", (8,))
+
+    std, unbounded = estimate(0.001, 0.0008, 0.002), estimate(np.inf, 0.0, np.inf)
+    row = nested.GroupRow(
+        "update_k", "rounding", "test", 2, 8, 0.98, std, 0.001, std, std, unbounded
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.nested([row], [], str(tmp_path / "nested.png"))
+    assert os.path.getsize(tmp_path / "nested.png") > 0
+
+
 def test_sources_report_intervals_the_noise_floor_and_the_verdict(tmp_path):
     config = tiny("sources", **{"twins.sources": ("update_k", "seed"), "twins.members": 3})
     summary = twins.execute(config, str(tmp_path))
@@ -325,18 +367,18 @@ def test_heldout_spread_and_its_decomposition(tmp_path):
     assert lines[3].startswith("on the distribution (held-out set): one rounding against a ")
 
 
-def test_resnet_headline_config_nests_twins_in_12_bases_against_24_seeds():
+def test_resnet_headline_config_nests_8_twins_in_32_bases_against_256_seeds():
     from experiments.configs import twins_mnist1d_resnet
 
     config = twins_mnist1d_resnet.get_config()
     planned = twins.plan(config)
     bases = [r for r in planned if r.name.startswith("base_")]
     seeds = [r for r in planned if r.name.startswith("seed_")]
-    assert [r.name for r in bases] == [f"base_{b}_update_k" for b in range(1, 13)]
-    assert [r.recipe.seeds.init for r in bases] == list(range(1, 13))
-    assert [m.config.optimizer.k for m in bases[0].members] == [1, 3]
+    assert [r.name for r in bases] == [f"base_{b}_update_k" for b in range(1, 33)]
+    assert [r.recipe.seeds.init for r in bases] == list(range(1, 33))
+    assert [m.config.optimizer.k for m in bases[0].members] == [1, 3, 5, 7, 9, 11, 13, 15]
     seed_values = [m.config.seeds.init for r in seeds for m in r.members]
-    assert seed_values == list(range(1000, 1024))  # 24 seeds, none a base's
+    assert seed_values == list(range(1000, 1256))  # 256 seeds, none a base's
     assert config.dataset_kwargs.heldout_size == 100_000 and config.model == "resnet1d_8"
     sizes = twins_mnist1d_resnet.get_config("sources")
     assert [len(r.members) for r in twins.plan(sizes)] == [24, 24]
@@ -347,11 +389,28 @@ def test_the_demo_is_the_nested_headline_at_10_epochs_and_8_bases():
 
     demo = twins_mnist1d_resnet.get_config("demo")
     headline = twins_mnist1d_resnet.get_config("nested")
-    assert len(twins.plan(demo)) == 16  # 8 bases, 8 ensembles of 2 seeds
+    assert len(twins.plan(demo)) == 16 and demo.twins.members == 2  # 8 bases, 8 x 2 seeds
     assert demo.num_epochs == 10 and tuple(demo.optimizer.decay_epochs) == (2, 4, 6, 8)
     shorter = {"num_epochs": 10, "optimizer.decay_epochs": (2, 4, 6, 8)}
-    headline.update_from_flattened_dict({**shorter, "twins.bases": tuple(range(1, 9))})
+    headline.update_from_flattened_dict(
+        {**shorter, "twins.bases": tuple(range(1, 9)), "twins.members": 2}
+    )
     assert _flat(demo) == _flat(headline)
+
+
+def test_the_length_trend_is_the_nested_headline_trained_longer():
+    from experiments.configs import twins_mnist1d_resnet
+
+    assert twins_mnist1d_resnet.LENGTHS == {"nested80": 80, "nested160": 160}
+    for name, epochs in twins_mnist1d_resnet.LENGTHS.items():
+        longer = twins_mnist1d_resnet.get_config(name)
+        headline = twins_mnist1d_resnet.get_config("nested")
+        decays = (epochs // 5, 2 * epochs // 5, 3 * epochs // 5, 4 * epochs // 5)
+        headline.update_from_flattened_dict(
+            {"num_epochs": epochs, "optimizer.decay_epochs": decays}
+        )
+        assert _flat(longer) == _flat(headline) and longer.twins == headline.twins, name
+    assert twins_mnist1d_resnet.length(160).endswith("decay_epochs=(32,64,96,128)")
 
 
 def test_the_demo_takes_one_thread_from_the_command_line(tmp_path):
@@ -379,7 +438,7 @@ def test_resnet_factors_change_one_ingredient_at_a_time():
         changed = {k for k, v in _flat(variant).items() if base[k] != v}
         assert changed == {field.partition("=")[0] for field in text.split()}, label
     with pytest.raises(
-        ValueError, match="unknown experiment 'table1'; known: nested, sources, factors"
+        ValueError, match="unknown experiment 'table1'; known: nested, nested80, nested160, sources"
     ):
         twins_mnist1d_resnet.get_config("table1")
 

@@ -206,7 +206,7 @@ def nested(groups: list, bases: list, path: str) -> None:
     """The nested study (studies.twins.nested): left, the distribution-level std of each
     base's rounding twins (dots), pooled over bases and of the seed members (bars: 95%
     intervals), per split; right, each rounding/seed ratio with its interval against 1 and
-    the equivalence margin."""
+    the equivalence margin (a ratio without a finite estimate says so in words)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for x, g in enumerate(groups):
         d = g.distribution_std
@@ -230,6 +230,9 @@ def nested(groups: list, bases: list, path: str) -> None:
         if r is not None
     ]
     for y, (_, _, r) in enumerate(ratios):
+        if not np.isfinite([r.value, r.high]).all():  # the set's own part explains a spread
+            right.annotate("not estimable", (1, y), ha="center", va="center", fontsize=8)
+            continue
         right.errorbar(
             [r.value],
             [y],

@@ -12,11 +12,14 @@ The part after ':' picks the experiment:
   seeds against as many seed members (studies/twins/nested.py), 40 epochs;
 - sources: 24 + 24 members, the twins all of one base (seed 1);
 - factors: the recipe and each ingredient changed alone, 12 + 12 members each (FACTORS);
+- nested80, nested160: the nested design trained 80 and 160 epochs (the length trend; the
+  paper trains 200);
 - demo (`make demo`): the nested design at 10 epochs (DEMO);
 - adam: the factors study of the recipe against ADAM_FACTORS (Adam, AdamW).
 
 The ResNet is resnet1d_8 (one basic block a stage, 28,506 parameters), at which a
-member-epoch takes about 0.4 s on 2 cores (resnet1d_20: 3x; --config.model=resnet1d_20).
+member-epoch takes about 0.4 s on 2 cores (resnet1d_20: 3x; --config.model=resnet1d_20);
+a nested study, with its evaluations, went at about 0.9 s a member-epoch (docs/twins.md).
 """
 
 import ml_collections
@@ -26,14 +29,24 @@ from eos_jax.studies import twins
 from experiments.configs import mnist1d_resnet
 
 HEADLINE = ("update_k", "seed")
-EPOCHS_HALVED = "num_epochs=20 optimizer.decay_epochs=(4,8,12,16)"
-# The headline: 2 twins of each of 12 bases against 24 seeds. The rounding spread differs
-# so much from base to base that bases, not twins, decide the interval (docs/twins.md).
-NESTED_BASES = tuple(range(1, 13))
-NESTED_TWINS = 2
-# make demo: 8 bases at 10 epochs (about 5 minutes on 2 cores).
-DEMO = "num_epochs=10 optimizer.decay_epochs=(2,4,6,8) twins.bases=(1,2,3,4,5,6,7,8)"
-EXPERIMENTS = ("nested", "sources", "factors", "demo", "adam")
+
+
+def length(epochs: int) -> str:
+    """The recipe trained `epochs` epochs, its schedule's shape kept: lr / 10 at 20%, 40%,
+    60% and 80% of training (the paper's epochs 40, 80, 120, 160 of 200)."""
+    decays = ",".join(str(epochs * fifth // 5) for fifth in range(1, 5))
+    return f"num_epochs={epochs} optimizer.decay_epochs=({decays})"
+
+
+LENGTHS = {"nested80": 80, "nested160": 160}  # the length trend beside nested's 40
+# The headline: 8 twins of each of 32 bases against 256 seeds, the design that the power
+# table of the measured 16 x 8 study names for an interval spanning a factor 1.5 at 40
+# epochs (docs/twins.md; about 5 hours on 2 cores, grown in parts through twins.bases).
+NESTED_BASES = tuple(range(1, 33))
+NESTED_TWINS = 8
+# make demo: 2 twins of each of 8 bases at 10 epochs (about 5 minutes on 2 cores).
+DEMO = f"{length(10)} twins.bases=(1,2,3,4,5,6,7,8) twins.members=2"
+EXPERIMENTS = ("nested", *LENGTHS, "sources", "factors", "demo", "adam")
 
 # Adam and AdamW in place of Nesterov SGD, each at the lr of (0.001, 0.003, 0.01) whose
 # final accuracy (one run of experiments/configs/mnist1d_resnet.py with model resnet1d_8)
@@ -49,8 +62,8 @@ FACTORS = (
     "no momentum: optimizer.momentum=0.0 optimizer.nesterov=False",
     "lr x0.5: optimizer.lr=0.05",
     "lr x2: optimizer.lr=0.2",
-    f"epochs x0.5: {EPOCHS_HALVED}",
-    "epochs x2: num_epochs=80 optimizer.decay_epochs=(16,32,48,64)",
+    f"epochs x0.5: {length(20)}",
+    f"epochs x2: {length(80)}",
     "width x2: model_kwargs.width=2",
     "Swish: model_kwargs.activation='swish'",
 )
@@ -64,7 +77,9 @@ def get_config(experiment: str = "nested") -> ml_collections.ConfigDict:
     c.model = "resnet1d_8"
     c.dataset_kwargs.heldout_size = 100_000
     c.needs_heldout = True  # the verdict's held-out ratio: heldout_size=0 is refused
-    study = {"demo": "nested", "adam": "factors"}.get(experiment, experiment)
+    study = {"demo": "nested", "adam": "factors", **dict.fromkeys(LENGTHS, "nested")}.get(
+        experiment, experiment
+    )
     c.twins = twins.default_settings(study)
     c.twins.members = {"sources": 24, "factors": 12}.get(study, NESTED_TWINS)
     c.twins.bases = NESTED_BASES
@@ -73,4 +88,6 @@ def get_config(experiment: str = "nested") -> ml_collections.ConfigDict:
     c.twins.tensor = "stage1_block1/conv1/kernel"  # what ulp_init / bitflip_init would edit
     if experiment == "demo":
         c = recipe.with_overrides(c, DEMO, "the demo")
+    if experiment in LENGTHS:
+        c = recipe.with_overrides(c, length(LENGTHS[experiment]), experiment)
     return c

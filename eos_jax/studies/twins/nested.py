@@ -158,7 +158,10 @@ def tabulate(config, runs, summaries, workdir) -> dict:
     lines += _agreement_lines(groups)
     lines += [_headline(g, stochastic, splits) for g in groups if g.source == rounding[0]][-1:]
     seconds = sum(s.seconds_this_session or 0.0 for s in summaries.values())
-    lines.append(f"wall time of the training this session: {seconds / 60:.1f} min")
+    lines.append(
+        f"wall time of the training: {seconds / 60:.1f} min "
+        "(summed over ensembles, each from its last start)"
+    )
     fingerprint = results.read_json(os.path.join(workdir, "fingerprint.json"))
     lines.append(f"machine: {numerics.machine_line(fingerprint)}")
     groups, power = ([rows.columns(r) for r in typed] for typed in (groups, power))
