@@ -38,7 +38,6 @@ def length(epochs: int) -> str:
     return f"num_epochs={epochs} optimizer.decay_epochs=({decays})"
 
 
-LENGTHS = {"nested80": 80, "nested160": 160}  # the length trend beside nested's 40
 # The headline: 8 twins of each of 32 bases against 256 seeds, the design that the power
 # table of the measured 16 x 8 study names for an interval spanning a factor 1.5 at 40
 # epochs (docs/twins.md; about 5 hours on 2 cores, grown in parts through twins.bases).
@@ -46,7 +45,9 @@ NESTED_BASES = tuple(range(1, 33))
 NESTED_TWINS = 8
 # make demo: 2 twins of each of 8 bases at 10 epochs (about 5 minutes on 2 cores).
 DEMO = f"{length(10)} twins.bases=(1,2,3,4,5,6,7,8) twins.members=2"
-EXPERIMENTS = ("nested", *LENGTHS, "sources", "factors", "demo", "adam")
+# The nested design with overrides: the length trend beside nested's 40 epochs, the demo.
+NESTED_VARIANTS = {"nested80": length(80), "nested160": length(160), "demo": DEMO}
+EXPERIMENTS = ("nested", "nested80", "nested160", "sources", "factors", "demo", "adam")
 
 # Adam and AdamW in place of Nesterov SGD, each at the lr of (0.001, 0.003, 0.01) whose
 # final accuracy (one run of experiments/configs/mnist1d_resnet.py with model resnet1d_8)
@@ -77,17 +78,14 @@ def get_config(experiment: str = "nested") -> ml_collections.ConfigDict:
     c.model = "resnet1d_8"
     c.dataset_kwargs.heldout_size = 100_000
     c.needs_heldout = True  # the verdict's held-out ratio: heldout_size=0 is refused
-    study = {"demo": "nested", "adam": "factors", **dict.fromkeys(LENGTHS, "nested")}.get(
-        experiment, experiment
-    )
+    study = "nested" if experiment in NESTED_VARIANTS else experiment
+    study = "factors" if experiment == "adam" else study
     c.twins = twins.default_settings(study)
     c.twins.members = {"sources": 24, "factors": 12}.get(study, NESTED_TWINS)
     c.twins.bases = NESTED_BASES
     c.twins.sources = c.twins.compare = HEADLINE
     c.twins.factors = ADAM_FACTORS if experiment == "adam" else FACTORS
     c.twins.tensor = "stage1_block1/conv1/kernel"  # what ulp_init / bitflip_init would edit
-    if experiment == "demo":
-        c = recipe.with_overrides(c, DEMO, "the demo")
-    if experiment in LENGTHS:
-        c = recipe.with_overrides(c, length(LENGTHS[experiment]), experiment)
+    if experiment in NESTED_VARIANTS:
+        c = recipe.with_overrides(c, NESTED_VARIANTS[experiment], f"experiment {experiment}")
     return c
