@@ -164,6 +164,7 @@ def test_cli_runs_one_source_alone_and_rejects_bad_input_in_one_line(tmp_path):
         ("figure3", {}, "twins.experiment='figure3'; known: table1, fig2"),
         ("nested", {"twins.compare": ("seed", "update_k")}, "one or more rounding sources"),
         ("nested", {"twins.bases": ()}, "twins.bases must be a non-empty list"),
+        ("nested", {"twins.bases": (3,)}, r"twins.bases=\(3,\) names one base; .* 2 or more"),
     ],
 )
 def test_bad_settings_fail_before_anything_is_written(tmp_path, experiment, overrides, message):

@@ -104,6 +104,11 @@ def plan(config) -> list[TwinsRun]:
     in ensembles of twins.members."""
     t = config.twins
     check_list("bases", t.bases, 0)
+    if len(t.bases) < 2:
+        raise ValueError(
+            f"twins.bases={tuple(t.bases)} names one base; a nested study needs 2 or more "
+            "(the rounding spread is pooled over bases and its interval rests on their spread)"
+        )
     rounding, stochastic = _check_sources(t.compare)
     runs = []
     for name, base in itertools.product(rounding, t.bases):
