@@ -15,9 +15,9 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=workdirs/demo
 
-# Two pytest workers (pytest-xdist) keep both cores busy while the other compiles: 690 tests
-# in 6 min 42 s on the project's quiet 2-core machine (9 min 44 s in one process); each worker
-# has its own XLA compilation cache for the session (tests/conftest.py).
+# Two pytest workers (pytest-xdist) keep both cores busy while the other compiles: 715 tests
+# in 6 min 20 s on a quiet 2-core AMD EPYC (README); each worker has its own XLA compilation
+# cache for the session (tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2
 
