@@ -40,8 +40,9 @@ def length(epochs: int) -> str:
 
 
 # The headline: 8 twins of each of 32 bases against 256 seeds, the design that the power
-# table of the measured 16 x 8 study names for an interval spanning a factor 1.5 at 40
-# epochs (docs/twins.md; 3.5-5 hours on 2 cores, grown in parts through twins.bases).
+# table of the first machine's 16 x 8 study names for an interval spanning a factor 1.5 at
+# 40 epochs; the second machine's names 64 x 4, as many members (docs/twins.md; 3.5-5 hours
+# on 2 cores, grown in parts through twins.bases).
 NESTED_BASES = tuple(range(1, 33))
 NESTED_TWINS = 8
 # make demo: 2 twins of each of 8 bases at 10 epochs (about 5 minutes on 2 cores).
