@@ -16,8 +16,8 @@ demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=workdirs/demo
 
 # Two pytest workers (pytest-xdist) keep both cores busy while the other compiles: 715 tests
-# in 6 min 20 s on a quiet 2-core AMD EPYC (README); each worker has its own XLA compilation
-# cache for the session (tests/conftest.py).
+# in 6 min 20 s on a quiet 2-core AMD EPYC with AVX-512, 12 min on one without (README);
+# each worker has its own XLA compilation cache for the session (tests/conftest.py).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2
 
