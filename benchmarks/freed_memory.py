@@ -13,6 +13,7 @@ not what is computed).
 """
 
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -52,9 +53,14 @@ def run_arm(reuse: bool) -> dict:
 
 
 def child(arm: str) -> dict:
+    """One arm in a fresh process: 'reuse' as the mains run (the tunables from the start,
+    then numerics.configure's in-process setting), 'default' with neither."""
+    others = os.environ.get("GLIBC_TUNABLES", "").replace(numerics.MALLOC_TUNABLES, "").strip(":")
+    tunables = numerics.with_malloc_tunables(others) if arm == "reuse" else others
+    env = dict(os.environ, GLIBC_TUNABLES=tunables)
     argv = [sys.executable, "-m", "benchmarks.freed_memory", f"--arm={arm}"]
     argv += [f"--recipe={_RECIPE.value}", f"--k={_K.value}", f"--steps={_STEPS.value}"]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(argv, capture_output=True, text=True, check=True, env=env).stdout
     return {"arm": arm, **json.loads(out.strip().splitlines()[-1])}
 
 
@@ -68,7 +74,7 @@ def main(argv):
         arms = ("default", "reuse") if r % 2 == 0 else ("reuse", "default")
         for arm in arms:
             rows.append({"round": r, **child(arm)})
-            print({k: v for k, v in rows[-1].items() if k != "machine"}, flush=True)
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "machine"}), flush=True)
     ms = {a: [row["ms/step"] for row in rows if row["arm"] == a] for a in ("default", "reuse")}
     ratios = [d / u for d, u in zip(ms["default"], ms["reuse"], strict=True)]
     hashes = {row["state hash"] for row in rows}

@@ -31,7 +31,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
-from eos_jax import distributed, results
+from eos_jax import distributed, numerics, results
 from eos_jax.training import checkpoint, trainer
 
 EXIT_ERROR = 1
@@ -269,7 +269,10 @@ def parse_flags(argv: list[str], known_only: bool = False) -> list[str]:
 
 def start(main, known_only: bool = False) -> None:
     """app.run(main), with flag errors (unknown flag or config field, missing config file,
-    missing required flag) as one line on stderr. known_only passes unknown flags to main."""
+    missing required flag) as one line on stderr. known_only passes unknown flags to main.
+    First the process restarts once with glibc's malloc set to reuse freed memory
+    (numerics.restart_with_malloc_tunables)."""
+    numerics.restart_with_malloc_tunables()
     app.run(main, flags_parser=functools.partial(parse_flags, known_only=known_only))
 
 

@@ -26,6 +26,10 @@ import jax  # noqa: E402
 
 from eos_jax import numerics  # noqa: E402
 
+# The mains restart once to set glibc's malloc (numerics.restart_with_malloc_tunables); with
+# the setting in the environment the suite's many fresh processes start once.
+os.environ["GLIBC_TUNABLES"] = numerics.with_malloc_tunables(os.environ.get("GLIBC_TUNABLES", ""))
+
 # In case JAX was imported before this file (a plugin): the same settings, in this process.
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update(

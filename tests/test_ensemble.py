@@ -125,7 +125,15 @@ def test_a_diverging_member_never_ends_in_a_summary(digits, tmp_path):
     assert "member 1 (lr huge)" in results.read_json(str(tmp_path / "diverged.json"))["what"]
 
 
-@pytest.mark.parametrize("strategy", ensemble.STRATEGIES)
+# unrolled in make test-slow (~15 s); an unrolled ensemble of one member resumes bit-exactly
+# in tests/test_training.py (train_and_evaluate)
+@pytest.mark.parametrize(
+    "strategy",
+    [
+        pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s
+        for s in ensemble.STRATEGIES
+    ],
+)
 def test_whole_ensemble_resumes_bit_exactly(digits, tmp_path, strategy):
     config = tiny_config(num_steps=STEPS)
     members = sources.make_members(config, "ulp_init", count=3)

@@ -64,10 +64,11 @@ def test_data_parallel_is_rounding_close_rerun_identical_and_resumes_bit_exactly
             spec(),  # rerun in the same process
             spec(workdir=d("whole")),
             spec(workdir=d("split"), stop_at=6),
+            spec(workdir=d("split")),  # resumed from its checkpoint on disk
             dict(spec(), members=2, strategy="unrolled", mesh=(2, 2)),
         ],
     )
-    dp4, again, whole, split, unrolled_on_members = four
+    dp4, again, whole, split, resumed, unrolled_on_members = four
     assert dp4["hashes"] == again["hashes"]
     assert dp4["hashes"][0] != reference  # the shards' partial sums are added in another order
     distance = mesh_bits.distance(d("ref.npz"), d("dp4.npz"))
@@ -79,7 +80,15 @@ def test_data_parallel_is_rounding_close_rerun_identical_and_resumes_bit_exactly
         "shape": [1, 4],
         "process_count": 1,
     }
+    assert resumed["hashes"] == whole["hashes"]  # resume is bit-exact on the same mesh
+    assert split["hashes"] != whole["hashes"]
 
+
+@pytest.mark.slow  # 3 more fresh processes (~40 s CPU); 4 devices in one process: above
+def test_eight_devices_and_fresh_processes(tmp_path):
+    d = lambda name: str(tmp_path / name)  # noqa: E731
+    mesh_bits.train(spec(params=d("ref.npz")))  # this process: 1 device
+    mesh_bits.run_in_process(4, [spec(workdir=d("split"), stop_at=6)])
     eight = mesh_bits.run_in_process(
         8,
         [
@@ -93,9 +102,8 @@ def test_data_parallel_is_rounding_close_rerun_identical_and_resumes_bit_exactly
     assert mesh_bits.distance(d("ref.npz"), d("vmap8.npz"))["rel_l2"] < 1e-5
     assert "batch size 60 does not split over config.mesh.data=8" in eight[2]["error"]
 
-    resumed, dp4_again = mesh_bits.run_in_process(
-        4, [spec(workdir=d("split")), spec(params=d("dp4b.npz"))]
-    )
-    assert resumed["hashes"] == whole["hashes"]  # resume is bit-exact on the same mesh
-    assert split["hashes"] != whole["hashes"]
+    (dp4,) = mesh_bits.run_in_process(4, [spec()])
+    resumed, dp4_again = mesh_bits.run_in_process(4, [spec(workdir=d("split")), spec()])
+    (whole,) = mesh_bits.run_in_process(4, [spec(workdir=d("whole"))])
+    assert resumed["hashes"] == whole["hashes"]  # resumed in a fresh process
     assert dp4_again["hashes"] == dp4["hashes"]  # and reruns in a fresh process too

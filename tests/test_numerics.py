@@ -98,15 +98,38 @@ def test_importing_the_library_creates_no_arrays():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="GLIBC_TUNABLES is glibc's")
+def test_a_main_restarts_once_with_the_malloc_tunables_keeping_the_users():
+    """common.start executes the program again in its process (the same pid), once, with the
+    malloc tunables added to those the user set."""
+    env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.tcache_count=7")
+    code = (
+        "import os; from experiments import common; print('start', os.getpid(), flush=True); "
+        "common.start(lambda argv: print('main', os.getpid(), os.environ['GLIBC_TUNABLES']))"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    pid = process.pid
+    assert stdout.decode().splitlines() == [
+        f"start {pid}",
+        f"start {pid}",
+        f"main {pid} glibc.malloc.tcache_count=7:{numerics.MALLOC_TUNABLES}",
+    ]
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.slow  # two fresh processes compiling an 8-member ResNet (~45 s on 2 cores)
 def test_reused_freed_memory_saves_page_faults_and_keeps_the_bits():
     """An 8-member ensemble of the MNIST-1D ResNet recipe (whose convolutions take scratch
-    buffers larger than a glibc thread arena) with and without reuse_freed_memory, each in
-    its own process: the same state bit for bit, and far fewer pages faulted in a step."""
-    arms = {}
-    for arm in ("reuse", "default"):
-        argv = [sys.executable, "-m", "benchmarks.freed_memory", f"--arm={arm}", "--steps=2"]
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
-        arms[arm] = json.loads(out.stdout.strip().splitlines()[-1])
+    buffers larger than a glibc thread arena) with glibc's malloc set as the mains set it
+    and with its defaults, each in its own process (benchmarks.freed_memory, one round): the
+    same state bit for bit, and far fewer pages faulted in a step."""
+    argv = [sys.executable, "-m", "benchmarks.freed_memory", "--steps=2", "--rounds=1"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=True)
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    arms = {row["arm"]: row for row in rows}
     assert arms["reuse"]["state hash"] == arms["default"]["state hash"]
     assert arms["reuse"]["minor faults/step"] < arms["default"]["minor faults/step"] / 4

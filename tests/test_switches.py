@@ -108,6 +108,8 @@ def test_resnet_preactivations_are_what_its_activations_take(use_batch_norm):
     close(logits, pooled @ params["head"]["kernel"] + params["head"]["bias"])
 
 
+@pytest.mark.slow  # ~27 s: trains a BatchNorm ResNet; the counting, faster: the MLP test above,
+# and each ResNet pre-activation is checked in test_resnet_preactivations_are_what_...
 def test_switches_count_every_resnet_preactivation_with_batch_norm(tmp_path):
     """A BatchNorm resnet1d_8 trained by three members (init seeds 1, 1, 2): the copy never
     switches; the other seed switches in each of the 7 pre-activations."""

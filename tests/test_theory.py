@@ -250,7 +250,15 @@ def test_lr_001_and_003_converge_to_the_same_loss(checkerboard, span):
     assert finals[1] == pytest.approx(finals[0], rel=1e-12)  # same fixed point
 
 
-@pytest.mark.parametrize("lr, peak", [(0.05, 1.109), (0.07, 2.002), (0.09, 3.162)])
+# 0.05 and 0.09 in make test-slow (~8 s each): the same code path as 0.07.
+@pytest.mark.parametrize(
+    "lr, peak",
+    [
+        pytest.param(0.05, 1.109, marks=pytest.mark.slow),
+        (0.07, 2.002),
+        pytest.param(0.09, 3.162, marks=pytest.mark.slow),
+    ],
+)
 def test_lr_005_to_009_oscillate_but_stay_bounded(checkerboard, span, lr, peak):
     image, kernel0 = checkerboard
     run = one_layer.gd_trajectory(kernel0, image, lr=lr, alpha=ALPHA, steps=STEPS)
