@@ -15,9 +15,8 @@ $(STAMP): requirements.txt
 demo: $(STAMP)
 	$(PY) -m experiments.demo --workdir=workdirs/demo
 
-# Two pytest workers (pytest-xdist) keep both cores busy while the other compiles: 715 tests
-# in 6 min 20 s on a quiet 2-core AMD EPYC with AVX-512, 12 min on one without (README);
-# each worker has its own XLA compilation cache for the session (tests/conftest.py).
+# Two pytest workers (pytest-xdist) keep both cores busy; they share one XLA compilation
+# cache for the session (tests/conftest.py). Times on quiet 2-core machines: README.
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n 2
 
