@@ -165,9 +165,9 @@ def restart_with_malloc_tunables() -> None:
     GLIBC_TUNABLES; nothing where they are there already or the C library is not glibc.
 
     reuse_freed_memory alone did not hold for a whole 80-epoch study: after 14 minutes one
-    XLA:CPU worker thread mapped a fresh 75 MB block every few steps again, while the study
-    started with the tunables took no page fault (benchmarks/README.md). The mains call this
-    first (experiments.common.start): the restart costs their imports once, a few seconds.
+    XLA:CPU worker thread mapped a fresh 75 MB block every few steps again; started with the
+    tunables, the study took a few page faults a step at most (benchmarks/README.md). The
+    mains call this first (experiments.common.start): the restart costs their imports once.
     """
     current = os.environ.get("GLIBC_TUNABLES", "")
     if platform.libc_ver()[0] != "glibc" or MALLOC_TUNABLES in current:
