@@ -16,6 +16,10 @@ from eos_jax.training import ensemble, sources, trainer
 from tests.test_training import tiny_config
 
 STEPS = 12
+# Each strategy, 'unrolled' in make test-slow (the tests that take it say why).
+UNROLLED_SLOW = [
+    pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s for s in ensemble.STRATEGIES
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +39,7 @@ def train(members, dataset, strategy, steps=STEPS, initial_hashes=None):
 
 
 # Unrolled: also shown by test_unrolled_reference_member_is_the_ordinary_run (exact k).
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s
-        for s in ensemble.STRATEGIES
-    ],
-)
+@pytest.mark.parametrize("strategy", UNROLLED_SLOW)
 def test_identical_members_stay_bit_identical(digits, strategy):
     initial = []
     hashes, _ = train(
@@ -127,13 +125,7 @@ def test_a_diverging_member_never_ends_in_a_summary(digits, tmp_path):
 
 # unrolled in make test-slow (~15 s); an unrolled ensemble of one member resumes bit-exactly
 # in tests/test_training.py (train_and_evaluate)
-@pytest.mark.parametrize(
-    "strategy",
-    [
-        pytest.param(s, marks=pytest.mark.slow) if s == "unrolled" else s
-        for s in ensemble.STRATEGIES
-    ],
-)
+@pytest.mark.parametrize("strategy", UNROLLED_SLOW)
 def test_whole_ensemble_resumes_bit_exactly(digits, tmp_path, strategy):
     config = tiny_config(num_steps=STEPS)
     members = sources.make_members(config, "ulp_init", count=3)

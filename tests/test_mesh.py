@@ -84,7 +84,7 @@ def test_data_parallel_is_rounding_close_rerun_identical_and_resumes_bit_exactly
     assert split["hashes"] != whole["hashes"]
 
 
-@pytest.mark.slow  # 3 more fresh processes (~40 s CPU); 4 devices in one process: above
+@pytest.mark.slow  # 4 fresh processes (~40 s CPU); 4 devices in one process: above
 def test_eight_devices_and_fresh_processes(tmp_path):
     d = lambda name: str(tmp_path / name)  # noqa: E731
     mesh_bits.train(spec(params=d("ref.npz")))  # this process: 1 device
@@ -102,8 +102,7 @@ def test_eight_devices_and_fresh_processes(tmp_path):
     assert mesh_bits.distance(d("ref.npz"), d("vmap8.npz"))["rel_l2"] < 1e-5
     assert "batch size 60 does not split over config.mesh.data=8" in eight[2]["error"]
 
-    (dp4,) = mesh_bits.run_in_process(4, [spec()])
+    dp4, whole = mesh_bits.run_in_process(4, [spec(), spec(workdir=d("whole"))])
     resumed, dp4_again = mesh_bits.run_in_process(4, [spec(workdir=d("split")), spec()])
-    (whole,) = mesh_bits.run_in_process(4, [spec(workdir=d("whole"))])
     assert resumed["hashes"] == whole["hashes"]  # resumed in a fresh process
     assert dp4_again["hashes"] == dp4["hashes"]  # and reruns in a fresh process too
