@@ -236,6 +236,18 @@ def _changed_fields(old: dict[str, Any], new: dict[str, Any], ignore=()) -> list
 _held_locks: dict[str, int] = {}
 
 
+def check_workdir(workdir: str) -> None:
+    """Refuses a workdir that is a file or lies under one (a WorkdirError), without writing:
+    the mains call it before they load data or compile, so such a typo costs no wait."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirError(f"workdir {workdir!r} is not a directory")
+    existing = os.path.dirname(os.path.abspath(workdir))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise WorkdirError(f"cannot write to workdir {workdir!r}: Not a directory")
+
+
 def lock_workdir(workdir: str) -> None:
     """Creates workdir and locks it for the rest of this process (or until finish()).
 
@@ -248,8 +260,7 @@ def lock_workdir(workdir: str) -> None:
         if _same_file(_held_locks[key], lock_path):
             return
         os.close(_held_locks.pop(key))  # the directory was deleted and made again
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise WorkdirError(f"workdir {workdir!r} is not a directory")
+    check_workdir(workdir)
     try:
         os.makedirs(workdir, exist_ok=True)
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -296,6 +296,8 @@ def entry_point(main):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.ERROR)  # orbax logs every save; tfds warns freely
         try:
+            if "workdir" in flags.FLAGS and flags.FLAGS.workdir:
+                results.check_workdir(flags.FLAGS.workdir)  # before data and compiles
             return main(argv)
         except EXPECTED_ERRORS as e:
             logging.debug("full traceback", exc_info=True)

@@ -36,8 +36,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "Parent folder of the
 @common.entry_point
 def main(argv):
     del argv  # common.start refuses positional arguments
-    if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
-        raise results.WorkdirError(f"--workdir={_WORKDIR.value} is a file, not a folder")
     config = twins_mnist1d_resnet.get_config("demo")
     planned = twins.configure_numerics(config)
     jax.config.update("jax_compilation_cache_dir", os.path.join(_WORKDIR.value, "jax_cache"))

@@ -98,7 +98,7 @@ def train_losses(workdir):
 
 def test_two_processes_stay_within_rounding_of_one(tmp_path):
     d = lambda name: str(tmp_path / name)  # noqa: E731
-    steps = ["--config.num_steps=12"]
+    steps = ["--config.num_steps=4", "--config.log_every_steps=1"]
     finish(start(d("two"), 2, 2, steps) + start(d("one"), 4, 1, steps))
     fingerprint = results.read_json(d("two/fingerprint.json"))
     assert fingerprint["mesh"]["shape"] == [1, 4] and fingerprint["mesh"]["process_count"] == 2
@@ -164,8 +164,10 @@ def test_split_and_resume_do_not_hang(tmp_path, attempt):
     assert results.is_finished(str(tmp_path))
 
 
-# 0 also runs the coordination service; its loss ends the run the same way (slow: ~30 s CPU)
-@pytest.mark.parametrize("killed", [pytest.param(0, marks=pytest.mark.slow), 1])
+# 0 also runs the coordination service; its loss ends the run the same way. Both in make
+# test-slow (~30 s CPU each); two processes training together: the first test above.
+@pytest.mark.slow
+@pytest.mark.parametrize("killed", [0, 1])
 def test_a_killed_process_ends_the_run_with_an_error_not_a_hang(tmp_path, killed):
     # The limits leave room for a loaded machine (the test once failed on one with a 3 s
     # heartbeat and 60 s for the survivor): a 10 s heartbeat, 300 s to start training, 180 s

@@ -496,8 +496,9 @@ def test_a_bad_setting_is_one_line_naming_its_field(tmp_path):
 
 
 def test_the_demo_refuses_a_file_as_its_workdir_in_one_line(tmp_path):
-    """Issue 25, case 4: checked before the compilation cache is set up under it."""
+    """Issue 25, case 4: checked before anything (experiments.common.entry_point), so before
+    the compilation cache is set up under it."""
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     out = run("demo", f"--workdir={a_file}")
-    assert_one_line_error(out, f"--workdir={a_file} is a file, not a folder")
+    assert_one_line_error(out, f"workdir '{a_file}' is not a directory")

@@ -54,6 +54,9 @@ def response_config():
     return config
 
 
+# ~25 s CPU: make test-slow. The records under the tables resume bit for bit in make test
+# (tests/test_response.py and tests/test_observer_resume.py).
+@pytest.mark.slow
 def test_a_response_study_interrupted_after_a_checkpoint_prints_the_same_tables(
     tmp_path, monkeypatch
 ):

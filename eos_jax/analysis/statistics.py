@@ -130,20 +130,28 @@ def spread(correct) -> Spread:
     right = c.sum(axis=0, dtype=np.int64).astype(np.float64)  # per example
     # k(N - k) / (N (N - 1)) is the unbiased estimate of p(1 - p) from k right of N runs.
     uncertainty = right * (runs - right) / (runs * (runs - 1))
-    groups = np.array_split(np.arange(examples), min(EXAMPLE_GROUPS, examples))
-    by_group = np.stack([c[:, g].sum(axis=1, dtype=np.int64) for g in groups], 1)  # runs x G
-    sizes = np.array([len(g) for g in groups], np.float64)
-    uncertain = np.array([uncertainty[g].sum() for g in groups])
+    # g runs of consecutive examples, the first examples % g of them one longer
+    g = min(EXAMPLE_GROUPS, examples)
+    lengths = np.full(g, examples // g)
+    lengths[: examples % g] += 1
+    ends = np.cumsum(lengths)
+    groups = [slice(end - length, end) for end, length in zip(ends, lengths, strict=True)]
+    by_group = np.stack([c[:, k].sum(axis=1, dtype=np.int64) for k in groups])  # G x runs
+    sizes = lengths.astype(np.float64)
+    uncertain = np.array([uncertainty[k].sum() for k in groups])
 
-    def estimate(kept):  # (observed, noise, distribution) on the examples of groups `kept`
-        n = sizes[kept].sum()
-        observed = float(np.var(by_group[:, kept].sum(axis=1) / n, ddof=1))
-        noise = float(uncertain[kept].sum() / n**2)
-        return observed, noise, (observed - noise) / (1 - 1 / n)
-
-    observed, noise, _ = estimate(np.ones(len(groups), bool))
-    left_out = [estimate(np.arange(len(groups)) != g)[2] for g in range(len(groups))]
-    return Spread(observed, noise, examples, runs, jackknife=tuple(left_out))
+    # Row 0: every group; row 1 + g: group g left out (the jackknife). The counts are
+    # integers (exact in any order); each row's float sums run along its own contiguous axis,
+    # so every row adds in the order that the row alone would.
+    n = np.concatenate([[sizes.sum()], sizes.sum() - sizes])
+    right_per_run = np.vstack([by_group.sum(axis=0), by_group.sum(axis=0) - by_group])
+    observed = np.var(right_per_run / n[:, None], axis=1, ddof=1)
+    left_out = np.broadcast_to(uncertain, (g, g))[~np.eye(g, dtype=bool)].reshape(g, g - 1)
+    noise = np.array([uncertain.sum(), *left_out.sum(axis=1)])
+    noise = noise / n**2
+    distribution = (observed - noise) / (1 - 1 / n)
+    jackknife = tuple(distribution[1:].tolist())
+    return Spread(float(observed[0]), float(noise[0]), examples, runs, jackknife=jackknife)
 
 
 def pooled(spreads) -> Spread:
@@ -335,7 +343,7 @@ def _as_correctness(correct) -> np.ndarray:
     c = np.asarray(correct)
     if c.ndim != 2 or c.shape[0] < 2 or c.shape[1] < 2:
         raise ValueError(f"correct has shape {c.shape}; expected (runs >= 2, examples >= 2)")
-    if not np.isin(c, (0, 1)).all():
+    if c.dtype != bool and not ((c == 0) | (c == 1)).all():
         raise ValueError("correct holds values other than 0/1 (or False/True)")
     return c.astype(bool)
 
