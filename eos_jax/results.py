@@ -20,7 +20,9 @@ import io
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,22 +81,51 @@ def _to_jsonable(value: Any) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def interrupt_deferred():
+    """Holds a Ctrl-C (SIGINT) that arrives while the block runs until it has ended, then
+    raises KeyboardInterrupt; a second Ctrl-C raises at once. Only in the main thread, and
+    only where Python's own handler is installed."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield
+        return
+    received = []
+
+    def hold(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _replace_atomically(path: str, write) -> None:
     """write(file) into a temporary file beside `path` (a unique name: processes on several
     hosts may share the folder and even the pid), flushed to disk, then renamed to `path`,
-    so that a reader sees all of it or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    so that a reader sees all of it or nothing. A Ctrl-C waits for it (interrupt_deferred):
+    one that came between the temporary file's creation and its removal left it behind."""
+    with interrupt_deferred():
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -75,3 +75,24 @@ def test_atomic_writes_leave_the_whole_file_or_none(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))  # the old file, whole
     assert sorted(os.listdir(tmp_path)) == ["sub", "t.txt"]
     assert os.listdir(tmp_path / "sub") == ["a.npz"]  # no temporary file left behind
+
+
+def test_a_ctrl_c_during_an_atomic_write_waits_for_it(tmp_path, monkeypatch):
+    """The Ctrl-C comes inside the write (here from the writer itself); the file is written
+    whole, no temporary file stays, and the KeyboardInterrupt follows."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a main
+    path = str(tmp_path / "a.npz")
+    save = np.savez
+
+    def interrupted(f, **arrays):
+        os.kill(os.getpid(), signal.SIGINT)
+        save(f, **arrays)
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            results.write_npz(path, {"x": np.arange(3)})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    np.testing.assert_array_equal(np.load(path)["x"], np.arange(3))
+    assert os.listdir(tmp_path) == ["a.npz"]

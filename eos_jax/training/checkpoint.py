@@ -9,7 +9,6 @@ import glob
 import logging as pylogging
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -86,7 +85,7 @@ class Checkpointer:
             # the runtime aborts inside it (a peer died) would lose its last words.
             # A Ctrl-C waits for the save to end (a second one does not).
             held = contextlib.nullcontext() if distributed.joined() else _stderr_held()
-            with _interrupt_deferred(), held:
+            with results.interrupt_deferred(), held:
                 running = set(threading.enumerate())
                 try:
                     self._manager.save(int(step), args=ocp.args.StandardSave(state), force=True)
@@ -148,33 +147,6 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
-
-
-@contextlib.contextmanager
-def _interrupt_deferred():
-    """Holds a Ctrl-C (SIGINT) that arrives while the block runs until it has ended, then
-    raises KeyboardInterrupt; a second Ctrl-C raises at once. Only in the main thread, and
-    only where Python's own handler is installed."""
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-    ):
-        yield
-        return
-    received = []
-
-    def hold(signum, frame):
-        if received:
-            raise KeyboardInterrupt
-        received.append(signum)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 def _quiet_closed_loop_callbacks() -> None:
