@@ -183,6 +183,10 @@ def run_train_cli(*args):
     )
 
 
+# 4 fresh processes, make test-slow: the CLI trains in tests/test_hardening.py (Ctrl-C, then
+# the same command) and tests/test_cli.py (divergence), and bad config values are one line
+# through the CLI in tests/test_cli.py (bad flags) and tests/test_hardening.py
+@pytest.mark.slow
 def test_cli_trains_with_overrides_and_rejects_bad_input_in_one_line(tmp_path):
     ok = run_train_cli(
         f"--workdir={tmp_path / 'ok'}",
