@@ -137,18 +137,16 @@ def spread(correct) -> Spread:
     ends = np.cumsum(lengths)
     groups = [slice(end - length, end) for end, length in zip(ends, lengths, strict=True)]
     by_group = np.stack([c[:, k].sum(axis=1, dtype=np.int64) for k in groups])  # G x runs
-    sizes = lengths.astype(np.float64)
     uncertain = np.array([uncertainty[k].sum() for k in groups])
 
     # Row 0: every group; row 1 + g: group g left out (the jackknife). The counts are
     # integers (exact in any order); each row's float sums run along its own contiguous axis,
     # so every row adds in the order that the row alone would.
-    n = np.concatenate([[sizes.sum()], sizes.sum() - sizes])
-    right_per_run = np.vstack([by_group.sum(axis=0), by_group.sum(axis=0) - by_group])
-    observed = np.var(right_per_run / n[:, None], axis=1, ddof=1)
+    n = np.concatenate([[examples], examples - lengths]).astype(np.float64)  # examples kept
+    totals = by_group.sum(axis=0)
+    observed = np.var(np.vstack([totals, totals - by_group]) / n[:, None], axis=1, ddof=1)
     left_out = np.broadcast_to(uncertain, (g, g))[~np.eye(g, dtype=bool)].reshape(g, g - 1)
-    noise = np.array([uncertain.sum(), *left_out.sum(axis=1)])
-    noise = noise / n**2
+    noise = np.array([uncertain.sum(), *left_out.sum(axis=1)]) / n**2
     distribution = (observed - noise) / (1 - 1 / n)
     jackknife = tuple(distribution[1:].tolist())
     return Spread(float(observed[0]), float(noise[0]), examples, runs, jackknife=jackknife)
