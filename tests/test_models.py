@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from eos_jax.models import MODELS, create_model
-from eos_jax.models.layers import activation_fn, conv
+from eos_jax.models.layers import activation_fn, conv, he_fan_out_normal, symmetric_uniform
 from eos_jax.models.resnet import CifarResNet
 
 CIFAR = (2, 32, 32, 3)
@@ -204,6 +204,33 @@ def test_conv_init_is_untruncated_he_fan_out_normal(resnet20_variables):
     # P(|z| > 2.5) = 1.24% for a normal; a truncated normal (|z| <= 2.27) has none.
     tail, p = np.mean(np.abs(w) > 2.5 * std), 0.012419
     assert abs(tail - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_flat_drawn_inits_have_the_bits_of_jax_s_shaped_draws():
+    """The zoo draws each kernel flat and reshapes it (layers.drawn_flat, for compile time):
+    with threefry keys every element keeps its bits, whatever the rank and dtype."""
+    reference_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    shapes = [(2, 1, 1, 3), (5,)]  # a kernel and a bias (no fan-out: no normal draw)
+    dtypes = [jnp.float32, jnp.float64, jnp.bfloat16]
+
+    def draws(normal, uniform, key):
+        keys = iter(jax.random.split(key, 2 * len(shapes) * len(dtypes)))
+        return [
+            (normal(next(keys), s, d) if len(s) > 1 else None, uniform(next(keys), s, d))
+            for s in shapes
+            for d in dtypes
+        ]
+
+    with jax.enable_x64(True):
+        ours = jax.jit(functools.partial(draws, he_fan_out_normal, symmetric_uniform(0.3)))
+        theirs = functools.partial(jax.random.uniform, minval=-0.3, maxval=0.3)
+        jaxs = jax.jit(functools.partial(draws, reference_normal, theirs))
+        key = jax.random.key(11)
+        a, b = jax.tree.leaves(ours(key)), jax.tree.leaves(jaxs(key))
+    assert len(a) == len(b) == 3 * len(dtypes)
+    assert [x.dtype for x in a] == [x.dtype for x in b]
+    for x, y in zip(a, b, strict=True):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
 def test_dense_init_is_pytorch_uniform():
