@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from eos_jax.models import MODELS, create_model
-from eos_jax.models.layers import activation_fn, conv, he_fan_out_normal, symmetric_uniform
+from eos_jax.models.layers import (
+    activation_fn,
+    conv,
+    drawn_flat,
+    he_fan_out_normal,
+    symmetric_uniform,
+)
 from eos_jax.models.resnet import CifarResNet
 
 CIFAR = (2, 32, 32, 3)
@@ -267,7 +273,7 @@ def test_bn_init_and_conv_biases(resnet20_variables):
 def test_stride2_conv_pads_like_pytorch(kernel_size):
     # PyTorch pads k // 2 on every side; Flax's 'SAME' would pad 3x3 stride 2 by (0, 1).
     layer = conv(4, kernel_size, strides=2, dtype=jnp.float32, param_dtype=jnp.float32, name="c")
-    x = jax.random.normal(jax.random.key(1), (1, 8, 8, 2))
+    x = drawn_flat(jax.random.key(1), (1, 8, 8, 2), float, jax.random.normal)
     variables = layer.init(init_key(), x)
     pad = kernel_size // 2
     expected = jax.lax.conv_general_dilated(
@@ -282,7 +288,7 @@ def test_stride2_conv_pads_like_pytorch(kernel_size):
 
 def test_batch_stats_update_in_train_mode_only(resnet20_variables):
     model = create_model("resnet20")
-    x = jax.random.normal(jax.random.key(1), SMALL)
+    x = drawn_flat(jax.random.key(1), SMALL, float, jax.random.normal)
     _, trained = model.apply(resnet20_variables, x, train=True, mutable=["batch_stats"])
     _, evaluated = model.apply(resnet20_variables, x, train=False, mutable=["batch_stats"])
     before = jax.tree.leaves(resnet20_variables["batch_stats"])
@@ -298,7 +304,7 @@ def test_swish_variant(resnet20_variables):
     np.testing.assert_allclose(s(z), z / (1 + jnp.exp(-5 * z)), rtol=1e-6)
     relu, swish = create_model("resnet20"), create_model("resnet20", activation="swish")
     assert swish.swish_beta == 5.0
-    x = jax.random.normal(jax.random.key(1), SMALL)
+    x = drawn_flat(jax.random.key(1), SMALL, float, jax.random.normal)
     out_relu = relu.apply(resnet20_variables, x, train=False)
     out_swish = swish.apply(resnet20_variables, x, train=False)
     assert not np.allclose(out_relu, out_swish)

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from eos_jax import bits, numerics
+from eos_jax.models.layers import drawn_flat
 from eos_jax.training import optim
 
 LR, MU, WD, BOUNDARIES = 0.1, 0.9, 5e-4, (3, 5)
@@ -204,7 +205,7 @@ def small_training_run(tx, num_steps=6):
         "w1": jax.random.normal(keys[0], (20, 32)) / 4,
         "w2": jax.random.normal(keys[1], (32, 5)),
     }
-    x = jax.random.normal(keys[2], (num_steps, 16, 20))
+    x = drawn_flat(keys[2], (num_steps, 16, 20), float, jax.random.normal)
 
     def loss(p, xb):
         return jnp.mean((jnp.tanh(xb @ p["w1"]) @ p["w2"]) ** 2)

@@ -10,6 +10,7 @@ import pytest
 from eos_jax.analysis import regions
 from eos_jax.data import normalize, to_unit_float
 from eos_jax.models import create_model
+from eos_jax.models.layers import drawn_flat
 from eos_jax.training import build, sources, trainer
 from eos_jax.training.ensemble import Ensemble
 from eos_jax.training.summary import RunSummary
@@ -81,7 +82,7 @@ def test_resnet_preactivations_are_what_its_activations_take(use_batch_norm):
     feed a kernel-3 conv (recomputed here), each residual sum's is the block's output, and
     the last one, pooled, gives the logits through the head."""
     model = create_model("resnet1d_8", use_batch_norm=use_batch_norm)
-    x = jax.random.normal(jax.random.key(1), (6, 40, 1))
+    x = drawn_flat(jax.random.key(1), (6, 40, 1), float, jax.random.normal)
     variables = model.init(jax.random.key(0), x, train=False)
     z = regions.preactivations(model, variables, x)
     stem, first = ("stem_bn", "bn1") if use_batch_norm else ("stem_conv", "conv1")

@@ -12,6 +12,7 @@ import pytest
 
 from eos_jax import bits, recipe, results
 from eos_jax.data import load_dataset
+from eos_jax.models.layers import drawn_flat
 from eos_jax.training import build, steps, trainer
 from eos_jax.training.checkpoint import CheckpointError
 
@@ -77,7 +78,7 @@ def test_train_step_linearises_with_jvp():
         step = jax.jit(params_after_step)
         keys = iter(jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.params))))
         tangent = jax.tree.map(
-            lambda x: jax.random.normal(next(keys), x.shape, x.dtype), state.params
+            lambda x: drawn_flat(next(keys), x.shape, x.dtype, jax.random.normal), state.params
         )
         primal, jvp_out = jax.jit(lambda p, t: jax.jvp(params_after_step, (p,), (t,)))(
             state.params, tangent
