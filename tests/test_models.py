@@ -239,6 +239,14 @@ def test_flat_drawn_inits_have_the_bits_of_jax_s_shaped_draws():
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes()
 
 
+@pytest.mark.slow  # ~10 s of compiling; the draws themselves: the test above
+def test_a_resnet_initialised_by_flax_s_own_initializers_has_the_zoo_s_bits():
+    from benchmarks import init_compile
+
+    (_, flat), (_, shaped) = (init_compile.compile_init("resnet1d_8", s) for s in (False, True))
+    assert flat == shaped
+
+
 def test_dense_init_is_pytorch_uniform():
     params = create_model("mlp").init(init_key(), jnp.zeros(DIGITS), train=False)["params"]
     for layer, fan_in in (("hidden1", 64), ("hidden2", 200)):

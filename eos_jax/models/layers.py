@@ -26,8 +26,7 @@ def drawn_flat(key: jax.Array, shape: tuple[int, ...], dtype: Dtype, sample: Cal
     """sample(key, shape, dtype) drawn as one flat vector, then reshaped: with jax's default
     threefry keys the same bits (it numbers the elements in row-major order either way), but
     XLA's CPU compiler takes seconds over a draw of rank 3 or 4 and a fraction of a second over
-    a flat one (jax 0.10.2 on a 2-core AMD EPYC: 4.1 s against 0.3 s for one (3, 3, 8, 16)
-    kernel; the 1-D ResNet-20's whole init 7.2 s against 3.7 s)."""
+    a flat one: a whole init compiles 1.6-2.5x faster (benchmarks/init_compile.py)."""
     return sample(key, (math.prod(shape),), dtype).reshape(shape)
 
 
