@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt
+	$(PY) -m compileall -q -j 0 $(VENV)/lib > /dev/null  # pip's own byte-compiling uses one core
 	touch $(STAMP)
 
 demo: $(STAMP)
