@@ -343,6 +343,17 @@ def test_in_words_reads_two_one_sided_tests_against_the_margin(low, high, words)
     assert st.in_words(estimate).startswith(words)
 
 
+def test_a_draw_where_both_spreads_vanish_counts_as_any_ratio():
+    """Twins whose spread is all the set's part, against seeds whose own interval reaches 0:
+    in the draws where both true stds are 0 the ratio is undetermined, so the upper bound is
+    inf, not the 0 that the twins' zero draws alone would give."""
+    twins = st.Spread(1e-6, 1e-5, 1000, 12)  # observed far below the set's part
+    seeds = st.Spread(3e-6, 2e-6, 1000, 12)  # at or below 0 in P(chi2(11) > 16.5) = 12%
+    assert st.spread_std(seeds, "distribution").low == 0
+    ratio = st.spread_ratio(twins, seeds, "distribution")
+    assert (ratio.value, ratio.low, ratio.high) == (0.0, 0.0, math.inf)
+
+
 def test_a_ratio_of_two_unresolved_spreads_is_not_estimable():
     flat = st.Spread(1e-6, 2e-6, 1000, 12)
     ratio = st.spread_ratio(flat, flat, "distribution", draws=2_000)

@@ -198,12 +198,15 @@ def spread_ratio(
     draws: int = _DRAWS,
 ) -> Estimate:
     """std(numerator) / std(denominator) at `level`, e.g. rounding over seed, with the
-    interval of the ratio of the true stds (the two groups' pivots drawn independently)."""
+    interval of the ratio of the true stds (the two groups' pivots drawn independently). A
+    draw in which both stds are 0 leaves the ratio undetermined: it counts as 0 for the lower
+    bound and as inf for the upper one."""
     _check_level(level, confidence)
     rng = np.random.default_rng(seed)
     num, den = numerator.draws(level, rng, draws), denominator.draws(level, rng, draws)
     ratios = _ratio(np.sqrt(np.clip(num, 0, None)), np.sqrt(np.clip(den, 0, None)))
-    low, high = _quantiles(np.nan_to_num(ratios, nan=0.0, posinf=np.inf), confidence)
+    low = _quantiles(np.nan_to_num(ratios, nan=0.0, posinf=np.inf), confidence)[0]
+    high = _quantiles(np.nan_to_num(ratios, nan=np.inf, posinf=np.inf), confidence)[1]
     value = _ratio(
         np.sqrt(max(numerator.value(level), 0.0)), np.sqrt(max(denominator.value(level), 0.0))
     )
